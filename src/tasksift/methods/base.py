@@ -92,6 +92,22 @@ class SelectionContext:
                 self._emb[which] = self.embedder.embed(getattr(self, which), desc=f"embedding {which}")
         return self._emb[which]
 
+    def restrict(self, indices: Sequence[int]) -> "SelectionContext":
+        """A context over the pool rows ``indices`` only (same target, seed, cache and
+        settings); pool embeddings already computed are sliced, not recomputed. Methods run
+        on it return positions into ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sub = SelectionContext([self.pool[i] for i in idx], self.target, seed=self.seed,
+                               cache_dir=self.cache_dir, progress=self.progress,
+                               embed_config=self.embed_config, options=self.options)
+        sub._embedder = self._embedder
+        if "pool" in self._emb:
+            sub._emb["pool"] = self._emb["pool"][idx]
+        if "target" in self._emb:
+            sub._emb["target"] = self._emb["target"]
+        sub.timings = self.timings
+        return sub
+
     def set_embeddings(self, which: str, emb: np.ndarray) -> None:
         """Provide precomputed embeddings (e.g. from the Ray backend or a .npy file)."""
         n = len(getattr(self, which))

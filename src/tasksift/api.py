@@ -1,0 +1,232 @@
+"""The Python API: ``tasksift.select(pool, target, method=..., budget=...)``."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .budget import Budget, allocate_quotas
+from .data.example import Example
+from .data.loading import LoadedData, load_examples
+from .errors import ConfigError
+from .features.embed import EmbedConfig
+from .manifest import manifest_dict, peak_memory_mb
+from .methods.base import MethodResult, SelectionContext
+from .methods.registry import get_method
+
+
+@dataclass
+class Selection:
+    """The result of :func:`select`.
+
+    ``indices``: selected pool positions, best first; ``ids``: their example ids;
+    ``scores``: one score per pool row (NaN = not scored); ``columns``: per-pool-row arrays
+    written to the output; ``subset``: the selected Examples (each keeps its original row in
+    ``.raw``); ``info``/``timings``: diagnostics for the manifest.
+    """
+
+    indices: np.ndarray
+    ids: list[str]
+    scores: np.ndarray | None
+    columns: dict[str, np.ndarray]
+    method: str
+    config: dict[str, Any]
+    budget: Budget
+    seed: int
+    pool: LoadedData
+    target: LoadedData
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def subset(self) -> list[Example]:
+        return [self.pool.examples[int(i)] for i in self.indices]
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """Selection probabilities per pool row, for methods that define them (TSDS)."""
+        for k in ("tsds_prob", "prob", "probability"):
+            if k in self.columns:
+                return self.columns[k]
+        return None
+
+    def source_mix(self, depth: int = 1) -> dict[str, int]:
+        """Selected rows per pool source (first ``depth`` path parts), largest first."""
+        out: dict[str, int] = {}
+        for ex in self.subset:
+            key = "/".join(Path(ex.source).parts[:depth]) if ex.source else Path(self.pool.path).name
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def manifest(self) -> dict[str, Any]:
+        return manifest_dict(
+            method=self.method, config=self.config, budget=self.budget.describe(), seed=self.seed,
+            pool={"path": self.pool.path, "format": self.pool.format, "layout": self.pool.layout,
+                  "rows": len(self.pool), "fingerprint": self.pool.fingerprint(),
+                  "skipped_rows": len(self.pool.skipped), "skipped": self.pool.skipped[:100]},
+            target={"path": self.target.path, "format": self.target.format, "layout": self.target.layout,
+                    "rows": len(self.target), "fingerprint": self.target.fingerprint(),
+                    "skipped_rows": len(self.target.skipped), "skipped": self.target.skipped[:100]},
+            counts={"pool": len(self.pool), "target": len(self.target), "selected": len(self.indices),
+                    "skipped_pool_rows": len(self.pool.skipped),
+                    "skipped_target_rows": len(self.target.skipped)},
+            selected_fraction=len(self.indices) / max(1, len(self.pool)),
+            source_mix=self.source_mix(), timings={k: round(v, 4) for k, v in self.timings.items()},
+            peak_memory_mb=round(peak_memory_mb(), 1), info=self.info,
+            selected_ids=self.ids)
+
+    def save(self, out_dir: str | Path, fmt: str | None = None) -> Path:
+        """Write the subset (input's format and layout + score columns) and ``manifest.json``
+        into ``out_dir``; returns the subset's path. Both writes are atomic."""
+        from .atomic import write_json
+        from .data.writers import write_subset
+
+        cols = dict(self.columns)
+        if self.scores is not None:
+            cols = {"score": self.scores, **cols}
+        t = time.perf_counter()
+        path, score_cols = write_subset(self.pool, self.indices, cols, out_dir, fmt)
+        self.timings["write"] = time.perf_counter() - t
+        man = self.manifest()
+        man["output"] = {"path": str(path), "score_columns": score_cols}
+        write_json(Path(out_dir) / "manifest.json", man)
+        return path
+
+
+def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split) -> LoadedData:
+    if isinstance(data, LoadedData):
+        return data
+    if isinstance(data, (list, tuple)) and data and all(isinstance(x, Example) for x in data):
+        return LoadedData(examples=list(data), path=f"<{role} examples>", format="jsonl", layout="mixed")
+    if isinstance(data, (list, tuple)) and data and all(isinstance(x, Mapping) for x in data):
+        from .data.layouts import normalise
+        from .data.readers import RawRows
+
+        raw = RawRows(rows=list(data), row_numbers=list(range(1, len(data) + 1)), format="jsonl",
+                      path=f"<{role} rows>")
+        exs, lay = normalise(raw, layout, fields, skip_bad=skip_bad)
+        return LoadedData(examples=exs, path=raw.path, format="jsonl", layout=lay, skipped=raw.skipped,
+                          sources={raw.path: raw}, layouts={raw.path: lay})
+    if isinstance(data, (list, tuple)) and not data:
+        from .errors import DataError
+
+        raise DataError(f"{role} is empty")
+    return load_examples(data, layout=layout, fields=fields, skip_bad=skip_bad, split=split, role=role)
+
+
+def make_budget(budget: Budget | int | float | None = None, *, count: int | None = None,
+                ratio: float | None = None, tokens: int | None = None) -> Budget:
+    """A Budget from ``budget`` (Budget, int = count, float < 1 = ratio) or keywords."""
+    if isinstance(budget, Budget):
+        return budget
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ConfigError(f"budget must be a Budget, a count or a ratio, got {budget!r}")
+        if isinstance(budget, float) and budget < 1:
+            ratio = budget
+        else:
+            count = int(budget)
+    return Budget(count=count, ratio=ratio, tokens=tokens)
+
+
+def run_method(method: str | Sequence | Mapping, config: Mapping[str, Any], ctx: SelectionContext,
+               k: int) -> MethodResult:
+    """Run a registered method, or a recipe (``"dedup -> tsds"``, a list or a mapping)."""
+    if isinstance(method, str) and "->" not in method:
+        return get_method(method)(**dict(config)).select(ctx, k)
+    from .recipe import parse_recipe
+
+    return parse_recipe(method).run(ctx, k)
+
+
+def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
+           budget: Budget | int | float | None = None, *, count: int | None = None,
+           ratio: float | None = None, tokens: int | None = None, seed: int = 0,
+           config: Mapping[str, Any] | None = None, group_by: str | None = None,
+           quotas: Mapping | str = "proportional", embed: EmbedConfig | None = None,
+           cache_dir: str | Path | None = None, progress: bool = True, skip_bad: bool = False,
+           pool_layout: str = "auto", pool_fields=None, target_layout: str = "auto",
+           target_fields=None, split: str | None = None) -> Selection:
+    """Select a subset of ``pool`` for the task that ``target`` exemplifies.
+
+    pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
+        list of :class:`Example`, or :class:`LoadedData`.
+    method: a registered method name (see ``tasksift methods``) or a recipe such as
+        ``"dedup -> tsds"``; ``config`` holds the method's options.
+    budget / count / ratio / tokens: how much to select (``budget=500`` or ``ratio=0.01``).
+    group_by: a raw-row field (or ``"source"``) to split the budget by, with ``quotas``
+        ("proportional", "equal" or a mapping group -> fraction or count); the method runs
+        within each group.
+    seed: every random choice derives from it; equal inputs and seed give equal output.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    pool_d = _as_loaded(pool, "pool", pool_layout, pool_fields, skip_bad, split)
+    target_d = _as_loaded(target, "target", target_layout, target_fields, skip_bad, split)
+    timings["load"] = time.perf_counter() - t0
+    b = make_budget(budget, count=count, ratio=ratio, tokens=tokens)
+    k = b.rows(len(pool_d))
+    config = dict(config or {})
+    name = method if isinstance(method, str) else "recipe"
+    if isinstance(method, str) and "->" not in method:
+        get_method(method)(**config)  # validate options before any expensive work
+    ctx = SelectionContext(pool_d.examples, target_d.examples, seed=seed, cache_dir=cache_dir,
+                           progress=progress, embed_config=embed)
+    ctx.timings = timings
+    info: dict[str, Any] = {}
+    if group_by:
+        groups = [_group_of(ex, group_by) for ex in pool_d.examples]
+        alloc = allocate_quotas(groups, k, quotas)
+        garr = np.asarray(groups)
+        parts, per_group_info = [], {}
+        scores = np.full(len(pool_d), np.nan)
+        columns: dict[str, np.ndarray] = {}
+        for g, kg in alloc.items():
+            if kg == 0:
+                continue
+            members = np.flatnonzero(garr == g)
+            sub = ctx.restrict(members)
+            res = run_method(method, config, sub, kg)
+            parts.append(members[res.indices])
+            if res.scores is not None:
+                scores[members] = res.scores
+            for cname, col in res.columns.items():
+                full = columns.setdefault(cname, np.full(len(pool_d), np.nan))
+                full[members] = col
+            per_group_info[g] = {"quota": kg, **res.info}
+        result = MethodResult(indices=np.concatenate(parts), scores=scores, columns=columns,
+                              info={"groups": per_group_info})
+        info["group_by"] = group_by
+        info["quotas"] = {g: n for g, n in alloc.items()}
+    else:
+        result = run_method(method, config, ctx, k)
+    info.update(result.info)
+    if tokens is not None:
+        from .budget import cut_to_tokens
+
+        n_tok = np.array([len(ex.text.split()) for ex in pool_d.examples])
+        result.indices = cut_to_tokens(np.asarray(result.indices), n_tok, tokens)
+        info["token_budget"] = {"tokens": tokens, "counted_as": "whitespace-separated words",
+                                "selected_tokens": int(n_tok[result.indices].sum())}
+    idx = np.asarray(result.indices, dtype=np.int64)
+    if len(np.unique(idx)) != len(idx):
+        raise RuntimeError(f"method {name} returned duplicate indices")
+    timings["total"] = time.perf_counter() - t0
+    return Selection(indices=idx, ids=[pool_d.examples[i].id for i in idx], scores=result.scores,
+                     columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
+                     config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
+                     timings=timings)
+
+
+def _group_of(ex: Example, field_name: str) -> str:
+    if field_name == "source":
+        return Path(ex.source).parts[0] if ex.source else "<input>"
+    if isinstance(ex.raw, Mapping) and field_name in ex.raw:
+        return str(ex.raw[field_name])
+    from .errors import DataError
+
+    raise DataError(f"group field missing (group_by={field_name})", file=ex.source, row=ex.row,
+                    field=field_name)

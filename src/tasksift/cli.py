@@ -1,0 +1,244 @@
+"""The ``tasksift`` command line: a thin layer over the Python API.
+
+Subcommands: ``select``, ``methods``, ``demo``, plus every module in
+:mod:`tasksift.commands` (each adds itself with ``register(subparsers)``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, TasksiftError
+
+
+def _load_config_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML ({str(e).splitlines()[0]})", file=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("config file must hold a mapping of options", file=path)
+    return data
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-o alpha=0.3 -o sigma=0`` -> {"alpha": 0.3, "sigma": 0} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"bad option {p!r}: expected name=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def add_select_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", help="pool: file (.json/.jsonl/.csv/.tsv/.parquet), folder, HF dataset folder or hub id")
+    p.add_argument("--target", help="target examples of the task (same kinds of input as --pool)")
+    p.add_argument("--method", "-m", default=None,
+                   help="method name (see `tasksift methods`) or recipe, e.g. 'dedup -> tsds' (default tsds)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ratio", type=float, help="fraction of the pool to select, e.g. 0.01")
+    g.add_argument("--count", type=int, help="number of rows to select")
+    g.add_argument("--tokens", type=int, help="total size of the subset in whitespace-separated words")
+    p.add_argument("--out", "-O", help="output folder (subset + manifest.json)")
+    p.add_argument("--format", choices=["json", "jsonl", "csv", "tsv", "parquet", "hf"],
+                   help="output format (default: the pool's own; jsonl for a folder of several files)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--config", help="YAML file with any of these settings, plus method options under 'options:'")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="method option, repeatable (e.g. -o alpha=0.3)")
+    p.add_argument("--group-by", help="split the budget by this row field (or 'source'), quotas proportional")
+    p.add_argument("--quotas", default=None, help="'proportional' (default), 'equal' or JSON {group: fraction|count}")
+    p.add_argument("--layout", default=None, help="pool layout (default auto-detect)")
+    p.add_argument("--fields", default=None, help="pool fields when detection cannot, e.g. prompt=q,response=a")
+    p.add_argument("--target-layout", default=None)
+    p.add_argument("--target-fields", default=None)
+    p.add_argument("--split", default=None, help="split of a Hugging Face dataset (default train)")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip malformed rows (counted in the summary and manifest) instead of failing")
+    p.add_argument("--embed-model", default=None, help="sentence-transformers model id or path (default bundled all-MiniLM-L6-v2)")
+    p.add_argument("--embed-text", choices=["text", "prompt", "response"], default=None,
+                   help="what to embed (default text = prompt + response)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
+    p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+
+
+SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "seed",
+               "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
+               "skip_bad", "embed_model", "embed_text", "device", "cache_dir", "no_progress")
+
+
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags override the --config file; the file's 'options' feed the method."""
+    cfg = _load_config_file(args.config)
+    unknown = set(cfg) - set(SELECT_KEYS) - {"options"}
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}", file=args.config)
+    s = {k: cfg.get(k) for k in SELECT_KEYS}
+    for k in SELECT_KEYS:
+        v = getattr(args, k, None)
+        if v is not None:
+            s[k] = v
+    if sum(s.get(k) is not None for k in ("ratio", "count", "tokens")) > 1:
+        raise ConfigError("give one of --ratio, --count, --tokens")
+    s["options"] = {**(cfg.get("options") or {}), **_parse_options(args.option)}
+    s["method"] = s["method"] or "tsds"
+    s["seed"] = 0 if s["seed"] is None else s["seed"]
+    for req in ("pool", "target", "out"):
+        if not s.get(req):
+            raise ConfigError(f"--{req} is required (on the command line or in --config)")
+    if s.get("ratio") is None and s.get("count") is None and s.get("tokens") is None:
+        raise ConfigError("give a budget: --ratio R, --count N or --tokens T")
+    q = s.get("quotas")
+    if isinstance(q, str) and q not in ("proportional", "equal"):
+        try:
+            s["quotas"] = json.loads(q)
+        except json.JSONDecodeError:
+            raise ConfigError(f"--quotas must be 'proportional', 'equal' or JSON, got {q!r}") from None
+    return s
+
+
+def run_select(s: dict[str, Any]) -> "Any":
+    from .api import select
+    from .data.writers import check_writable
+    from .features.embed import EmbedConfig
+
+    check_writable(s["out"])
+    embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
+                        device=s.get("device") or "auto")
+    sel = select(s["pool"], s["target"], method=s["method"], count=s.get("count"), ratio=s.get("ratio"),
+                 tokens=s.get("tokens"), seed=s["seed"], config=s["options"], group_by=s.get("group_by"),
+                 quotas=s.get("quotas") or "proportional", embed=embed, cache_dir=s.get("cache_dir"),
+                 progress=not s.get("no_progress"), skip_bad=bool(s.get("skip_bad")),
+                 pool_layout=s.get("layout") or "auto", pool_fields=s.get("fields"),
+                 target_layout=s.get("target_layout") or "auto", target_fields=s.get("target_fields"),
+                 split=s.get("split"))
+    path = sel.save(s["out"], s.get("format"))
+    return sel, path
+
+
+def print_summary(sel: Any, path: Path, out=sys.stdout) -> None:
+    n, k = len(sel.pool), len(sel.indices)
+    print(f"tasksift {sel.method}: selected {k} of {n} pool rows ({100 * k / max(1, n):.2f}%) "
+          f"for {len(sel.target)} target examples, seed {sel.seed}", file=out)
+    if sel.pool.skipped or sel.target.skipped:
+        print(f"  skipped bad rows: pool {len(sel.pool.skipped)}, target {len(sel.target.skipped)} "
+              f"(listed in manifest.json)", file=out)
+    mix = sel.source_mix()
+    if len(mix) > 1 or next(iter(mix), None) != Path(sel.pool.path).name:
+        print("  selected by source:", file=out)
+        for src, c in list(mix.items())[:10]:
+            print(f"    {c:7d}  {100 * c / k:5.1f}%  {src}", file=out)
+    for key in ("support_size", "filled", "fill_rule", "ann_recall", "index"):
+        if key in sel.info:
+            print(f"  {key}: {sel.info[key]}", file=out)
+    t = ", ".join(f"{k} {v:.1f}s" for k, v in sel.timings.items())
+    print(f"  time: {t}", file=out)
+    print(f"  wrote {path} and {Path(path).parent / 'manifest.json'}", file=out)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    sel, path = run_select(resolve_settings(args))
+    print_summary(sel, path)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods.registry import available_methods
+
+    infos = available_methods()
+    if args.json:
+        print(json.dumps([i.__dict__ for i in infos], indent=2))
+        return 0
+    w = max(len(i.name) for i in infos)
+    print(f"{'method':<{w}}  {'needs':<22} {'cost':<9} description")
+    for i in infos:
+        needs = ",".join(i.needs) or "-"
+        print(f"{i.name:<{w}}  {needs:<22} {i.cost:<9} {i.description}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data.demo import write_demo_data
+
+    out = Path(args.out)
+    pool, target = write_demo_data(out / "data", seed=args.seed)
+    print(f"demo data: {pool} ({sum(1 for _ in open(pool))} rows, 6 task types), "
+          f"{target} ({sum(1 for _ in open(target))} target rows: math word problems)")
+    s = {"pool": str(pool), "target": str(target), "method": args.method, "ratio": args.ratio,
+         "out": str(out / "selection"), "seed": args.seed, "options": {}, "cache_dir": args.cache_dir,
+         "no_progress": args.no_progress}
+    sel, path = run_select(s)
+    print_summary(sel, path)
+    math_share = sum(1 for ex in sel.subset if ex.raw.get("task") == "math") / len(sel.indices)
+    print(f"  share of selected rows that are math word problems: {100 * math_share:.0f}% "
+          f"(random would give ~{100 * sum(1 for ex in sel.pool.examples if ex.raw.get('task') == 'math') / len(sel.pool):.0f}%)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tasksift", description="Pick the training data worth fine-tuning on for one task.")
+    parser.add_argument("--version", action="version", version=f"tasksift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("select", help="select a subset of a pool for a target task",
+                       description="Select a subset of --pool for the task shown by --target. "
+                                   "Writes the subset in the pool's own format with tasksift_* score "
+                                   "columns, and manifest.json.")
+    add_select_args(p)
+    p.set_defaults(func=cmd_select)
+    p = sub.add_parser("methods", help="list the selection methods")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")
+    p.add_argument("--out", default="demo-out", help="folder for demo data and selection (default demo-out)")
+    p.add_argument("--method", default="tsds")
+    p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    from . import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"tasksift.commands.{mod.name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TasksiftError as e:
+        print(f"tasksift: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tasksift: interrupted (finished feature shards are cached; rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

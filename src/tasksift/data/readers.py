@@ -1,0 +1,221 @@
+"""Read raw rows from JSON, JSONL (optionally gzipped), CSV/TSV, Parquet and Hugging Face
+datasets. Every row comes back as it is in the file (a dict), with its 1-based row number;
+problems raise :class:`~tasksift.errors.DataError` naming the file and row."""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+
+#: File endings we read, mapped to the format name written back on output.
+SUFFIX_FORMATS = {
+    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json.gz": "json",
+    ".jsonl.gz": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+}
+#: Keys under which a JSON object wraps its list of rows (BIG-bench, BBH, ...).
+WRAPPER_KEYS = ("examples", "data", "rows", "instances", "train", "items", "records")
+
+
+@dataclass
+class RawRows:
+    """Rows read from one source."""
+
+    rows: list[Any]
+    row_numbers: list[int]          # 1-based position in the file (line for JSONL)
+    format: str                     # json | jsonl | csv | tsv | parquet | hf
+    path: str                       # what the user named (file, folder or hub id)
+    skipped: list[dict] = field(default_factory=list)   # {"file", "row", "reason"}
+    header: bool = True             # csv/tsv: whether the file had a header line
+    wrapper: dict | None = None     # json: the wrapping object (minus its row list) and its key
+
+
+def file_format(path: Path) -> str | None:
+    name = path.name.lower()
+    for suf in sorted(SUFFIX_FORMATS, key=len, reverse=True):
+        if name.endswith(suf):
+            return SUFFIX_FORMATS[suf]
+    return None
+
+
+def _open_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, expected a data file", file=str(path)) from None
+    except PermissionError:
+        raise DataError("permission denied", file=str(path)) from None
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"not a valid gzip file ({e})", file=str(path)) from None
+    return data
+
+
+def _decode(data: bytes, path: Path, row: int | None = None) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if row is None:  # find the line of the bad byte
+            row = data[:e.start].count(b"\n") + 1
+            raise DataError(f"line {row} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}); re-encode the file as UTF-8", file=str(path)) from None
+        raise DataError(f"not valid UTF-8 (byte 0x{data[e.start]:02x}); re-encode the file as UTF-8",
+                        file=str(path), row=row) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_json(path: Path) -> RawRows:
+    text = _decode(_open_bytes(path), path)
+    if not text.strip():
+        raise DataError("file is empty", file=str(path))
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        # A JSON-lines file with a .json name is common: try that before giving up.
+        if e.msg == "Extra data":
+            return read_jsonl(path, fmt="json")
+        raise DataError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", file=str(path)) from None
+    wrapper = None
+    if isinstance(obj, dict):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), list)), None)
+        if key is not None:
+            wrapper = {"key": key, "rest": {k: v for k, v in obj.items() if k != key}}
+            obj = obj[key]
+        elif obj and all(isinstance(v, list) for v in obj.values()) and len({len(v) for v in obj.values()}) == 1:
+            cols = list(obj)
+            obj = [dict(zip(cols, vals)) for vals in zip(*obj.values())]  # columnar
+            wrapper = {"key": None, "columnar": True}
+        else:
+            obj = [obj]
+    if not isinstance(obj, list):
+        raise DataError("expected a list of rows (or an object holding one under 'examples'/'data')",
+                        file=str(path))
+    return RawRows(rows=obj, row_numbers=list(range(1, len(obj) + 1)), format="json", path=str(path),
+                   wrapper=wrapper)
+
+
+def read_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl") -> RawRows:
+    data = _open_bytes(path)
+    rows, numbers, skipped = [], [], []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = _decode(raw, path, row=lineno)
+            rows.append(json.loads(line))
+            numbers.append(lineno)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append({"file": str(path), "row": lineno, "reason": str(e).split(": ", 1)[-1]})
+        except json.JSONDecodeError as e:
+            if not skip_bad:
+                raise DataError(f"malformed JSON line ({e.msg} at column {e.colno})", file=str(path),
+                                row=lineno) from None
+            skipped.append({"file": str(path), "row": lineno, "reason": f"malformed JSON ({e.msg})"})
+    return RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped)
+
+
+_HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .\-/]{0,63}$")
+
+
+def read_delimited(path: Path, delimiter: str, header: bool | None = None) -> RawRows:
+    """CSV/TSV. ``header=None`` guesses: a first line whose cells are all short, distinct
+    identifiers is a header; otherwise columns are named ``column_1``, ``column_2``, ..."""
+    text = _decode(_open_bytes(path), path)
+    fmt = "tsv" if delimiter == "\t" else "csv"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    try:
+        table = [r for r in reader]
+    except csv.Error as e:
+        raise DataError(f"malformed {fmt.upper()}: {e}", file=str(path), row=reader.line_num) from None
+    table = [r for r in table if any(c.strip() for c in r)]
+    if not table:
+        raise DataError("file is empty", file=str(path))
+    first = table[0]
+    if header is None:
+        header = len(set(first)) == len(first) and all(_HEADER_CELL.match(c.strip()) for c in first)
+    cols = [c.strip() for c in first] if header else [f"column_{i + 1}" for i in range(len(first))]
+    body = table[1:] if header else table
+    rows, numbers = [], []
+    for i, cells in enumerate(body, start=2 if header else 1):
+        if len(cells) != len(cols):
+            raise DataError(f"has {len(cells)} cells, expected {len(cols)}", file=str(path), row=i)
+        rows.append(dict(zip(cols, cells)))
+        numbers.append(i)
+    return RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), header=header)
+
+
+def read_parquet(path: Path) -> RawRows:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except Exception as e:
+        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})",
+                        file=str(path)) from None
+    rows = table.to_pylist()
+    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="parquet", path=str(path))
+
+
+def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
+    """A ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder or a hub id."""
+    import datasets
+
+    if isinstance(obj, (str, Path)):
+        p = Path(obj)
+        try:
+            if p.is_dir():
+                obj = datasets.load_from_disk(str(p))
+            else:
+                obj = datasets.load_dataset(str(obj), split=split)
+        except Exception as e:
+            raise DataError(f"cannot load Hugging Face dataset ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})", file=name) from None
+    if isinstance(obj, datasets.DatasetDict):
+        want = split or ("train" if "train" in obj else None)
+        if want is None or want not in obj:
+            raise DataError(f"dataset has splits {sorted(obj)}; name one with --split", file=name)
+        obj = obj[want]
+    rows = obj.to_list()
+    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="hf", path=name)
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
+                              or (path / "dataset_dict.json").exists())
+
+
+def read_file(path: Path, *, skip_bad: bool = False) -> RawRows:
+    fmt = file_format(path)
+    if fmt == "jsonl":
+        return read_jsonl(path, skip_bad=skip_bad)
+    if fmt == "json":
+        return read_json(path)
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, "," if fmt == "csv" else "\t")
+    if fmt == "parquet":
+        return read_parquet(path)
+    raise DataError(f"unsupported file type; use one of {', '.join(sorted(set(SUFFIX_FORMATS)))}",
+                    file=str(path))
+
+
+def data_files(folder: Path) -> Iterator[Path]:
+    """Data files below ``folder`` (sorted; hidden files and unknown endings skipped)."""
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) \
+                and file_format(p) is not None:
+            yield p

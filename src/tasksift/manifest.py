@@ -1,0 +1,38 @@
+"""The manifest written beside every selection: what was run, on what, and how long it took."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import sys
+import time
+from typing import Any
+
+from . import __version__
+
+_PACKAGES = ("numpy", "scipy", "faiss-cpu", "torch", "transformers", "sentence-transformers",
+             "peft", "datasets", "pyarrow", "pandas")
+
+
+def versions() -> dict[str, str]:
+    out = {"tasksift": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for p in _PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def manifest_dict(**parts: Any) -> dict[str, Any]:
+    return {"tasksift_manifest": 1, "created": now_iso(), "versions": versions(), **parts}
