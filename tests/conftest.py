@@ -20,7 +20,12 @@ _WORDS = ("the a an of to and is in it what how many apples train cat dog review
 def build_tiny_st_model(folder: Path) -> Path:
     """A 2-layer, 32-d random BERT wrapped as a sentence-transformers model (mean pooling)."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,8 @@ def run_select(s: dict[str, Any]) -> "Any":
     return sel, path
 
 
-def print_summary(sel: Any, path: Path, out=sys.stdout) -> None:
+def print_summary(sel: Any, path: Path, out=None) -> None:
+    out = out or sys.stdout
     n, k = len(sel.pool), len(sel.indices)
     print(f"tasksift {sel.method}: selected {k} of {n} pool rows ({100 * k / max(1, n):.2f}%) "
           f"for {len(sel.target)} target examples, seed {sel.seed}", file=out)

@@ -109,7 +109,7 @@ def _sharegpt(row, fields):
 
 
 def _alpaca(row, fields):
-    resp_key = "output" if "output" in row else "response"
+    resp_key = "response" if "response" in row and "output" not in row else "output"
     instr, inp = _str(row, "instruction"), _str(row, "input", required=False)
     prompt = f"{instr}\n\n{inp}" if inp.strip() else instr
     msgs = []
@@ -297,6 +297,8 @@ def normalise(raw: RawRows, layout: str = "auto", fields: Mapping[str, str] | No
               source: str | None = None, skip_bad: bool = False) -> tuple[list[Example], str]:
     """Examples from raw rows, and the layout used. Skipped rows go to ``raw.skipped``."""
     fields = parse_fields(fields)
+    if not raw.rows:
+        return [], layout
     if layout == "auto":
         layout = detect_layout(raw, fields)
     elif layout != "fields" and layout not in LAYOUTS:

@@ -1,0 +1,152 @@
+"""random and knn on hand-checked cases; the select API, CLI, config file and manifest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tasksift
+from tasksift.budget import Budget, allocate_quotas, cut_to_tokens, grouped_top_k
+from tasksift.cli import main
+from tasksift.data.example import Example
+from tasksift.errors import ConfigError
+from tasksift.features.embed import EmbedConfig
+from tasksift.methods.base import SelectionContext, top_k
+from tasksift.methods.knn import round_robin
+from tasksift.methods.registry import available_methods, get_method
+
+
+def _ex(i: int, text: str = "") -> Example:
+    return Example(messages=[{"role": "user", "content": f"q{i} {text}"}, {"role": "assistant", "content": "a"}],
+                   raw={"i": i}, row=i + 1)
+
+
+def _ctx(x: np.ndarray, q: np.ndarray, seed: int = 0) -> SelectionContext:
+    ctx = SelectionContext([_ex(i) for i in range(len(x))], [_ex(100 + i) for i in range(len(q))], seed=seed,
+                           progress=False)
+    ctx.set_embeddings("pool", x)
+    ctx.set_embeddings("target", q)
+    return ctx
+
+
+def test_knn_round_robin_hand_checked():
+    # 2-d unit vectors at angles; targets at 0 and 90 degrees
+    ang = np.deg2rad([0, 10, 80, 95, 170, 45, 5])
+    x = np.c_[np.cos(ang), np.sin(ang)]
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    res = get_method("knn")().select(_ctx(x, q), 5)
+    # target 0 nearest: 0(0), 6(5), 1(10); target 1 nearest: 3(95), 2(80), 5(45)
+    assert res.indices.tolist() == [0, 3, 6, 2, 1]
+    assert np.isclose(res.scores[5], np.cos(np.deg2rad(45)))
+    assert np.isclose(res.scores[4], np.cos(np.deg2rad(80)))  # 170 deg: closest to the 90 target
+
+
+def test_round_robin_skips_taken_and_minus_one():
+    neigh = np.array([[4, 1, 2], [4, -1, 3]])
+    assert round_robin(neigh, 4) == [4, 3, 1, 2]
+    assert round_robin(neigh, 10) == [4, 3, 1, 2]  # runs out: returns fewer
+
+
+def test_knn_needs_more_neighbours_than_first_guess():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4))
+    q = x[:1] + 1e-3  # one target: knn must return the 50 nearest in order
+    res = get_method("knn")().select(_ctx(x, q), 50)
+    sims = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (q[0] / np.linalg.norm(q[0]))
+    assert res.indices.tolist() == np.argsort(-sims)[:50].tolist()
+
+
+def test_random_is_seeded_and_unique():
+    x = np.zeros((50, 2))
+    a = get_method("random")().select(_ctx(x, x[:1], seed=3), 20).indices
+    b = get_method("random")().select(_ctx(x, x[:1], seed=3), 20).indices
+    c = get_method("random")().select(_ctx(x, x[:1], seed=4), 20).indices
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist() and len(set(a.tolist())) == 20
+
+
+def test_top_k_ties_and_nan():
+    assert top_k(np.array([1.0, np.nan, 3.0, 3.0, -np.inf]), 3).tolist() == [2, 3, 0]
+
+
+def test_budgets_and_quotas():
+    assert Budget(ratio=0.01).rows(1000) == 10 and Budget(count=5).rows(5) == 5
+    with pytest.raises(ConfigError):
+        Budget(count=6).rows(5)
+    with pytest.raises(ConfigError):
+        Budget(count=1, ratio=0.1)
+    groups = ["a"] * 6 + ["b"] * 3 + ["c"]
+    # proportional 3 : 1.5 : 0.5, the spare row to the largest remainder (tie -> name order)
+    assert allocate_quotas(groups, 5) == {"a": 3, "b": 2, "c": 0}
+    # equal 2 : 2 : 2, but c has one row; its spare row is shared again
+    assert allocate_quotas(groups, 6, "equal") == {"a": 3, "b": 2, "c": 1}
+    assert allocate_quotas(["a"] * 6 + ["b"] * 3, 4, {"a": 1, "b": 3}) == {"a": 1, "b": 3}
+    # b wants 4 of 5 but has only 1 row: the rest goes to a
+    assert allocate_quotas(["a"] * 6 + ["b"] * 1, 5, {"a": 0.2, "b": 0.8}) == {"a": 4, "b": 1}
+    sel = grouped_top_k(np.arange(10.0), 4, ["x"] * 5 + ["y"] * 5, "equal")
+    assert sel.tolist() == [9, 8, 4, 3]
+    assert cut_to_tokens(np.array([2, 0, 1]), np.array([5, 5, 5]), 11).tolist() == [2, 0]
+
+
+def test_registry_lists_methods_with_info():
+    names = {m.name for m in available_methods()}
+    assert {"random", "knn"} <= names
+    for m in available_methods():
+        assert m.description and m.cost in ("cheap", "moderate", "expensive")
+
+
+def _demo_files(tmp_path):
+    from tasksift.data.demo import write_demo_data
+
+    return write_demo_data(tmp_path / "data")
+
+
+def test_select_api_on_demo(tmp_path, tiny_embed_model):
+    pool, target = _demo_files(tmp_path)
+    embed = EmbedConfig(model=tiny_embed_model)
+    sel = tasksift.select(pool, target, method="knn", ratio=0.1, embed=embed, cache_dir=tmp_path / "c",
+                          progress=False)
+    k = round(0.1 * len(sel.pool))
+    assert len(sel.indices) == k == len(set(sel.ids))
+    assert [e.id for e in sel.subset] == sel.ids
+    path = sel.save(tmp_path / "out")
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    assert len(rows) == k and all("instruction" in r and "tasksift_score" in r for r in rows)
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["method"] == "knn" and man["counts"]["selected"] == k and man["seed"] == 0
+    assert man["selected_ids"] == sel.ids and man["pool"]["fingerprint"] and "torch" in man["versions"]
+    assert set(man["timings"]) >= {"load", "embed_pool", "knn_search", "total"}
+
+
+def test_group_quotas_by_field(tmp_path, tiny_embed_model):
+    pool, target = _demo_files(tmp_path)
+    sel = tasksift.select(pool, target, method="knn", count=12, group_by="task", quotas="equal",
+                          embed=EmbedConfig(model=tiny_embed_model), cache_dir=tmp_path / "c",
+                          progress=False)
+    tasks = [ex.raw["task"] for ex in sel.subset]
+    assert sorted({t: tasks.count(t) for t in tasks}.values()) == [2] * 6
+
+
+def test_cli_select_with_config_file(tmp_path, tiny_embed_model, capsys):
+    pool, target = _demo_files(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"pool: {pool}\ntarget: {target}\nmethod: knn\ncount: 7\nembed_model: {tiny_embed_model}\n"
+                   f"cache_dir: {tmp_path / 'c'}\nno_progress: true\n")
+    rc = main(["select", "--config", str(cfg), "--out", str(tmp_path / "o"), "--format", "csv"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "selected 7 of" in out
+    import csv
+
+    with open(tmp_path / "o" / "selected.csv", newline="") as f:
+        lines = list(csv.reader(f))
+    assert len(lines) == 8 and lines[0][:6] == ["instruction", "input", "output", "task", "tasksift_id",
+                                                "tasksift_rank"]
+    rc = main(["methods"])
+    assert rc == 0 and "knn" in capsys.readouterr().out
+
+
+def test_same_seed_same_selection(tmp_path):
+    rows = [{"text": f"document number {i}"} for i in range(40)]
+    a = tasksift.select(rows, rows[:2], method="random", count=10, seed=7, progress=False)
+    b = tasksift.select(rows, rows[:2], method="random", count=10, seed=7, progress=False)
+    assert a.ids == b.ids
