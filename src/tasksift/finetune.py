@@ -1,0 +1,170 @@
+"""LoRA fine-tuning of a causal LM on examples, with the same rendering and response masking
+as the loss engine (:mod:`tasksift.features.lm`): the model learns the response tokens (every
+assistant turn of a chat, all tokens of plain text) and never the prompt.
+
+Used by LoBaSS to build its reference model and reusable by the evaluation harness.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .atomic import write_json
+from .data.example import Example
+from .errors import ConfigError
+
+#: Modules LoRA adapts when none are given: attention and MLP projections of llama-style
+#: models, falling back to whatever peft picks for the architecture.
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _pick_target_modules(model, wanted: Sequence[str] | None) -> list[str] | str | None:
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if wanted:
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise ConfigError(f"LoRA target modules {missing} not in the model")
+        return list(wanted)
+    hit = [m for m in DEFAULT_TARGET_MODULES if m in names]
+    return hit or None   # None: peft's per-architecture default
+
+
+def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps: int | None = None,
+                  epochs: float = 1.0, lr: float = 2e-4, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+                  batch_size: int = 8, max_length: int = 1024, seed: int = 0, out_dir: str | os.PathLike,
+                  gguf_file: str | None = None, progress: bool = True, tokenizer=None,
+                  target_modules: Sequence[str] | None = None, device: str = "auto",
+                  warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0) -> Path:
+    """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``; returns that path.
+
+    ``model_name_or_path``: ``"default"``, a hub id, a local path or ``.gguf`` file, or an
+    already loaded ``PreTrainedModel`` (then pass ``tokenizer``; the model is returned to its
+    original state afterwards: LoRA layers removed, weights untouched, eval mode).
+    Training: AdamW, linear warm-up (``warmup_ratio``) then linear decay, batches of
+    ``batch_size`` rows in a seeded shuffle, loss = mean NLL over the batch's response tokens.
+    Runs ``steps`` optimizer steps if given, else ``epochs`` passes over the examples.
+    ``out_dir`` also gets ``train_log.json`` (settings, per-step loss, time).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    from .features.lm import load_causal_lm, resolve_device, tokenize_examples
+
+    if not examples:
+        raise ConfigError("fine-tuning needs at least one example")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    if steps is None and not epochs > 0:
+        raise ConfigError(f"epochs must be > 0, got {epochs}")
+    if batch_size < 1 or r < 1 or lr <= 0:
+        raise ConfigError("batch_size and r must be >= 1 and lr > 0")
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    owned = isinstance(model_name_or_path, (str, os.PathLike))
+    if owned:
+        model, tok = load_causal_lm(str(model_name_or_path), gguf_file, device=device,
+                                    dtype="float32" if resolve_device(device) == "cpu" else "auto")
+        model_label = str(model_name_or_path)
+    else:
+        model, tok = model_name_or_path, tokenizer
+        if tok is None:
+            raise ConfigError("pass tokenizer= together with a loaded model")
+        model_label = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+    dev = next(model.parameters()).device
+    low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+
+    rendered = tokenize_examples(tok, examples, max_length=max_length, truncation=True)
+    usable = [x for x in rendered if x.status == 0]
+    if not usable:
+        raise ConfigError("no example has a response token to train on")
+    n = len(usable)
+    per_epoch = math.ceil(n / batch_size)
+    total = int(steps) if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
+
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules=_pick_target_modules(model, target_modules))
+    was_training = model.training
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    peft_model = get_peft_model(model, lcfg)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(round(warmup_ratio * total))) if warmup_ratio > 0 else 0
+
+    def lr_at(step: int) -> float:
+        if warm and step < warm:
+            return lr * (step + 1) / warm
+        return lr * max(0.0, (total - step) / max(1, total - warm))
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    order: list[int] = []
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="LoRA fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in range(total):
+            if len(order) < batch_size:
+                order.extend(rng.permutation(n).tolist())
+            batch = [usable[i] for i in order[:batch_size]]
+            del order[:batch_size]
+            L = max(len(x.ids) for x in batch)
+            ids = torch.full((len(batch), L), pad, dtype=torch.long)
+            att = torch.zeros((len(batch), L), dtype=torch.long)
+            labels = torch.full((len(batch), L), -100, dtype=torch.long)
+            for b, x in enumerate(batch):
+                t = torch.tensor(x.ids, dtype=torch.long)
+                m = torch.tensor(x.mask, dtype=torch.bool)
+                ids[b, :len(t)] = t
+                att[b, :len(t)] = 1
+                labels[b, :len(t)] = torch.where(m, t, torch.full_like(t, -100))
+            ids, att, labels = ids.to(dev), att.to(dev), labels.to(dev)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
+                logits = peft_model(input_ids=ids, attention_mask=att).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                     shift_labels.reshape(-1), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        out.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(out))
+    finally:
+        bar.close()
+        if not owned:
+            peft_model.unload()   # remove LoRA layers, leaving the caller's model as it was
+            model.train(was_training)
+            for p, flag in zip(model.parameters(), grad_flags):
+                p.requires_grad_(flag)
+    write_json(out / "train_log.json", {
+        "base_model": model_label, "gguf_file": gguf_file, "examples": len(examples),
+        "trained_examples": n, "skipped_examples": len(examples) - n,
+        "truncated_examples": int(sum(x.truncated for x in usable)),
+        "steps": total, "epochs": total / per_epoch, "lr": lr, "r": r, "alpha": alpha,
+        "dropout": dropout, "batch_size": batch_size, "max_length": max_length, "seed": seed,
+        "warmup_steps": warm, "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str)
+        else sorted(lcfg.target_modules or []), "loss": losses, "seconds": time.perf_counter() - t0,
+    })
+    return out
+
+
+def read_train_log(adapter_dir: str | os.PathLike) -> dict:
+    """The ``train_log.json`` written by :func:`finetune_lora` ({} if absent)."""
+    p = Path(adapter_dir) / "train_log.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
