@@ -1,0 +1,106 @@
+"""``dsir``: Data Selection with Importance Resampling (Xie, Santurkar, Ma, Liang 2023).
+
+Two bag-of-hashed-n-gram categorical models over ``num_buckets`` buckets (unigrams and
+bigrams, :mod:`tasksift.features.ngram`) are fitted with additive smoothing:
+
+    p_target(b) = (c_target(b) + smoothing) / (sum_b c_target(b) + smoothing * B)
+    p_raw(b)    = (c_pool(b)   + smoothing) / (sum_b c_pool(b)   + smoothing * B)
+
+and each pool row x gets the importance weight
+
+    log w(x) = sum_b count_x(b) * (log p_target(b) - log p_raw(b)).
+
+``k`` rows are then drawn without replacement with probability proportional to w by the
+Gumbel top-k trick: the k largest ``log w + Gumbel(0, 1)`` (noise from ``ctx.rng``, so the
+seed fixes the draw). ``sampling="top"`` takes the k largest weights instead (deterministic).
+The score column ``dsir_log_weight`` is log w.
+
+As in the paper the weight is not length-normalised (long rows get extreme weights);
+``length_normalize=True`` divides log w by the row's n-gram count.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import ConfigError
+from ..features.ngram import NgramConfig, example_ngram_counts
+from .base import MethodResult, SelectionContext, SelectionMethod, top_k
+from .registry import register
+
+
+def fit_ngram_model(counts: sp.spmatrix, smoothing: float) -> np.ndarray:
+    """Log-probabilities of the smoothed categorical model fitted to the rows of ``counts``."""
+    totals = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel()
+    b = counts.shape[1]
+    denom = totals.sum() + smoothing * b
+    if denom <= 0:
+        raise ConfigError("dsir: no n-grams to fit (empty texts) and smoothing is 0")
+    with np.errstate(divide="ignore"):
+        return np.log(totals + smoothing) - np.log(denom)
+
+
+def dsir_log_weights(pool_counts: sp.spmatrix, target_counts: sp.spmatrix, smoothing: float = 1.0
+                     ) -> np.ndarray:
+    """log w(x) = sum_b count_x(b) * (log p_target(b) - log p_raw(b)), one per pool row.
+
+    The raw model is fitted on the pool itself. With ``smoothing`` 0 a bucket seen in the
+    pool but never in the target gives -inf (the row is never drawn)."""
+    log_t = fit_ngram_model(target_counts, smoothing)
+    log_r = fit_ngram_model(pool_counts, smoothing)
+    diff = log_t - log_r
+    pool_counts = sp.csr_matrix(pool_counts)
+    if smoothing == 0:  # avoid 0 * -inf = nan for buckets the row does not have
+        diff = np.where(np.isfinite(log_r), diff, 0.0)
+    return np.asarray(pool_counts @ diff, dtype=np.float64).ravel()
+
+
+def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices drawn without replacement with probability proportional to exp(log_weights)
+    (Gumbel top-k), in draw order. Rows with -inf weight are never drawn."""
+    keys = np.asarray(log_weights, dtype=np.float64) + rng.gumbel(size=len(log_weights))
+    keys[~np.isfinite(log_weights)] = np.nan
+    return top_k(keys, k)
+
+
+@register("dsir", description="hashed n-gram importance resampling towards the target (DSIR, Xie et al. 2023)",
+          needs=("ngrams",), cost="cheap", stochastic=True)
+class DSIRSelection(SelectionMethod):
+    defaults: dict = {"num_buckets": 10_000, "ngrams": [1, 2], "smoothing": 1.0, "text": "text",
+                      "max_chars": 20_000, "sampling": "gumbel", "length_normalize": False}
+
+    def select(self, ctx: SelectionContext, k: int) -> MethodResult:
+        c = self.config
+        if c["sampling"] not in ("gumbel", "top"):
+            raise ConfigError(f"dsir option sampling must be 'gumbel' or 'top', got {c['sampling']!r}")
+        try:
+            smoothing = float(c["smoothing"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"dsir option smoothing must be a number, got {c['smoothing']!r}") from None
+        if smoothing < 0:
+            raise ConfigError(f"dsir option smoothing must be >= 0, got {smoothing}")
+        ngrams = c["ngrams"]
+        ngrams = (int(ngrams),) if isinstance(ngrams, (int, float)) else tuple(int(n) for n in ngrams)
+        cfg = NgramConfig(num_buckets=int(c["num_buckets"]), ngrams=ngrams, text=str(c["text"]),
+                          max_chars=None if c["max_chars"] is None else int(c["max_chars"]))
+        with ctx.timed("ngram_features"):
+            pool_counts = example_ngram_counts(ctx.pool, cfg)
+            target_counts = example_ngram_counts(ctx.target, cfg)
+        with ctx.timed("dsir_select"):
+            logw = dsir_log_weights(pool_counts, target_counts, smoothing)
+            if c["length_normalize"]:
+                n = np.asarray(pool_counts.sum(axis=1)).ravel()
+                logw = np.where(n > 0, logw / np.maximum(n, 1), 0.0)
+            if c["sampling"] == "gumbel":
+                idx = gumbel_top_k(logw, k, ctx.rng)
+            else:
+                idx = top_k(np.where(np.isfinite(logw), logw, np.nan), k)
+        finite = np.isfinite(logw)
+        w = np.exp(logw[finite] - logw[finite].max()) if finite.any() else np.zeros(0)
+        info = {"ngram_features": cfg.describe(), "smoothing": smoothing, "sampling": c["sampling"],
+                "length_normalize": bool(c["length_normalize"]),
+                "effective_sample_size": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)) if len(w) else 0.0}
+        if len(idx) < k:
+            info["short"] = f"only {len(idx)} rows have a finite weight, fewer than the budget of {k}"
+        return MethodResult(indices=idx.astype(np.int64), scores=logw, columns={"dsir_log_weight": logw},
+                            info=info)
