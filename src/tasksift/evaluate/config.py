@@ -1,0 +1,221 @@
+"""The evaluation recipe: what ``tasksift evaluate RECIPE.yaml`` reads.
+
+A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``methods``)::
+
+    name: commonsenseqa
+    pool: ../shared/data/pool          # any input tasksift.select accepts (file or folder)
+    pool_sample: 20000                 # optional: a seeded random sample of the pool rows
+    pool_layout: auto                  # optional, as in `tasksift select --layout`
+    task:                              # see tasksift.evaluate.tasks.load_task
+      kind: csqa                       # gsm8k | bbh | csqa | xcopa | strategyqa | jsonl
+      path: ../shared/data/targets/zscot_commonsenseqa
+      n_target: 50                     # target examples given to the selectors
+      n_test: 300                      # held-out gold-labelled test items (disjoint)
+      seed: 0
+    methods: [knn, "dedup -> knn"]     # registered names or recipe strings
+    method_options: {knn: {k: 5}}      # per-method options (config= of tasksift.select)
+    budgets: [0.01, 0.05]              # floats < 1 = ratios of the pool, ints = row counts
+    seeds: [0, 1]
+    full: false                        # also train on the whole pool
+    base_model: default                # "default" (SmolLM2-135M-Instruct), hub id, path or .gguf
+    gguf_file: null
+    device: auto
+    finetune: {steps: 60, lr: 2.0e-4, r: 8, alpha: 16, batch_size: 8, max_length: 512}
+    scorers: [loss, mc, em]            # loss = target-test NLL, mc = multiple choice, em = exact match
+    primary_scorer: mc                 # the score PIR and efficiency use (default: first scorer)
+    generation: {max_new_tokens: 256, batch_size: 8}
+    contamination: {drop_contaminated: true, ngram: 5, near_threshold: 0.5, char_ngram: 5,
+                    jaccard_threshold: 0.8}
+    embed_model: default               # sentence-transformers model for embedding methods
+    cache_dir: null                    # feature cache (default: <out>/cache)
+
+Relative paths are resolved against the current directory (run from the project root);
+``random`` at every budget and the base model without fine-tuning are always evaluated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+SCORERS = ("loss", "mc", "em")
+TASK_KINDS = ("gsm8k", "bbh", "csqa", "xcopa", "strategyqa", "jsonl")
+
+FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "epochs": None, "lr": 2e-4, "r": 8, "alpha": 16,
+                                     "dropout": 0.05, "batch_size": 8, "max_length": 512,
+                                     "warmup_ratio": 0.03}
+GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "batch_size": 8}
+CONTAMINATION_DEFAULTS: dict[str, Any] = {"drop_contaminated": False, "ngram": 5, "near_threshold": 0.5,
+                                          "char_ngram": 5, "jaccard_threshold": 0.8}
+SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096}
+
+_TOP_KEYS = {"name", "pool", "pool_sample", "pool_layout", "pool_fields", "task", "methods", "method_options",
+             "budgets", "seeds", "full", "base_model", "gguf_file", "device", "finetune", "scorers",
+             "primary_scorer", "generation", "contamination", "embed_model", "cache_dir", "scoring",
+             "out", "keep_adapters", "progress"}
+
+
+@dataclass
+class EvalRecipe:
+    """A validated evaluation recipe (see the module docstring for the YAML form)."""
+
+    pool: Any
+    task: dict[str, Any]
+    methods: list[Any]
+    name: str = "eval"
+    pool_sample: int | None = None
+    pool_layout: str = "auto"
+    pool_fields: Any = None
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budgets: list[int | float] = field(default_factory=lambda: [0.01, 0.05])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    full: bool = False
+    base_model: str = "default"
+    gguf_file: str | None = None
+    device: str = "auto"
+    finetune: dict[str, Any] = field(default_factory=lambda: dict(FINETUNE_DEFAULTS))
+    scorers: list[str] = field(default_factory=lambda: ["loss", "mc", "em"])
+    primary_scorer: str | None = None
+    generation: dict[str, Any] = field(default_factory=lambda: dict(GENERATION_DEFAULTS))
+    contamination: dict[str, Any] = field(default_factory=lambda: dict(CONTAMINATION_DEFAULTS))
+    scoring: dict[str, Any] = field(default_factory=lambda: dict(SCORING_DEFAULTS))
+    embed_model: str = "default"
+    cache_dir: str | None = None
+    out: str | None = None
+    keep_adapters: bool = False
+    progress: bool = True
+
+    @property
+    def primary(self) -> str:
+        """The scorer PIR and efficiency are computed from."""
+        return self.primary_scorer or self.scorers[0]
+
+    def method_names(self) -> list[str]:
+        """Display names of the methods, ``random`` first (always evaluated)."""
+        names = ["random"] + [method_label(m) for m in self.methods]
+        return list(dict.fromkeys(names))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not output/progress settings)."""
+        d = self.to_dict()
+        for k in ("out", "progress", "keep_adapters", "cache_dir"):
+            d.pop(k, None)
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def method_label(m: Any) -> str:
+    """A readable name for a method spec (name, recipe string, list or mapping)."""
+    if isinstance(m, str):
+        return " ".join(m.split())
+    if isinstance(m, (list, tuple)):
+        return " -> ".join(method_label(x) for x in m)
+    if isinstance(m, Mapping):
+        return str(m.get("name") or json.dumps(m, sort_keys=True))
+    raise ConfigError(f"a method must be a name or a recipe string, got {m!r}")
+
+
+def budget_label(b: int | float) -> str:
+    """``0.05`` -> ``ratio=0.05``, ``200`` -> ``count=200``."""
+    return f"ratio={b:g}" if isinstance(b, float) and b < 1 else f"count={int(b)}"
+
+
+def _merge(defaults: Mapping[str, Any], given: Any, what: str, strict: bool = True) -> dict[str, Any]:
+    if given is None:
+        return dict(defaults)
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"'{what}' must be a mapping, got {type(given).__name__}")
+    unknown = set(given) - set(defaults)
+    if strict and unknown:
+        raise ConfigError(f"unknown '{what}' setting(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalRecipe:
+    """Validate a recipe mapping and fill in defaults (ConfigError on any problem)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError("an evaluation recipe must be a YAML mapping", file=source)
+    unknown = set(d) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown recipe key(s) {sorted(unknown)}", file=source)
+    for req in ("pool", "task", "methods"):
+        if d.get(req) in (None, "", []):
+            raise ConfigError(f"recipe needs '{req}'", file=source)
+    task = d["task"]
+    if not isinstance(task, Mapping) or task.get("kind") not in TASK_KINDS:
+        raise ConfigError(f"task.kind must be one of {', '.join(TASK_KINDS)}", file=source)
+    methods = d["methods"]
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, list):
+        raise ConfigError("'methods' must be a list of method names or recipe strings", file=source)
+    for m in methods:
+        method_label(m)
+    methods = [m for m in methods if method_label(m) != "random"]
+    budgets = d.get("budgets", [0.01, 0.05])
+    if not isinstance(budgets, list) or not budgets:
+        raise ConfigError("'budgets' must be a non-empty list (floats < 1 = ratios, ints = counts)", file=source)
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0:
+            raise ConfigError(f"bad budget {b!r}: use a ratio in (0, 1) or a positive row count", file=source)
+        if isinstance(b, float) and b >= 1 and not b.is_integer():
+            raise ConfigError(f"bad budget {b!r}: ratios must be below 1", file=source)
+    budgets = [int(b) if isinstance(b, float) and b >= 1 else b for b in budgets]
+    seeds = d.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError("'seeds' must be a non-empty list of integers", file=source)
+    scorers = d.get("scorers", ["loss", "mc", "em"])
+    if isinstance(scorers, str):
+        scorers = [scorers]
+    bad = [s for s in scorers if s not in SCORERS]
+    if bad or not scorers:
+        raise ConfigError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}", file=source)
+    primary = d.get("primary_scorer")
+    if primary is not None and primary not in scorers:
+        raise ConfigError(f"primary_scorer '{primary}' is not one of the recipe's scorers {scorers}", file=source)
+    mo = d.get("method_options") or {}
+    if not isinstance(mo, Mapping) or not all(isinstance(v, Mapping) for v in mo.values()):
+        raise ConfigError("'method_options' must map a method name to a mapping of options", file=source)
+    ft = _merge(FINETUNE_DEFAULTS, d.get("finetune"), "finetune")
+    if ft.get("epochs") is not None and "steps" not in (d.get("finetune") or {}):
+        ft["steps"] = None
+    if ft["steps"] is None and ft["epochs"] is None:
+        raise ConfigError("finetune needs 'steps' (same for every arm) or 'epochs'", file=source)
+    ps = d.get("pool_sample")
+    if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 1):
+        raise ConfigError(f"pool_sample must be a positive integer, got {ps!r}", file=source)
+    return EvalRecipe(
+        pool=d["pool"], task=dict(task), methods=list(methods), name=str(d.get("name") or "eval"),
+        pool_sample=ps, pool_layout=d.get("pool_layout") or "auto", pool_fields=d.get("pool_fields"),
+        method_options={str(k): dict(v) for k, v in mo.items()}, budgets=list(budgets), seeds=list(seeds),
+        full=bool(d.get("full", False)), base_model=str(d.get("base_model") or "default"),
+        gguf_file=d.get("gguf_file"), device=str(d.get("device") or "auto"), finetune=ft,
+        scorers=list(dict.fromkeys(scorers)), primary_scorer=primary,
+        generation=_merge(GENERATION_DEFAULTS, d.get("generation"), "generation"),
+        contamination=_merge(CONTAMINATION_DEFAULTS, d.get("contamination"), "contamination"),
+        scoring=_merge(SCORING_DEFAULTS, d.get("scoring"), "scoring"),
+        embed_model=str(d.get("embed_model") or "default"), cache_dir=d.get("cache_dir"),
+        out=d.get("out"), keep_adapters=bool(d.get("keep_adapters", False)),
+        progress=bool(d.get("progress", True)))
+
+
+def load_recipe(path: str | Path) -> EvalRecipe:
+    """Read and validate a recipe YAML file."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("recipe file not found", file=str(path)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML ({str(e).splitlines()[0]})", file=str(path)) from None
+    return recipe_from_dict(data, source=str(path))

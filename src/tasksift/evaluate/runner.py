@@ -1,0 +1,371 @@
+"""Runs an evaluation recipe: every arm (method x budget x seed, plus random at every budget,
+the base model and optionally the full pool), each selected, fine-tuned and scored the same way.
+
+An *arm* is one (method, budget, seed). For each arm not finished yet:
+
+1. select with :func:`tasksift.select` (same pool, target examples and seed for every method);
+2. fine-tune the base model with LoRA (:func:`tasksift.finetune.finetune_lora`) on the subset,
+   with the same steps, learning rate, rank and batch size for every arm, seeded by the arm's
+   seed;
+3. score the adapted model on the held-out test part (loss / multiple choice / exact match);
+4. append one row to ``results.jsonl`` (atomically: the file is rewritten whole through a
+   temporary file), so a killed run resumes from the last finished arm.
+
+When every arm is done, PIR/efficiency/feasibility are filled in (:mod:`.metrics`), and
+``results.jsonl``, ``summary.json`` and ``report.html`` are written.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..atomic import write_json, write_text
+from ..data.loading import LoadedData, load_examples
+from ..errors import ConfigError
+from ..finetune import finetune_lora
+from ..manifest import peak_memory_mb
+from .config import EvalRecipe, budget_label, method_label
+from .contamination import OverlapResult, find_overlaps, pool_text
+from .metrics import compute_metrics
+from .scorers import ModelScorer, aggregate
+from .tasks import TaskData, load_task
+
+RESULTS = "results.jsonl"
+
+
+def arm_id(method: str, budget: str, seed: int | None) -> str:
+    """Stable id of an arm, the resume key."""
+    return f"{method}|{budget}|seed={seed}" if seed is not None else f"{method}|{budget}"
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.jsonl (a torn last line, impossible with atomic writes, is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    from ..atomic import _json_default
+
+    return json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append a row to results.jsonl atomically (old file + new line, replaced in one rename)."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text(path, old + _json_line(row))
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"[tasksift evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def load_pool(recipe: EvalRecipe) -> LoadedData:
+    """The pool, optionally a seeded sample of ``pool_sample`` rows (order kept)."""
+    pool = recipe.pool
+    if isinstance(pool, LoadedData):
+        data = pool
+    else:
+        if isinstance(pool, str) and not Path(pool).expanduser().exists() and "/" in pool and pool.startswith((".", "/", "~")):
+            raise ConfigError(f"pool not found (paths are relative to the current directory {Path.cwd()})",
+                              file=pool)
+        data = load_examples(pool, layout=recipe.pool_layout, fields=recipe.pool_fields, role="pool")
+    if recipe.pool_sample and recipe.pool_sample < len(data):
+        rng = np.random.default_rng(int(recipe.task.get("seed", 0)))
+        keep = np.sort(rng.choice(len(data), recipe.pool_sample, replace=False))
+        data = LoadedData(examples=[data.examples[int(i)] for i in keep], path=data.path, format=data.format,
+                          layout=data.layout, skipped=data.skipped)
+    return data
+
+
+def _method_config(recipe: EvalRecipe, label: str) -> dict[str, Any]:
+    """The method's options from the recipe; LM-based methods default to the base model."""
+    from ..methods.registry import get_method
+
+    opts = dict(recipe.method_options.get(label, {}))
+    if "->" in label:
+        return opts
+    cls = get_method(label)
+    defaults = getattr(cls, "defaults", {}) or {}
+    if "lm" in cls.info.needs and "model" in defaults and "model" not in opts:
+        opts["model"] = recipe.base_model
+        if recipe.gguf_file and "gguf_file" in defaults and "gguf_file" not in opts:
+            opts["gguf_file"] = recipe.gguf_file
+    if "device" in defaults and "device" not in opts and recipe.device != "auto":
+        opts["device"] = recipe.device
+    return opts
+
+
+def validate_methods(recipe: EvalRecipe) -> None:
+    """Fail before any work when a method (or a recipe string's step) is unknown or its options
+    are invalid (ConfigError naming the choices)."""
+    from ..methods.registry import get_method
+
+    for m in recipe.methods:
+        label = method_label(m)
+        if isinstance(m, str) and "->" not in m:
+            get_method(label)(**_method_config(recipe, label))
+            continue
+        try:
+            from ..recipe import parse_recipe
+        except ImportError:
+            raise ConfigError(f"method recipe '{label}' needs tasksift.recipe, which this install lacks") from None
+        parse_recipe(m)
+
+
+def plan_arms(recipe: EvalRecipe) -> list[dict[str, Any]]:
+    """Every arm in run order: base, random at each budget x seed, methods, then full."""
+    arms = [{"id": arm_id("base", "none", None), "method": "base", "kind": "base", "budget": "none",
+             "budget_value": 0, "seed": None}]
+    for m in ["random"] + [method_label(x) for x in recipe.methods]:
+        spec = next((x for x in recipe.methods if method_label(x) == m), m)
+        for b in recipe.budgets:
+            for s in recipe.seeds:
+                arms.append({"id": arm_id(m, budget_label(b), s), "method": m, "spec": spec,
+                             "kind": "random" if m == "random" else "method", "budget": budget_label(b),
+                             "budget_value": b, "seed": s})
+    if recipe.full:
+        for s in recipe.seeds:
+            arms.append({"id": arm_id("full", "ratio=1", s), "method": "full", "kind": "full", "budget": "ratio=1",
+                         "budget_value": 1.0, "seed": s})
+    return arms
+
+
+class Evaluation:
+    """One evaluation run in ``out_dir`` (see the module docstring)."""
+
+    def __init__(self, recipe: EvalRecipe, out_dir: str | Path, *, resume: bool = True,
+                 progress: bool | None = None, cache_dir: str | Path | None = None) -> None:
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.progress = recipe.progress if progress is None else progress
+        self.cache_dir = str(cache_dir or recipe.cache_dir or (self.out / "cache"))
+        self.results_path = self.out / RESULTS
+        self.pool: LoadedData | None = None
+        self.task: TaskData | None = None
+        self.overlap: OverlapResult | None = None
+        self.pool_info: dict[str, Any] = {}
+        self._model = None
+        self._tok = None
+
+    # -- setup ------------------------------------------------------------------------
+    def _check_run_file(self) -> None:
+        run_file = self.out / "run.json"
+        fp = self.recipe.fingerprint()
+        if self.resume and run_file.is_file():
+            old = json.loads(run_file.read_text(encoding="utf-8"))
+            if old.get("fingerprint") != fp and self.results_path.is_file():
+                raise ConfigError(f"{self.out} holds results of a different recipe; use another --out or --no-resume")
+        if not self.resume and self.results_path.is_file():
+            self.results_path.unlink()
+        write_json(run_file, {"fingerprint": fp, "recipe": self.recipe.to_dict()})
+
+    def prepare(self) -> None:
+        """Load pool and task, check contamination, optionally drop contaminated pool rows."""
+        t0 = time.perf_counter()
+        pool = load_pool(self.recipe)
+        task = load_task(self.recipe.task)
+        c = self.recipe.contamination
+        keys = [t.key for t in task.test]
+        ov = find_overlaps([pool_text(ex) for ex in pool.examples], keys, ngram=int(c["ngram"]),
+                           near_threshold=float(c["near_threshold"]), char_ngram=int(c["char_ngram"]),
+                           jaccard_threshold=float(c["jaccard_threshold"]))
+        test_ids = [t.id for t in task.test]
+        before = ov.summary(ids=[e.id for e in pool.examples], test_ids=test_ids)
+        by_source: dict[str, int] = {}
+        for i in np.flatnonzero(ov.flag > 0):
+            src = Path(pool.examples[int(i)].source or pool.path).parts[0] if pool.examples[int(i)].source else Path(pool.path).name
+            key = f"{src}/{Path(pool.examples[int(i)].source).name}" if pool.examples[int(i)].source else src
+            by_source[key] = by_source.get(key, 0) + 1
+        dropped = 0
+        if c["drop_contaminated"] and (ov.flag > 0).any():
+            keep = np.flatnonzero(ov.flag == 0)
+            dropped = int(len(pool) - len(keep))
+            pool = LoadedData(examples=[pool.examples[int(i)] for i in keep], path=pool.path, format=pool.format,
+                              layout=pool.layout, skipped=pool.skipped)
+            ov = OverlapResult(ov.flag[keep], ov.test_index[keep], ov.containment[keep], ov.jaccard[keep], ov.settings)
+        self.pool, self.task, self.overlap = pool, task, ov
+        self.pool_info = {"rows": len(pool), "rows_before_drop": len(pool) + dropped, "dropped_contaminated": dropped,
+                          "contamination_before_drop": before, "contaminated_by_source": by_source,
+                          "sources": pool.counts_by_source(), "seconds": time.perf_counter() - t0,
+                          "task": task.info}
+        _log(f"pool {len(pool)} rows ({dropped} contaminated rows dropped; found exact {before['exact']}, "
+             f"near {before['near']}), task {task.name}: {len(task.target)} target, {len(task.test)} test items",
+             self.progress)
+
+    def model(self):
+        """The base model and tokenizer, loaded once per run."""
+        if self._model is None:
+            from ..features.lm import load_causal_lm, resolve_device
+
+            dev = resolve_device(self.recipe.device)
+            self._model, self._tok = load_causal_lm(self.recipe.base_model, self.recipe.gguf_file, device=dev,
+                                                    dtype="float32" if dev == "cpu" else "auto")
+        return self._model, self._tok
+
+    # -- arms -------------------------------------------------------------------------
+    def _select(self, arm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
+        from ..api import select
+        from ..features.embed import EmbedConfig
+
+        assert self.pool is not None and self.task is not None
+        n = len(self.pool)
+        if arm["kind"] == "full":
+            return np.arange(n), {"total": 0.0}, {}
+        b = arm["budget_value"]
+        kw = {"ratio": b} if isinstance(b, float) and b < 1 else {"count": min(int(b), n)}
+        method = arm["spec"]
+        label = arm["method"]
+        sel = select(self.pool, self.task.target, method=method, seed=int(arm["seed"]),
+                     config=_method_config(self.recipe, label), cache_dir=self.cache_dir, progress=self.progress,
+                     embed=EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device), **kw)
+        return sel.indices, dict(sel.timings), dict(sel.info)
+
+    def _score(self, model, tok) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert self.task is not None
+        g, s = self.recipe.generation, self.recipe.scoring
+        scorer = ModelScorer(model, tok, max_length=int(s["max_length"]), batch_tokens=int(s["batch_tokens"]),
+                             max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]))
+        per_item = scorer.score(self.task.test, self.recipe.scorers)
+        return aggregate(self.task.test, per_item, self.recipe.scorers), per_item
+
+    def run_arm(self, arm: dict[str, Any]) -> dict[str, Any]:
+        """Select, fine-tune and score one arm; returns its results row."""
+        assert self.pool is not None and self.task is not None and self.overlap is not None
+        model, tok = self.model()
+        timings: dict[str, Any] = {}
+        row: dict[str, Any] = {"arm": arm["id"], "method": arm["method"], "kind": arm["kind"], "budget": arm["budget"],
+                               "budget_value": arm["budget_value"], "seed": arm["seed"], "n_pool": len(self.pool)}
+        train_info: dict[str, Any] = {}
+        if arm["kind"] == "base":
+            row["n_selected"] = 0
+            t = time.perf_counter()
+            scores, per_item = self._score(model, tok)
+            timings["score"] = time.perf_counter() - t
+        else:
+            t = time.perf_counter()
+            idx, sel_timings, sel_info = self._select(arm)
+            timings["select"] = time.perf_counter() - t
+            timings["select_stages"] = {k: round(v, 4) for k, v in sel_timings.items()}
+            row["peak_rss_mb_after_select"] = round(peak_memory_mb(), 1)
+            subset = [self.pool.examples[int(i)] for i in idx]
+            row["n_selected"] = len(subset)
+            mix: dict[str, int] = {}
+            for ex in subset:
+                key = Path(ex.source).parts[0] if ex.source else Path(self.pool.path).name
+                mix[key] = mix.get(key, 0) + 1
+            row["source_mix"] = dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+            row["contamination"] = self.overlap.summary(idx, ids=[e.id for e in self.pool.examples],
+                                                        test_ids=[t_.id for t_ in self.task.test], limit=10)
+            row["selection_info"] = {k: v for k, v in sel_info.items() if isinstance(v, (int, float, str, bool))}
+            ft = self.recipe.finetune
+            adir = self.out / "adapters" / _safe(arm["id"])
+            t = time.perf_counter()
+            finetune_lora(model, subset, tokenizer=tok, steps=ft["steps"], epochs=ft["epochs"] or 1.0, lr=float(ft["lr"]),
+                          r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
+                          batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(arm["seed"]),
+                          out_dir=adir, progress=self.progress, warmup_ratio=float(ft["warmup_ratio"]))
+            timings["finetune"] = time.perf_counter() - t
+            row["peak_rss_mb_after_finetune"] = round(peak_memory_mb(), 1)
+            from ..finetune import read_train_log
+
+            log = read_train_log(adir)
+            train_info = {"steps": log.get("steps"), "epochs": log.get("epochs"),
+                          "first_loss": (log.get("loss") or [None])[0], "last_loss": (log.get("loss") or [None])[-1],
+                          "trained_examples": log.get("trained_examples")}
+            t = time.perf_counter()
+            from peft import PeftModel
+
+            pm = PeftModel.from_pretrained(model, str(adir))
+            pm.eval()
+            try:
+                scores, per_item = self._score(pm, tok)
+            finally:
+                pm.unload()
+                model.eval()
+            timings["score"] = time.perf_counter() - t
+            if not self.recipe.keep_adapters:
+                shutil.rmtree(adir, ignore_errors=True)
+        row["train"] = train_info
+        row["scores"] = scores
+        row["item_scores"] = {k: [None if not np.isfinite(x) else round(float(x), 5) for x in v]
+                              for k, v in per_item.items() if k in ("loss", "mc", "em")}
+        if "em_outputs" in per_item:
+            row["em_outputs"] = per_item["em_outputs"][:5]
+        row["timings"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()}
+        row["peak_rss_mb"] = round(peak_memory_mb(), 1)
+        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for k in ("sdf", "pir", "pir_random", "efficiency"):
+            row.setdefault(k, None)
+        return row
+
+    # -- the whole run ----------------------------------------------------------------
+    def run(self, on_arm: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run every unfinished arm, then write metrics, summary.json and report.html."""
+        validate_methods(self.recipe)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_run_file()
+        self.prepare()
+        arms = plan_arms(self.recipe)
+        done = {r["arm"] for r in read_results(self.results_path)}
+        skipped = [a["id"] for a in arms if a["id"] in done]
+        if skipped:
+            _log(f"resuming: {len(skipped)} of {len(arms)} arms already finished", self.progress)
+        ran = []
+        for k, arm in enumerate(arms, 1):
+            if arm["id"] in done:
+                continue
+            _log(f"arm {k}/{len(arms)}: {arm['id']}", self.progress)
+            row = self.run_arm(arm)
+            append_row(self.results_path, row)
+            ran.append(arm["id"])
+            if on_arm is not None:
+                on_arm(row)
+        return self.finish(ran=ran, skipped=skipped)
+
+    def finish(self, ran: list[str] | None = None, skipped: list[str] | None = None) -> dict[str, Any]:
+        """Compute metrics over all finished rows and write results, summary and report."""
+        from ..methods.registry import available_methods
+        from .report import write_report
+
+        rows = read_results(self.results_path)
+        planned = {a["id"] for a in plan_arms(self.recipe)}
+        rows = [r for r in rows if r["arm"] in planned]
+        infos = {i.name: i for i in available_methods()}
+        summary = compute_metrics(rows, self.recipe.scorers, self.recipe.primary, infos)
+        write_text(self.results_path, "".join(_json_line(r) for r in rows))
+        summary.update({"name": self.recipe.name, "fingerprint": self.recipe.fingerprint(), "pool": self.pool_info,
+                        "arms_run": ran or [], "arms_skipped": skipped or [], "n_arms": len(rows),
+                        "recipe": self.recipe.to_dict(),
+                        "test_sets": self.task.subtasks if self.task else []})
+        write_json(self.out / "summary.json", summary)
+        report = write_report(self.out / "report.html", rows, summary)
+        summary["report"] = str(report)
+        _log(f"wrote {self.results_path}, {self.out / 'summary.json'}, {report}", self.progress)
+        return summary
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in s)
+
+
+def run_evaluation(recipe: EvalRecipe, out_dir: str | Path, *, resume: bool = True,
+                   progress: bool | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the summary (also written to summary.json)."""
+    return Evaluation(recipe, out_dir, resume=resume, progress=progress, cache_dir=cache_dir).run()
