@@ -149,7 +149,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
            quotas: Mapping | str = "proportional", embed: EmbedConfig | None = None,
            cache_dir: str | Path | None = None, progress: bool = True, skip_bad: bool = False,
            pool_layout: str = "auto", pool_fields=None, target_layout: str = "auto",
-           target_fields=None, split: str | None = None) -> Selection:
+           target_fields=None, split: str | None = None, backend: str = "local",
+           num_workers: int | None = None, ray_address: str | None = None) -> Selection:
     """Select a subset of ``pool`` for the task that ``target`` exemplifies.
 
     pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
@@ -161,6 +162,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         ("proportional", "equal" or a mapping group -> fraction or count); the method runs
         within each group.
     seed: every random choice derives from it; equal inputs and seed give equal output.
+    backend: "local" (in-process) or "ray" (features computed by Ray actors, ``num_workers``
+        of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one).
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -174,9 +177,10 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     if isinstance(method, str) and "->" not in method:
         get_method(method)(**config)  # validate options before any expensive work
     ctx = SelectionContext(pool_d.examples, target_d.examples, seed=seed, cache_dir=cache_dir,
-                           progress=progress, embed_config=embed)
+                           progress=progress, embed_config=embed, backend=backend,
+                           num_workers=num_workers, ray_address=ray_address)
     ctx.timings = timings
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"backend": backend}
     if group_by:
         groups = [_group_of(ex, group_by) for ex in pool_d.examples]
         alloc = allocate_quotas(groups, k, quotas)

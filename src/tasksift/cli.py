@@ -79,11 +79,16 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+    p.add_argument("--backend", choices=["local", "ray"], default=None,
+                   help="where features are computed: in this process (default) or by Ray actors")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default $RAY_ADDRESS or a local cluster)")
 
 
 SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "seed",
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
-               "skip_bad", "embed_model", "embed_text", "device", "cache_dir", "no_progress")
+               "skip_bad", "embed_model", "embed_text", "device", "cache_dir", "no_progress", "backend",
+               "workers", "ray_address")
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,7 +135,8 @@ def run_select(s: dict[str, Any]) -> "Any":
                  progress=not s.get("no_progress"), skip_bad=bool(s.get("skip_bad")),
                  pool_layout=s.get("layout") or "auto", pool_fields=s.get("fields"),
                  target_layout=s.get("target_layout") or "auto", target_fields=s.get("target_fields"),
-                 split=s.get("split"))
+                 split=s.get("split"), backend=s.get("backend") or "local", num_workers=s.get("workers"),
+                 ray_address=s.get("ray_address"))
     path = sel.save(s["out"], s.get("format"))
     return sel, path
 

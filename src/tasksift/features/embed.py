@@ -88,10 +88,14 @@ class Embedder:
     """Embeds examples with a sentence-transformers model, through the feature cache."""
 
     def __init__(self, config: EmbedConfig | None = None, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, backend: str = "local", num_workers: int | None = None,
+                 ray_address: str | None = None) -> None:
+        if backend not in ("local", "ray"):
+            raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.config = config or EmbedConfig()
         self.cache = FeatureCache(cache_dir, "embed", self.config.cache_key())
         self.progress = progress
+        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
         self._model = None
 
     @property
@@ -124,6 +128,13 @@ class Embedder:
         """Embeddings of ``examples`` (N, d) float32, computing only what is not cached."""
         texts = example_texts(examples, self.config.text, self.config.max_chars)
         ids = [ex.id + ":" + self.config.text for ex in examples]
+        if self.backend == "ray":
+            from ..distributed import EmbedWorkerFactory, get_or_compute_ray
+
+            feats = get_or_compute_ray(self.cache, ids, texts, EmbedWorkerFactory(self.config),
+                                       block_size=flush_every, num_workers=self.num_workers,
+                                       progress=self.progress, desc=desc, address=self.ray_address)
+            return feats["values"] if feats else np.zeros((0, 0), dtype=np.float32)
         feats = self.cache.get_or_compute(
             ids, lambda pos: self.encode_texts([texts[p] for p in pos]),
             flush_every=flush_every, progress=self.progress, desc=desc)

@@ -40,12 +40,14 @@ class SelectionContext:
 
     Attributes: ``pool`` and ``target`` (lists of :class:`Example`), ``seed``, ``rng`` (a
     seeded ``numpy.random.Generator``), ``cache_dir``, ``progress``, ``embed_config``,
+    ``backend`` ("local" or "ray", with ``num_workers`` and ``ray_address``),
     ``timings`` (seconds per stage, filled as features are computed) and ``info``.
     """
 
     def __init__(self, pool: Sequence[Example], target: Sequence[Example], *, seed: int = 0,
                  cache_dir=None, progress: bool = True, embed_config=None,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, backend: str = "local",
+                 num_workers: int | None = None, ray_address: str | None = None) -> None:
         from ..features.embed import EmbedConfig
 
         self.pool = list(pool)
@@ -56,6 +58,7 @@ class SelectionContext:
         self.progress = progress
         self.embed_config = embed_config or EmbedConfig()
         self.options = dict(options or {})
+        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
         self.timings: dict[str, float] = {}
         self.info: dict[str, Any] = {}
         self._embedder = None
@@ -80,7 +83,8 @@ class SelectionContext:
             from ..features.embed import Embedder
 
             self._embedder = Embedder(self.embed_config, cache_dir=self.cache_dir,
-                                      progress=self.progress)
+                                      progress=self.progress, backend=self.backend,
+                                      num_workers=self.num_workers, ray_address=self.ray_address)
         return self._embedder
 
     def embeddings(self, which: str) -> np.ndarray:
@@ -99,7 +103,9 @@ class SelectionContext:
         idx = np.asarray(indices, dtype=np.int64)
         sub = SelectionContext([self.pool[i] for i in idx], self.target, seed=self.seed,
                                cache_dir=self.cache_dir, progress=self.progress,
-                               embed_config=self.embed_config, options=self.options)
+                               embed_config=self.embed_config, options=self.options,
+                               backend=self.backend, num_workers=self.num_workers,
+                               ray_address=self.ray_address)
         sub._embedder = self._embedder
         if "pool" in self._emb:
             sub._emb["pool"] = self._emb["pool"][idx]
