@@ -76,6 +76,8 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-model", default=None, help="sentence-transformers model id or path (default bundled all-MiniLM-L6-v2)")
     p.add_argument("--embed-text", choices=["text", "prompt", "response"], default=None,
                    help="what to embed (default text = prompt + response)")
+    p.add_argument("--embed-max-tokens", type=int, default=None,
+                   help="truncate texts to this many tokens when embedding (default: the model's, 256 for MiniLM; 128 is ~2x faster)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
@@ -87,7 +89,7 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
 
 SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "seed",
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
-               "skip_bad", "embed_model", "embed_text", "device", "cache_dir", "no_progress", "backend",
+               "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "device", "cache_dir", "no_progress", "backend",
                "workers", "ray_address")
 
 
@@ -128,7 +130,7 @@ def run_select(s: dict[str, Any]) -> "Any":
 
     check_writable(s["out"])
     embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
-                        device=s.get("device") or "auto")
+                        max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto")
     sel = select(s["pool"], s["target"], method=s["method"], count=s.get("count"), ratio=s.get("ratio"),
                  tokens=s.get("tokens"), seed=s["seed"], config=s["options"], group_by=s.get("group_by"),
                  quotas=s.get("quotas") or "proportional", embed=embed, cache_dir=s.get("cache_dir"),

@@ -36,6 +36,7 @@ class EmbedConfig:
     model: str = "default"         # "default", a sentence-transformers hub id, or a local path
     text: str = "text"             # which text to embed: "text" (prompt+response), "prompt", "response"
     max_chars: int = 4000          # texts are cut to this many characters before tokenising
+    max_tokens: int | None = None  # model's max sequence length (None: the model's own, 256 for MiniLM)
     normalize: bool = True         # L2-normalise the embeddings
     batch_size: int = 64
     device: str = "auto"           # "auto", "cpu", "cuda", ...
@@ -107,6 +108,8 @@ class Embedder:
             path = default_embed_model_path() if self.config.model == "default" else self.config.model
             try:
                 self._model = SentenceTransformer(path, device=resolve_device(self.config.device))
+                if self.config.max_tokens:
+                    self._model.max_seq_length = int(self.config.max_tokens)
             except Exception as e:
                 raise ConfigError(f"cannot load embedding model '{self.config.model}': "
                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -113,22 +114,57 @@ def resolve_dtype(dtype: str, device: str):
     return table[dtype]
 
 
-def set_cpu_threads() -> int:
-    """Use every available core for torch on CPU (without oversubscribing), and keep the
-    tokenizers library from forking threads of its own. Returns the thread count."""
+def _parallel_op_latency(reps: int = 20, budget_s: float = 0.05) -> float:
+    """Seconds per small parallel torch op at the current thread count (stops early once
+    ``budget_s`` is spent). Microseconds on an idle machine; a scheduler time slice (ms) when
+    other processes keep every core busy and each parallel region waits for its threads."""
+    import time
+
     import torch
 
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        n = os.cpu_count() or 1
-    env = os.environ.get("OMP_NUM_THREADS")
-    if env and env.isdigit():
-        n = int(env)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    x = torch.ones(1 << 16)
+    y = torch.empty_like(x)
+    torch.add(x, 1, out=y)
+    t = time.perf_counter()
+    done = 0
+    for done in range(1, reps + 1):
+        torch.add(x, 1, out=y)
+        if time.perf_counter() - t > budget_s:
+            break
+    return (time.perf_counter() - t) / done
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Choose torch's CPU thread count and return it.
+
+    ``threads`` or ``$TASKSIFT_NUM_THREADS`` / ``$OMP_NUM_THREADS`` win; otherwise all cores
+    this process may use, unless a quick probe shows the cores are busy with other processes
+    (a parallel op then costs milliseconds of thread wake-up, which on a 135M model makes a
+    forward pass ~10x slower than one thread). Also keeps the tokenizers library from
+    spawning threads of its own.
+    """
+    import torch
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return n
+    if threads is None:
+        for var in ("TASKSIFT_NUM_THREADS", "OMP_NUM_THREADS"):
+            v = os.environ.get(var, "")
+            if v.isdigit() and int(v) > 0:
+                threads = int(v)
+                break
+    if threads is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            n = os.cpu_count() or 1
+        threads = n
+        if n > 1:
+            torch.set_num_threads(n)
+            if _parallel_op_latency() > 5e-4:
+                threads = 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def _quiet_transformers() -> None:
@@ -438,6 +474,10 @@ class LossEngine:
         self.head_chunk = int(head_chunk)
         self._fast = _decoder_and_head(model)
         self._checked = False
+        #: re-choose the CPU thread count every 30 s of scoring (see set_cpu_threads)
+        self.auto_threads = not any(os.environ.get(v, "").isdigit()
+                                    for v in ("TASKSIFT_NUM_THREADS", "OMP_NUM_THREADS"))
+        self._probed = 0.0
 
     @property
     def device(self):
@@ -528,8 +568,12 @@ class LossEngine:
         if not self._checked:
             self._self_check(min((rendered[i] for i in ok), key=lambda r: len(r.ids)))
         batches = length_batches([len(rendered[i].ids) for i in ok], self.batch_tokens, self.max_batch)
+        on_cpu = self.device.type == "cpu"
         with torch.inference_mode():
             for b in batches:
+                if on_cpu and self.auto_threads and time.perf_counter() - self._probed > 30:
+                    set_cpu_threads()          # other processes may have started or stopped
+                    self._probed = time.perf_counter()
                 pos = [ok[j] for j in b]
                 ids, att, msk = self._batch_tensors([rendered[p] for p in pos])
                 sums, counts, emb = self._forward(ids, att, msk, embed, True)
