@@ -55,7 +55,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    from .features.lm import load_causal_lm, resolve_device, tokenize_examples
+    from .features.lm import load_causal_lm, resolve_device, set_cpu_threads, tokenize_examples
 
     if not examples:
         raise ConfigError("fine-tuning needs at least one example")
@@ -80,6 +80,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             raise ConfigError("pass tokenizer= together with a loaded model")
         model_label = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
     dev = next(model.parameters()).device
+    if dev.type == "cpu":
+        set_cpu_threads()
     low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
 
     rendered = tokenize_examples(tok, examples, max_length=max_length, truncation=True)

