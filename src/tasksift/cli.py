@@ -194,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{target} ({sum(1 for _ in open(target))} target rows: math word problems)")
     s = {"pool": str(pool), "target": str(target), "method": args.method, "ratio": args.ratio,
          "out": str(out / "selection"), "seed": args.seed, "options": {}, "cache_dir": args.cache_dir,
-         "no_progress": args.no_progress}
+         "no_progress": args.no_progress, "embed_model": args.embed_model}
     sel, path = run_select(s)
     print_summary(sel, path)
     math_share = sum(1 for ex in sel.subset if ex.raw.get("task") == "math") / len(sel.indices)
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="tsds")
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embed-model", default=None, help="embedding model (default the bundled all-MiniLM-L6-v2)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
