@@ -40,6 +40,12 @@ def test_kcenter_greedy_picks_the_farthest_point():
     np.testing.assert_allclose(mind, [0, 1, 0, 0])
 
 
+def test_kcenter_never_repeats_a_center_on_duplicate_rows():
+    x = np.array([[1.0, 0.0]] * 4 + [[0.0, 1.0]])
+    centers, _, mind = kcenter_greedy(x, 4, first=0)
+    assert centers.tolist() == [0, 4, 1, 2] and (mind == 0).all()
+
+
 def test_kcenter_method_starts_near_target_and_covers():
     x = circle([0, 10, 20, 180, 185])
     ctx = toy_ctx(x, circle([2]))

@@ -13,8 +13,9 @@ pool order (``order="first"``); fewer than k rows when fewer are kept (said in i
   row is >= threshold (``mode="greedy"``, default: a chain a~b~c with a, c dissimilar keeps
   a and c), or every connected component of the ">= threshold" graph keeps only its first
   row (``mode="cluster"``). Pairs come from a faiss range search over an exact inner-product
-  index (``search="range"``) or from each row's ``neighbors`` nearest rows
-  (``search="knn"``, with an HNSW index for pools over 100k rows when ``index="auto"``).
+  index (``search="range"``: every pair, O(N^2 d) time) or from each row's ``neighbors``
+  nearest rows (``search="knn"``, with an HNSW index for pools over 100k rows when
+  ``index="auto"``). ``search="auto"`` (default) is "range" up to 200k rows, else "knn".
 
 ``length``: keep rows whose length (whitespace-separated words, or characters) of ``field``
 (text, prompt or response) lies in [min, max].
@@ -159,7 +160,7 @@ class FilterMethod(SelectionMethod):
 @register("dedup", description="drop exact (same id) and near-duplicate rows (cosine >= threshold); a filter",
           needs=("embeddings",), cost="cheap", stochastic=True)
 class DedupFilter(FilterMethod):
-    defaults: dict = {"threshold": 0.95, "mode": "greedy", "search": "range", "neighbors": 10,
+    defaults: dict = {"threshold": 0.95, "mode": "greedy", "search": "auto", "neighbors": 10,
                       "index": "auto", "order": "random"}
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
@@ -175,16 +176,22 @@ class DedupFilter(FilterMethod):
                 raise ConfigError(f"dedup option threshold must be a number or null, got {thr!r}") from None
             if not -1.0 <= thr <= 1.0:
                 raise ConfigError(f"dedup option threshold must be a cosine in [-1, 1], got {thr}")
+            search = c["search"]
+            if search not in ("auto", "range", "knn"):
+                raise ConfigError(f"dedup option search must be 'auto', 'range' or 'knn', got {search!r}")
             x = ctx.embeddings("pool")
+            if search == "auto":
+                search = "range" if len(x) <= 200_000 else "knn"
             index = c["index"]
             if index == "auto":
-                index = "hnsw" if c["search"] == "knn" and len(x) > 100_000 else "flat"
+                index = "hnsw" if search == "knn" and len(x) > 100_000 else "flat"
             with ctx.timed("dedup_search"):
-                later, earlier = near_duplicate_pairs(x, thr, c["search"], int(c["neighbors"]), index)
+                later, earlier = near_duplicate_pairs(x, thr, search, int(c["neighbors"]), index)
                 before = int(keep.sum())
                 keep = near_duplicate_mask(len(x), later, earlier, c["mode"], candidates=keep)
             info.update({"threshold": thr, "near_duplicate_pairs": int(len(later)),
-                         "near_duplicates": before - int(keep.sum()), "mode": c["mode"], "search": c["search"]})
+                         "near_duplicates": before - int(keep.sum()), "mode": c["mode"], "search": search,
+                         "index": index})
         self.last_info = info
         return keep
 

@@ -59,9 +59,10 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int) -> tuple[np.ndarray, np.nd
         pick[t] = np.sqrt(max(mind[c], 0.0)) if np.isfinite(mind[c]) else np.inf
         d = sq - 2.0 * (x @ x[c]) + sq[c]
         np.minimum(mind, np.maximum(d, 0.0), out=mind)
-        mind[c] = 0.0
+        mind[c] = -1.0  # never picked again, even when every other row is a copy of a center
         if t + 1 < k:
             c = int(np.argmax(mind))
+    mind[centers] = 0.0
     return centers, pick, np.sqrt(mind)
 
 
