@@ -136,3 +136,28 @@ def test_recipe_through_the_api():
                  progress=False)
     assert len(sel.indices) == 10 and max(sel.indices) < 40
     assert all(len(pool[i]["instruction"].split()) + 2 >= 5 for i in sel.indices)
+
+
+def test_a_scoring_method_as_filter_keeps_its_eligible_rows(monkeypatch):
+    """``ifd(filter) -> kcenter``: IFD (losses faked, no model) drops rows with IFD > 1, kcenter picks from the rest."""
+    import tasksift.methods.ifd as ifd_mod
+    from tasksift.features.lm import LossResult
+
+    ctx, _ = toy()
+    cond = np.where(np.arange(80) % 4 == 1, 3.0, 1.0)
+    unc = np.full(80, 2.0)                      # IFD 1.5 > 1 for rows 1, 5, 9, ...: dropped
+    dropped = set(range(1, 80, 4))
+
+    def fake(c, examples, config, *, unconditional=False, stage="lm_loss", **kw):
+        n = len(examples)
+        rows = [ex.raw["i"] for ex in examples]
+        return LossResult(loss=cond[rows], n_response_tokens=np.full(n, 5), n_tokens=np.full(n, 9),
+                          truncated=np.zeros(n, bool), status=np.zeros(n, int), uncond_loss=unc[rows],
+                          uncond_status=np.zeros(n, int), info={"unscorable": {"count": 0}})
+
+    monkeypatch.setattr(ifd_mod, "lm_losses", fake)
+    res = parse_recipe("ifd(filter) -> kcenter").run(ctx, 5)
+    assert res.info["filters"][0]["rows_kept"] == 60
+    assert len(res.indices) == 5 and not set(res.indices.tolist()) & dropped
+    res = parse_recipe("dedup -> ifd(filter) -> knn").run(ctx, 70)
+    assert sorted(res.indices.tolist()) == sorted(set(range(80)) - dropped - {40, 41, 42, 43}) and "short" in res.info
