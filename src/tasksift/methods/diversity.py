@@ -46,13 +46,13 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int) -> tuple[np.ndarray, np.nd
     each center to the previous centers when it was picked (inf for the first), and every
     row's final distance to its nearest center. Ties go to the lowest index.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.ascontiguousarray(x, dtype=np.float32)  # one memory-bound pass per center: keep it small
     n = len(x)
     k = min(int(k), n)
     sq = np.einsum("ij,ij->i", x, x)
     centers = np.empty(k, dtype=np.int64)
     pick = np.empty(k)
-    mind = np.full(n, np.inf)
+    mind = np.full(n, np.inf, dtype=np.float32)
     c = int(first)
     for t in range(k):
         centers[t] = c
@@ -63,7 +63,7 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int) -> tuple[np.ndarray, np.nd
         if t + 1 < k:
             c = int(np.argmax(mind))
     mind[centers] = 0.0
-    return centers, pick, np.sqrt(mind)
+    return centers, pick, np.sqrt(mind.astype(np.float64))
 
 
 @register("kcenter", description="greedy k-center (farthest-first) on embeddings: maximal coverage of the pool",
@@ -254,10 +254,9 @@ def resolve_scores(ctx: SelectionContext, score: str, score_options: Mapping[str
 
     if score == "knn":
         return max_cosine(ctx.embeddings("target"), ctx.embeddings("pool")), "max cosine to the target examples"
-    from .registry import _REGISTRY, _load_builtins
+    from .registry import available_methods
 
-    _load_builtins()
-    if score in _REGISTRY:
+    if score in {m.name for m in available_methods()}:
         method = get_method(score)(**dict(score_options or {}))
         res = method.select(ctx, len(ctx.pool))
         if res.scores is None:
