@@ -406,3 +406,27 @@ def test_cli_bad_input(tmp_path, case, capsys):
 
     assert main(["tsds", "--query", str(qp), "--candidates", str(xp), "--out", str(tmp_path / "o")] + extra) == 2
     assert "tasksift: error:" in capsys.readouterr().err
+
+
+def test_select_api_with_tsds_writes_manifest(tmp_path, tiny_embed_model):
+    import tasksift
+    from tasksift.data.demo import write_demo_data
+    from tasksift.features.embed import EmbedConfig
+
+    pool, target = write_demo_data(tmp_path / "data")
+    kw = dict(method="tsds", ratio=0.1, embed=EmbedConfig(model=tiny_embed_model),
+              cache_dir=tmp_path / "c", progress=False, seed=4)
+    sel = tasksift.select(pool, target, **kw)
+    k = round(0.1 * len(sel.pool))
+    assert len(sel.indices) == k == len(set(sel.ids))
+    p = sel.probabilities
+    assert p is not None and abs(p.sum() - 1) < 1e-9
+    assert sel.info["support_size"] == int((p > 0).sum())
+    assert {"tsds_search", "tsds_kde", "tsds_solve"} <= set(sel.timings)
+    sel.save(tmp_path / "out")
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["info"]["index"]["search"] == "exact" and "ann_recall" in man["info"]
+    assert tasksift.select(pool, target, **kw).ids == sel.ids
+    grouped = tasksift.select(pool, target, group_by="task", count=12, quotas="equal",
+                              **{a: b for a, b in kw.items() if a != "ratio"})
+    assert len(set(grouped.ids)) == 12

@@ -110,9 +110,8 @@ def handler(args: argparse.Namespace) -> int:
         np.save(tmp, res.p)
     if args.count is not None:
         t1 = time.perf_counter()
-        qn, xn = prepare(q, x, args.normalize)
         idx, sinfo = draw(res.p, args.count, rng=np.random.default_rng(args.seed), sampling=args.sampling,
-                          fill_key=lambda: nearest_query_distance(qn, xn))
+                          fill_key=lambda: nearest_query_distance(*prepare(q, x, args.normalize)))
         sinfo["fill_rule"] = sinfo.get("fill_rule", "not needed")
         summary["selection"] = sinfo
         summary["timings"]["tsds_sample"] = time.perf_counter() - t1

@@ -172,14 +172,11 @@ def _kernel_rows(xq: np.ndarray, xc: np.ndarray, self_col: np.ndarray | None, kd
     dt = np.float64 if (xq.dtype == np.float64 and xc.dtype == np.float64) else np.float32
     a = np.asarray(xq, dtype=dt)
     c = np.asarray(xc, dtype=dt)
-    g = a @ c.T
-    g *= -2.0
-    g += np.einsum("ij,ij->i", a, a)[:, None]
-    g += np.einsum("ij,ij->i", c, c)[None, :]
-    # w = 1 - d2 / sigma^2, clipped at 0 (d2 < 0 from rounding clips to w <= 1 below)
-    g *= -inv_s2
-    g += 1.0
-    np.clip(g, 0.0, 1.0, out=g)
+    # w = 1 - ||a - c||^2 / sigma^2 = (2/sigma^2) a.c + (1 - |a|^2/sigma^2) - |c|^2/sigma^2
+    g = (a * dt(2.0 * inv_s2)) @ c.T
+    g += (1.0 - np.einsum("ij,ij->i", a, a, dtype=np.float64) * inv_s2).astype(dt)[:, None]
+    g -= (np.einsum("ij,ij->i", c, c, dtype=np.float64) * inv_s2).astype(dt)[None, :]
+    np.clip(g, 0.0, 1.0, out=g)  # rounding can push a duplicate's weight just above 1
     if self_col is not None:
         g[np.arange(len(g)), self_col] = 1.0
     cnt = np.count_nonzero(g, axis=1)
@@ -599,10 +596,9 @@ class TSDSSelection(SelectionMethod):
                    kde_k=c["kde_k"], index=c["index"], seed=ctx.seed, normalize=bool(c["normalize"]),
                    timer=ctx.timed)
         p = res.p
-        qn, xn = (l2_normalize(q), l2_normalize(x)) if c["normalize"] else (q, x)
         with ctx.timed("tsds_sample"):
             idx, sinfo = draw(p, k, rng=ctx.rng, sampling=c["sampling"],
-                              fill_key=lambda: nearest_query_distance(qn, xn))
+                              fill_key=lambda: nearest_query_distance(*prepare(q, x, bool(c["normalize"]))))
         columns = {"tsds_prob": p}
         if c["sampling"] == "with_replacement":
             counts = np.bincount(idx, minlength=len(p)).astype(np.float64)
