@@ -2,7 +2,7 @@
 recall, for the vectorised engine and for a straightforward per-query-loop implementation.
 
     python bench/tsds.py [--sizes 10000,100000,1000000] [--queries 200] [--dim 384]
-                         [--naive-max 10000] [--real-rows 0]
+                         [--naive-max 10000] [--naive-timeout 1200] [--real-rows 0]
 
 Synthetic data: ``--clusters`` cluster centres on the unit sphere, candidates are a centre
 plus Gaussian noise (spread drawn per cluster), normalised; the queries (the "task") come
@@ -159,10 +159,16 @@ def run_job(job: dict) -> dict:
     return out
 
 
-def run_isolated(job: dict) -> dict:
+def run_isolated(job: dict, timeout: float | None = None) -> dict | None:
+    """Run one job in a fresh process; None if it did not finish within ``timeout`` s."""
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(run_job, (job,))
+        res = pool.apply_async(run_job, (job,))
+        try:
+            return res.get(timeout)
+        except mp.TimeoutError:
+            pool.terminate()
+            return None
 
 
 def real_data(rows: int, m: int, seed: int, workdir: Path) -> tuple[str, str] | None:
@@ -207,6 +213,8 @@ def main(argv=None) -> int:
                     help="clusters the queries come from (more = larger prefetched set, heavier KDE)")
     ap.add_argument("--naive-max", type=int, default=10000,
                     help="run the loop implementation only up to this many candidates")
+    ap.add_argument("--naive-timeout", type=float, default=1200,
+                    help="seconds after which a loop-implementation run is killed and reported")
     ap.add_argument("--index", default="auto")
     ap.add_argument("--real-rows", type=int, default=0, help="also run on this many real pool rows")
     ap.add_argument("--seed", type=int, default=0)
@@ -220,7 +228,8 @@ def main(argv=None) -> int:
             if impl == "naive" and n > args.naive_max:
                 continue
             jobs.append(dict(data="synthetic", n=n, m=args.queries, d=args.dim, clusters=args.clusters,
-                             task_clusters=args.task_clusters, seed=args.seed, impl=impl, index=args.index, threads=args.threads))
+                             task_clusters=args.task_clusters, seed=args.seed, impl=impl,
+                             index=args.index, threads=args.threads))
     tmp = Path(tempfile.mkdtemp(prefix="tsds-bench-"))
     notes = []
     if args.real_rows:
@@ -243,7 +252,11 @@ def main(argv=None) -> int:
     for job in jobs:
         key = (job["data"], job["n"])
         job["p_path"] = str(tmp / f"p_{job['data']}_{job['n']}_{job['impl']}.npy")
-        r = run_isolated(job)
+        r = run_isolated(job, args.naive_timeout if job["impl"] == "naive" else None)
+        if r is None:
+            print(f"{job['data']:<9} {job['n']:>8} {job['impl']:<6} did not finish within "
+                  f"--naive-timeout {args.naive_timeout:.0f} s (killed)", flush=True)
+            continue
         ps.setdefault(key, {})[job["impl"]] = job["p_path"]
         print(f"{job['data']:<9} {r['n']:>8} {job['impl']:<6} {r['search']:>9.2f} {r['kde']:>8.2f} "
               f"{r['solve']:>8.2f} {r['total']:>8.2f} {r['peak_mb']:>8.0f} {r['mem_plus_mb']:>8.0f} "

@@ -453,6 +453,10 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         "index": {"search": res.index, "kde": kinfo["index"]},
         "ann_recall": {"search": res.recall, "kde": kinfo["recall"]},
         "recall_at": {"search": L, "kde": int(min(kde_k, len(U))) if sigma else None},
+        "recall_measure": {
+            "search": (f"share of the exact {L} nearest found, mean over "
+                       f"{res.info['recall_queries']} sampled queries") if res.info["recall_queries"] else "exact",
+            "kde": kinfo.get("recall_measure", "exact") if sigma else None},
         "normalized": bool(normalize), "mass_before_renormalisation": float(total),
         "timings": tm.times,
     }
