@@ -127,7 +127,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             plain_loop(model, part)
             secs["plain_same"] += time.perf_counter() - t
-        print(f"  rows {s0 + len(part)}/{len(rendered)}: " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()),
+        done_tok = sum(len(r.ids) for r in rendered[:s0 + len(part)] if r.status == 0)
+        print(f"  rows {s0 + len(part)}/{len(rendered)} ({done_tok} tokens): " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()),
               file=sys.stderr, flush=True)
 
     both = np.isfinite(fast) & np.isfinite(slow)

@@ -89,6 +89,47 @@ def test_unconditional_drops_prompt_and_keeps_response_tokens(tiny):
     assert p.status == 5
 
 
+def test_strict_templates_fall_back_instead_of_failing(tiny):
+    _, tok = tiny
+    strict = copy.deepcopy(tok)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{% if loop.first and m['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}")
+    ex = chat("Add 2 and 3.", "The answer is 5.")
+    sys_ex = type(ex)([{"role": "system", "content": "Be brief."}] + ex.messages, raw={}, row=1)
+    c, s_, u = (tokenize_examples(strict, [ex, sys_ex], max_length=256)
+                + tokenize_examples(strict, [ex], max_length=256, unconditional=True))
+    assert c.status == s_.status == u.status == STATUS_OK
+    assert "Be brief." in strict.decode(s_.ids)                    # system folded into the user turn
+    assert "Add 2" not in strict.decode(u.ids)                     # user turn emptied, not dropped
+    resp = [[i for i, m in zip(r.ids, r.mask) if m] for r in (c, s_, u)]
+    assert resp[0] == resp[1] == resp[2]
+    broken = copy.deepcopy(tok)
+    broken.chat_template = "{{ raise_exception('never') }}"
+    (b,) = tokenize_examples(broken, [ex], max_length=256)
+    assert b.status == 6 and b.ids == []
+
+
+def test_slow_tokenizer_path_masks_the_same_response(tiny):
+    _, tok = tiny
+
+    class Slow:
+        is_fast = False
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, *a, **kw):
+            assert "return_offsets_mapping" not in kw
+            return tok(*a, **kw)
+
+    ex = chat("What is the capital of France?", "The capital of France is Paris.")
+    (r,) = tokenize_examples(Slow(), [ex], max_length=256)
+    assert tok.decode([i for i, m in zip(r.ids, r.mask) if m]) == "The capital of France is Paris.<|im_end|>"
+    assert tok.decode(r.ids) == tok.apply_chat_template(ex.messages, tokenize=False)
+
+
 # ---------------------------------------------------------------------------------------
 # loss engine
 # ---------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ STATUS_REASONS = {
     3: "no response token within max_length",
     4: "response not found in the rendered template",
     5: "no prompt (plain text has no unconditional loss)",
+    6: "the chat template rejected the conversation",
 }
 
 
@@ -354,6 +355,63 @@ def _mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple
     return mask
 
 
+def _render_with_fallbacks(tokenizer, msgs: Sequence[dict], unconditional: bool):
+    """render_text with fallbacks for strict templates; None if every attempt fails.
+
+    Conditional: as is, then with system turns folded into the first user turn (templates
+    without a system role). Unconditional: assistant turns alone, then the conversation with
+    every non-assistant turn emptied (templates that insist on alternating roles)."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    if unconditional:
+        tries = [[m for m in msgs if m["role"] == "assistant"],
+                 [m if m["role"] == "assistant" else {"role": m["role"], "content": ""}
+                  for m in msgs if m["role"] != "system"]]
+    else:
+        tries = [msgs]
+        if any(m["role"] == "system" for m in msgs):
+            sys_txt = "\n\n".join(m["content"] for m in msgs if m["role"] == "system")
+            rest = [dict(m) for m in msgs if m["role"] != "system"]
+            for m in rest:
+                if m["role"] == "user":
+                    m["content"] = sys_txt + "\n\n" + m["content"]
+                    break
+            tries.append(rest)
+    for t in tries:
+        try:
+            return render_text(tokenizer, t, force_template=unconditional)
+        except Exception:  # jinja TemplateError / raise_exception in the template
+            continue
+    return None
+
+
+def _encode_with_masks(tokenizer, texts: Sequence[str], spans_list: Sequence[Sequence[tuple[int, int]]]):
+    """Token ids and response masks of rendered texts: from character offsets with a fast
+    tokenizer; with a slow one, by tokenising prompt and response pieces separately."""
+    if not texts:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [(list(enc["input_ids"][j]), _mask_from_offsets(enc["offset_mapping"][j], spans_list[j]))
+                for j in range(len(texts))]
+    out = []
+    for text, spans in zip(texts, spans_list):
+        ids: list[int] = []
+        mask: list[bool] = []
+        cur = 0
+        pieces = []
+        for a, b in spans:
+            pieces += [(text[cur:a], False), (text[a:b], True)]
+            cur = b
+        pieces.append((text[cur:], False))
+        for piece, is_resp in pieces:
+            if piece:
+                t = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += t
+                mask += [is_resp] * len(t)
+        out.append((ids, mask))
+    return out
+
+
 def tokenize_examples(tokenizer, examples: Sequence[Example] | Sequence[Sequence[dict]], *, max_length: int,
                       truncation: bool = True, unconditional: bool = False) -> list[Rendered]:
     """Render and tokenise examples (or raw message lists) into ids + response masks.
@@ -368,38 +426,28 @@ def tokenize_examples(tokenizer, examples: Sequence[Example] | Sequence[Sequence
     status: list[int] = []
     for msgs in msgs_list:
         is_plain = len(msgs) == 1 and msgs[0]["role"] == "assistant"
-        if unconditional:
-            if is_plain or not any(m["role"] != "assistant" for m in msgs):
-                texts.append("")
-                spans_list.append([])
-                plain_list.append(True)
-                status.append(5)
-                continue
-            msgs = [m for m in msgs if m["role"] == "assistant"]
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-            texts.append("")
-            spans_list.append([])
-            plain_list.append(True)
-            status.append(1)
-            continue
-        text, spans, plain = render_text(tokenizer, msgs, force_template=unconditional)
+        if unconditional and (is_plain or not any(m["role"] != "assistant" for m in msgs)):
+            st, rendered = 5, None
+        elif not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+            st, rendered = 1, None
+        else:
+            rendered = _render_with_fallbacks(tokenizer, msgs, unconditional)
+            st = 6 if rendered is None else (STATUS_OK if rendered[1] else 4)
+        text, spans, plain = rendered if rendered is not None else ("", [], True)
         texts.append(text)
         spans_list.append(spans)
         plain_list.append(plain)
-        status.append(STATUS_OK if spans else 4)
+        status.append(st)
     bos = tokenizer.bos_token_id
     out: list[Rendered] = []
     todo = [i for i, s in enumerate(status) if s == STATUS_OK]
-    enc = tokenizer([texts[i] for i in todo], add_special_tokens=False,
-                    return_offsets_mapping=True) if todo else {"input_ids": [], "offset_mapping": []}
-    by_pos = {i: (enc["input_ids"][j], enc["offset_mapping"][j]) for j, i in enumerate(todo)}
+    by_pos = _encode_with_masks(tokenizer, [texts[i] for i in todo], [spans_list[i] for i in todo])
+    by_pos = {i: by_pos[j] for j, i in enumerate(todo)}
     for i in range(len(msgs_list)):
         if status[i] != STATUS_OK:
             out.append(Rendered([], [], status[i]))
             continue
-        ids, offs = by_pos[i]
-        ids = list(ids)
-        mask = _mask_from_offsets(offs, spans_list[i])
+        ids, mask = by_pos[i]
         if plain_list[i] and bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
             mask = [False] + mask
@@ -548,10 +596,10 @@ class LossEngine:
             self._fast = None
 
     def score(self, rendered: Sequence[Rendered], *, embed: bool = False,
-              on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+              on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Loss per row (NaN where ``status != 0``), response-token counts and, with
-        ``embed``, mean-pooled last hidden states. ``on_batch(n_rows)`` is called after
-        every batch (progress)."""
+        ``embed``, mean-pooled last hidden states. ``on_batch(n_rows, n_tokens)`` is called
+        after every batch (progress)."""
         import torch
 
         n = len(rendered)
@@ -587,7 +635,7 @@ class LossEngine:
                         emb_out = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
                     emb_out[pos] = e
                 if on_batch is not None:
-                    on_batch(len(pos))
+                    on_batch(len(pos), int(att.sum()))
         res = {"loss": loss, "n_response_tokens": n_resp}
         if embed:
             res["embedding"] = emb_out
@@ -733,15 +781,31 @@ class LMScorer:
     # -- scoring --------------------------------------------------------------------------
     def _features(self, examples: Sequence[Example], what: str, embed: bool, flush_every: int,
                   desc: str) -> dict[str, np.ndarray]:
+        from tqdm.auto import tqdm
+
         cache = FeatureCache(self.cache_dir, f"lm_{what}", self.cache_key(what, embed))
         ids = [ex.id for ex in examples]
+        n_missing = len(cache.missing(list(dict.fromkeys(ids))))
+        # one bar for the whole run, moved per batch (the cache's own bar moves per shard)
+        bar = tqdm(total=n_missing, desc=desc, unit="row", disable=not self.progress or n_missing == 0,
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
+        tokens = [0]
 
         def compute(positions: Sequence[int]) -> dict[str, np.ndarray]:
             rendered = tokenize_examples(self.tokenizer, [examples[p] for p in positions],
                                          max_length=self.config.max_length,
                                          truncation=self.config.truncation,
                                          unconditional=(what == "uncond"))
-            res = self.engine.score(rendered, embed=embed)
+
+            def on_batch(n: int, n_tok: int) -> None:
+                tokens[0] += n_tok
+                bar.update(n)
+                bar.set_postfix_str(f"{tokens[0] / max(1e-9, time.perf_counter() - t0):.0f} tok/s",
+                                    refresh=False)
+
+            res = self.engine.score(rendered, embed=embed, on_batch=on_batch)
+            bar.update(sum(r.status != STATUS_OK for r in rendered))
             self.computed_rows += len(positions)
             out = {"loss": res["loss"], "n_response_tokens": res["n_response_tokens"],
                    "n_tokens": np.array([r.n_full for r in rendered], dtype=np.int64),
@@ -751,10 +815,13 @@ class LMScorer:
                 out["embedding"] = res["embedding"]
             return out
 
-        return cache.get_or_compute(ids, compute, flush_every=flush_every, progress=self.progress, desc=desc)
+        try:
+            return cache.get_or_compute(ids, compute, flush_every=flush_every, progress=False, desc=desc)
+        finally:
+            bar.close()
 
     def losses(self, examples: Sequence[Example], *, unconditional: bool = False, embed: bool = False,
-               flush_every: int = 512, desc: str = "LM loss") -> LossResult:
+               flush_every: int = 256, desc: str = "LM loss") -> LossResult:
         """Response losses of ``examples`` (and, with ``unconditional``, the response-alone
         losses L(A)), from the cache where possible."""
         n = len(examples)
