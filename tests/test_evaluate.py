@@ -164,3 +164,20 @@ def test_cli_errors(tmp_path, capsys):
     bad.write_text("pool: p\ntask: {kind: gsm8k}\nmethods: [knn]\nscorers: [bleu]\n")
     assert main(["evaluate", str(bad)]) == 2
     assert "unknown scorer" in capsys.readouterr().err
+
+
+def test_arms_leave_the_base_model_untouched(tmp_path):
+    """Fine-tuning and scoring an arm (LoRA attached, then removed) must not change the shared
+    base model: the base arm scores the same before and after."""
+    d = preset_recipe("smoke", tmp_path).to_dict()
+    d["methods"], d["full"] = ["knn"], False
+    ev = Evaluation(recipe_from_dict(d), tmp_path / "out", progress=False)
+    ev.prepare()
+    arms = plan_arms(ev.recipe)
+    first = ev.run_arm(arms[0])
+    tuned = ev.run_arm(arms[2])
+    again = ev.run_arm(arms[0])
+    assert again["scores"] == first["scores"]
+    assert tuned["scores"]["loss"] != first["scores"]["loss"]
+    model, _ = ev.model()
+    assert not any("lora" in n for n, _ in model.named_parameters())

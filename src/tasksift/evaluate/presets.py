@@ -6,10 +6,12 @@
   for a generated math task; every scorer, knn and perplexity against random, 2 budgets x 2
   seeds plus full. Seconds; used by the tests. Its scores mean nothing (random model).
 * ``cpu``: SmolLM2-135M-Instruct, a seeded 20,000-row sample of ``<data>/pool``,
-  CommonsenseQA (50 target examples, 300 dev questions as test, FLAN ecqa overlap dropped),
-  knn vs random at 0.5% and 2%, 2 seeds, 60 LoRA steps: about an hour on 2 CPU cores.
-* ``gpu``: the same task at full size: the whole pool, every dev question, more methods
-  (those registered), 1% and 5%, 3 seeds, 300 steps.
+  CommonsenseQA (50 target examples, 100 dev questions as test, FLAN ecqa overlap dropped),
+  knn vs random at 0.5% and 2%, 2 seeds (9 arms), 20 LoRA steps of 8 rows (lr 5e-4):
+  about an hour on 2 CPU cores (a LoRA step of 8 x ~100 tokens costs ~10-20 s there).
+* ``gpu``: the same task at full size: the whole pool, all 1,221 dev questions, more methods
+  (those of knn, tsds, dsir, perplexity, ifd that are registered), 1% and 5%, 3 seeds, full
+  pool too, 300 LoRA steps of 16 rows.
 """
 from __future__ import annotations
 
@@ -147,14 +149,14 @@ def _csqa_recipe(data_root: str | Path, full: bool) -> dict[str, Any]:
         "pool": str(root / "pool"),
         "pool_sample": None if full else 20000,
         "task": {"kind": "csqa", "path": str(root / "targets" / "zscot_commonsenseqa"), "n_target": 50,
-                 "n_test": None if full else 300, "seed": 0},
+                 "n_test": None if full else 100, "seed": 0},
         "methods": methods,
         "budgets": [0.01, 0.05] if full else [0.005, 0.02],
         "seeds": [0, 1, 2] if full else [0, 1],
         "full": full,
         "base_model": "default",
-        "finetune": {"steps": 300 if full else 60, "lr": 2e-4, "r": 8, "alpha": 16,
-                     "batch_size": 16 if full else 8, "max_length": 512 if full else 384},
+        "finetune": {"steps": 300 if full else 20, "lr": 2e-4 if full else 5e-4, "r": 8, "alpha": 16,
+                     "batch_size": 16 if full else 8, "max_length": 512 if full else 256},
         "scorers": ["mc", "loss"],
         "primary_scorer": "mc",
         "contamination": {"drop_contaminated": True},
