@@ -212,6 +212,12 @@ def compute_metrics(rows: list[dict[str, Any]], scorers: Sequence[str], primary:
             v = [x[key] for x in rs if x.get(key) is not None and np.isfinite(x[key])]
             entry[key] = float(np.mean(v)) if v else None
             entry[f"{key}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        rss = [x["peak_rss_mb"] for x in rs if isinstance(x.get("peak_rss_mb"), (int, float))]
+        entry["peak_rss_mb"] = max(rss) if rss else None
+        for st in ("select", "finetune", "score"):
+            v = [x.get("timings", {}).get(st) for x in rs]
+            v = [t for t in v if isinstance(t, (int, float))]
+            entry[f"{st}_seconds"] = float(np.mean(v)) if v else None
         cont = [x.get("contamination", {}) for x in rs]
         entry["contaminated_exact"] = float(np.mean([c.get("exact", 0) for c in cont]))
         entry["contaminated_near"] = float(np.mean([c.get("near", 0) for c in cont]))

@@ -5,8 +5,8 @@ Sections: summary table per method x budget (mean +- std over seeds of every sco
 against the base model and against random, efficiency, seed-noise test against random,
 feasibility penalty and rank, contamination), then plots: score vs SDF per method with random
 as the reference line and the base model as a horizontal line; PIR vs SDF with the random
-line; time per stage; source mix of each selection; per-item score distributions; pool
-contamination; and the definitions of the metrics.
+line; time per stage; source mix of each selection; per-item loss distributions and every
+score per test set; pool contamination; and the definitions of the metrics.
 """
 from __future__ import annotations
 
@@ -177,6 +177,38 @@ def _source_mix(rows: list[dict], pool_sources: dict[str, int]) -> str:
     return _png(fig)
 
 
+def _per_test_set(rows: list[dict], summary: dict, scorer: str, colors: dict[str, str]) -> str:
+    """Dot plot: mean score per test set for each method x budget (mean over seeds), base
+    model first; error bars = std over seeds."""
+    import matplotlib.pyplot as plt
+
+    sets = [k for k in summary.get("base_scores", {}).get(scorer, {}) if k != "all"] or ["all"]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if scorer in r.get("scores", {}):
+            label = "base" if r["kind"] == "base" else f"{r['method']} {r['budget']}"
+            groups.setdefault(label, []).append(r)
+    labels = list(groups)
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(labels) * max(1, len(sets)) / 1.5 + 1.8))
+    h = 0.8 / len(sets)
+    cmap = plt.get_cmap("tab10")
+    for j, ts in enumerate(sets):
+        means, errs = [], []
+        for lb in labels:
+            v = [r["scores"][scorer].get(ts, np.nan) for r in groups[lb]]
+            means.append(float(np.nanmean(v)) if np.isfinite(v).any() else 0.0)
+            errs.append(float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0)
+        y = np.arange(len(labels)) + (j - (len(sets) - 1) / 2) * h
+        ax.errorbar(means, y, xerr=errs, fmt="o", color=cmap(j % 10), label=ts, capsize=3)
+    ax.set_yticks(np.arange(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{scorer} (mean over seeds; error bar = std)")
+    ax.set_title(f"{SCORER_TITLES.get(scorer, scorer)} per test set")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, title="test set")
+    return _png(fig)
+
+
 def _distributions(rows: list[dict], scorer: str, colors: dict[str, str]) -> str:
     import matplotlib.pyplot as plt
 
@@ -209,26 +241,28 @@ def _distributions(rows: list[dict], scorer: str, colors: dict[str, str]) -> str
 
 def _table(summary: dict, scorers: Sequence[str]) -> str:
     primary = summary["primary_scorer"]
-    head = ["method", "budget", "seeds", "n", "SDF"] + [f"{s} mean ± std" for s in scorers] + \
-        ["PIR vs base", "PIR vs random", "efficiency", f"Δ{primary} vs random", "> 2·pooled std", "Welch p",
-         "feasibility penalty", "rank", "contam. exact/near"]
+    head = ["method", "budget", "seeds", "n", "SDF"] + [f"{s} mean±std" for s in scorers] + \
+        ["PIR vs base", "PIR vs random", "efficiency", f"Δ{primary} vs random", "beyond 2·pooled std", "Welch p",
+         "feasibility penalty", "rank", "contam. exact/near", "s select/train/score", "peak RSS MB"]
     lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     base = summary.get("base_scores", {})
     cells = ["base model", "–", "–", "0", "0"] + [_fmt(base.get(s, {}).get("all")) for s in scorers] + \
-        ["1.000", "–", "–", "–", "–", "–", "–", "–", "–"]
+        ["1.000", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–"]
     lines.append("<tr class='base'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     for e in summary["table"]:
         vr = e.get("vs_random") or {}
         cls = "random" if e["kind"] == "random" else ("good" if vr.get("better") and vr.get("exceeds_noise") else "")
         cells = [html.escape(e["method"]), html.escape(e["budget"]), str(len(e["seeds"])), _fmt(e["n_selected"], 0),
                  _fmt(e["sdf"], 4)]
-        cells += [f"{_fmt(e.get(f'{s}_mean'))} ± {_fmt(e.get(f'{s}_std'))}" if f"{s}_mean" in e else "–" for s in scorers]
+        cells += [f"{_fmt(e.get(f'{s}_mean'))}±{_fmt(e.get(f'{s}_std'))}" if f"{s}_mean" in e else "–" for s in scorers]
         cells += [_fmt(e.get("pir")), _fmt(e.get("pir_random")), _fmt(e.get("efficiency")),
                   _fmt(vr.get("diff")) if e["kind"] != "random" else "–",
                   _fmt(vr.get("exceeds_noise")) if e["kind"] != "random" else "–",
                   _fmt(vr.get("welch_p")) if e["kind"] != "random" else "–",
                   _fmt(e.get("feasibility_penalty"), 1), _fmt(e.get("feasibility_rank")),
-                  f"{_fmt(e.get('contaminated_exact'), 1)} / {_fmt(e.get('contaminated_near'), 1)}"]
+                  f"{_fmt(e.get('contaminated_exact'), 1)} / {_fmt(e.get('contaminated_near'), 1)}",
+                  "/".join(_fmt(e.get(f"{st}_seconds"), 1) for st in ("select", "finetune", "score")),
+                  _fmt(e.get("peak_rss_mb"), 0)]
         lines.append(f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
@@ -271,7 +305,8 @@ similarity is high (thresholds in the recipe).</li>
 """
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0 18px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+table{border-collapse:collapse;font-size:11px;margin:8px 0 18px}th,td{border:1px solid #ccc;padding:3px 5px;text-align:right}
+td{white-space:nowrap}.scroll{overflow-x:auto}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.random td{background:#f7f7f7}
 tr.good td{background:#e8f6e8}tr.base td{background:#fff8e0}img{max-width:100%;margin:6px 12px 6px 0;border:1px solid #eee}
 .grid{display:flex;flex-wrap:wrap}code{background:#f4f4f4;padding:1px 4px}h2{margin-top:28px;border-bottom:1px solid #ddd}"""
@@ -299,14 +334,16 @@ def render_report(rows: list[dict], summary: dict) -> str:
              f"LoRA fine-tuning {html.escape(str({k: v for k, v in recipe.get('finetune', {}).items() if v is not None}))} for every arm; "
              f"seeds {recipe.get('seeds')}. Primary score: <b>{html.escape(summary['primary_scorer'])}</b>. "
              f"{summary.get('n_arms', len(rows))} arms.</p>",
-             "<h2>Results per method and budget (mean ± std over seeds)</h2>", _table(summary, scorers),
+             "<h2>Results per method and budget (mean ± std over seeds)</h2>",
+             "<div class='scroll'>" + _table(summary, scorers) + "</div>",
              "<h2>Score vs selected fraction</h2><div class='grid'>" +
              "".join(f"<img src='{u}' alt='score vs SDF'>" for u in imgs_score) +
              f"<img src='{_pir_vs_sdf(rows, summary, colors)}' alt='PIR vs SDF'></div>",
              "<h2>Time per stage</h2>" + f"<img src='{_stage_times(rows)}' alt='time per stage'>",
              "<h2>Source mix of each selection</h2>" + f"<img src='{_source_mix(rows, pool.get('sources', {}))}' alt='source mix'>",
              "<h2>Score distributions</h2><div class='grid'>" +
-             "".join(f"<img src='{_distributions(rows, s, colors)}' alt='distribution'>" for s in scorers) + "</div>",
+             "".join(f"<img src='{_distributions(rows, s, colors)}' alt='distribution'>" for s in scorers if s == "loss") +
+             "".join(f"<img src='{_per_test_set(rows, summary, s, colors)}' alt='per test set'>" for s in scorers) + "</div>",
              "<h2>Feasibility</h2>", _feasibility_table(summary),
              "<h2>Contamination (pool vs test)</h2>",
              f"<p>Before selection the pool held <b>{cb.get('exact', 0)}</b> exact and <b>{cb.get('near', 0)}</b> near duplicates "

@@ -44,8 +44,9 @@ def arm_id(method: str, budget: str, seed: int | None) -> str:
     return f"{method}|{budget}|seed={seed}" if seed is not None else f"{method}|{budget}"
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
+def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a results.jsonl (a torn last line, impossible with atomic writes, is ignored)."""
+    path = Path(path)
     if not path.is_file():
         return []
     rows = []
@@ -190,8 +191,7 @@ class Evaluation:
         before = ov.summary(ids=[e.id for e in pool.examples], test_ids=test_ids)
         by_source: dict[str, int] = {}
         for i in np.flatnonzero(ov.flag > 0):
-            src = Path(pool.examples[int(i)].source or pool.path).parts[0] if pool.examples[int(i)].source else Path(pool.path).name
-            key = f"{src}/{Path(pool.examples[int(i)].source).name}" if pool.examples[int(i)].source else src
+            key = pool.examples[int(i)].source or Path(pool.path).name
             by_source[key] = by_source.get(key, 0) + 1
         dropped = 0
         if c["drop_contaminated"] and (ov.flag > 0).any():
