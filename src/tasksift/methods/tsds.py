@@ -613,7 +613,8 @@ class TSDSSelection(SelectionMethod):
                              f"holds each once, draw counts are in column tsds_draws")
         info = {k_: v for k_, v in res.info.items() if k_ != "timings"}
         info.update(sinfo)
-        info["fill_rule"] = sinfo.get("fill_rule", FILL_RULE)
+        info.setdefault("fill_rule", "not needed (support >= budget)" if c["sampling"] != "with_replacement"
+                        else "none (with replacement)")
         info["tsds_timings"] = {k_: round(v, 4) for k_, v in res.info["timings"].items()}
         return MethodResult(indices=np.asarray(idx, dtype=np.int64), scores=p, columns=columns,
                             info=info)
