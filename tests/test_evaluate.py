@@ -181,3 +181,10 @@ def test_arms_leave_the_base_model_untouched(tmp_path):
     assert tuned["scores"]["loss"] != first["scores"]["loss"]
     model, _ = ev.model()
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_cli_plan_lists_arms(tmp_path, capsys):
+    assert main(["evaluate", "--preset", "smoke", "--out", str(tmp_path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "15 arms, 0 finished" in out and "todo  knn|ratio=0.2|seed=1" in out
+    assert not (tmp_path / "results.jsonl").exists()

@@ -240,3 +240,22 @@ def test_real_ecqa_overlap_with_commonsenseqa_dev():
     r = find_overlaps([pool_text(e) for e in pool], [t.key for t in task.test])
     hit = len(set(r.test_index[r.flag > 0].tolist()))
     assert 700 <= hit <= 900
+
+
+@needs_shared_data()
+def test_real_strategyqa_and_gsm8k_overlaps():
+    """FLAN strategyqa_train.tsv holds 2,061 of the 2,290 StrategyQA questions; FLAN
+    gsm8k_train.tsv holds none of GSM8K test exactly (3 templated variants are near)."""
+    from tasksift.data import load_examples
+    from tasksift.evaluate.contamination import pool_text
+    from tasksift.evaluate.tasks import load_task
+
+    flan = SHARED_DATA / "pool" / "flan_v2_cot"
+    t = load_task({"kind": "strategyqa", "path": str(SHARED_DATA / "targets" / "zscot_strategyqa"), "n_target": 1})
+    pool = load_examples(flan / "strategyqa_train.tsv").examples
+    r = find_overlaps([pool_text(e) for e in pool], [x.key for x in t.test])
+    assert 2000 <= len(set(r.test_index[r.flag > 0].tolist())) <= 2061
+    g = load_task({"kind": "gsm8k", "path": str(SHARED_DATA / "targets" / "gsm8k"), "n_target": 1, "n_test": None})
+    pool = load_examples(flan / "gsm8k_train.tsv").examples
+    r = find_overlaps([pool_text(e) for e in pool], [x.key for x in g.test])
+    assert len(g.test) == 1319 and int((r.flag == 2).sum()) == 0 and int((r.flag == 1).sum()) <= 10

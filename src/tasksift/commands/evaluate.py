@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="../shared/data", help="data folder for the cpu/gpu presets")
     p.add_argument("--cache-dir", default=None, help="feature cache (default OUT/cache)")
     p.add_argument("--no-progress", action="store_true", help="hide progress messages")
+    p.add_argument("--plan", action="store_true",
+                   help="validate the recipe and list its arms (marking finished ones in --out), run nothing")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -40,6 +42,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         recipe = load_recipe(args.recipe)
         out = Path(args.out or recipe.out or f"eval-out/{recipe.name}")
+    if args.plan:
+        from ..evaluate.runner import RESULTS, plan_arms, read_results, validate_methods
+
+        validate_methods(recipe)
+        done = {r["arm"] for r in read_results(out / RESULTS)}
+        arms = plan_arms(recipe)
+        print(f"tasksift evaluate {recipe.name}: {len(arms)} arms, {sum(a['id'] in done for a in arms)} finished "
+              f"in {out}; scorers {', '.join(recipe.scorers)} (primary {recipe.primary})")
+        for a in arms:
+            print(f"  {'done' if a['id'] in done else 'todo'}  {a['id']}")
+        return 0
     summary = run_evaluation(recipe, out, resume=args.resume, progress=False if args.no_progress else None,
                              cache_dir=args.cache_dir)
     primary = summary["primary_scorer"]

@@ -6,7 +6,9 @@
   exact match). For loss-type scores (lower is better) the ratio is inverted,
   baseline / score, so that **PIR > 1 always means better than the baseline**. Two baselines:
   the base model without fine-tuning (``pir``) and random selection at the same budget
-  (``pir_random``, the mean score of the random arms over seeds).
+  (``pir_random``, the mean score of the random arms over seeds). PIR is undefined (NaN,
+  shown as "–") where the baseline score is 0, e.g. a base model with no exact match at all;
+  pick the loss or multiple choice as ``primary_scorer`` then.
 * **Efficiency** = signed distance of the arm's (SDF, PIR) point from the *random line*:
   the least-squares line through the random arms' (SDF, mean PIR) points of the same run
   (with two budgets, the line through both; with a single budget, the horizontal line through

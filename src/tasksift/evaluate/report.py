@@ -288,7 +288,7 @@ DEFINITIONS = """
 <li><b>PIR</b> (performance improvement ratio) = mean over test sets of score(subset model) / score(baseline);
 for the loss (lower is better) the ratio is inverted (baseline / score), so <b>PIR &gt; 1 always means better</b>.
 "PIR vs base": baseline = the base model without fine-tuning. "PIR vs random": baseline = the mean of the random
-arms at the same budget.</li>
+arms at the same budget. PIR is undefined ("–") where the baseline score is 0.</li>
 <li><b>Efficiency</b> = signed Euclidean distance of (SDF, PIR vs base) from the random line: the least-squares line
 through the random arms' mean (SDF, PIR) points of this run (one budget: the horizontal line through its point).
 Positive = above the line = better than random selection for the amount of data.</li>
