@@ -232,20 +232,37 @@ class NeighborIndex:
         return recall_at_k(ids[rows][:, :k], true), len(rows)
 
 
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int | None = None
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours (faiss Flat, float32): (squared distances, ids)."""
-    import faiss
-
-    k = int(min(k, len(base)))
-    idx = faiss.IndexFlatL2(np.asarray(base).shape[1])
-    idx.add(_as_f32(base))
-    rows = chunk or max(1, CHUNK_BYTES // (12 * k))
-    d2 = np.empty((len(queries), k), dtype=np.float32)
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), rows):
-        d2[s:s + rows], ids[s:s + rows] = idx.search(_as_f32(queries[s:s + rows]), k)
-    return d2, ids
+    """Exact k nearest neighbours by float32 BLAS over blocks of ``chunk`` base rows with a
+    running top-k (no copy of ``base``; memory ~ n_queries * (chunk + k) * 12 bytes per block
+    of queries). Returns (squared distances float32, ids int64), ascending, ties by lower id."""
+    base = np.asarray(base)
+    n = len(base)
+    k = int(min(k, n))
+    nq = len(queries)
+    out_d = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    qrows = max(1, int(CHUNK_BYTES // (12 * (chunk + k))))
+    for qs in range(0, nq, qrows):
+        q = _as_f32(queries[qs:qs + qrows])
+        qn = np.einsum("ij,ij->i", q, q)
+        best_d = np.empty((len(q), 0), dtype=np.float32)
+        best_i = np.empty((len(q), 0), dtype=np.int64)
+        for s in range(0, n, chunk):
+            xb = _as_f32(base[s:s + chunk])
+            d2 = qn[:, None] + np.einsum("ij,ij->i", xb, xb)[None, :] - 2.0 * (q @ xb.T)
+            cd = np.concatenate([best_d, d2], axis=1)
+            ci = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(xb)), d2.shape)], axis=1)
+            if cd.shape[1] > k:
+                part = np.argpartition(cd, k - 1, axis=1)[:, :k]
+                cd = np.take_along_axis(cd, part, axis=1)
+                ci = np.take_along_axis(ci, part, axis=1)
+            best_d, best_i = cd, ci
+        order = np.lexsort((best_i, best_d), axis=1)
+        out_d[qs:qs + len(q)] = np.maximum(np.take_along_axis(best_d, order, axis=1), 0.0)
+        out_i[qs:qs + len(q)] = np.take_along_axis(best_i, order, axis=1)
+    return out_d, out_i
 
 
 def recall_at_k(approx_ids: np.ndarray, true_ids: np.ndarray) -> float:
