@@ -107,6 +107,9 @@ def main() -> int:
     ap.add_argument("--recipe", action="append", default=None,
                     help="also run this recipe (repeatable; default: 'dedup -> knn')")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
+    ap.add_argument("--mark", default="gsm8k",
+                    help="report the share of selected rows whose source path contains this (default gsm8k: "
+                         "the FLAN copy of GSM8K train, the on-task rows)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     if not (SHARED / "pool").is_dir() or not (SHARED / "targets" / "gsm8k" / "train.jsonl").is_file():
@@ -118,6 +121,7 @@ def main() -> int:
     target = load_target(args.targets)
     t_load = time.perf_counter() - t
     k = max(1, int(round(args.ratio * len(pool))))
+    marked = np.array([args.mark in (ex.source or "") for ex in pool])
     base = SelectionContext(pool, target, seed=args.seed, cache_dir=args.cache_dir, progress=True)
     t = time.perf_counter()
     xp = base.embeddings("pool")
@@ -164,17 +168,23 @@ def main() -> int:
         idx = np.asarray(res.indices, dtype=np.int64)
         selections[label] = set(idx.tolist())
         results[label] = {"seconds": wall, "peak_rss_above_base_mib": mem.above_base_mb, "selected": int(len(idx)),
-                          "options": BENCH_OPTIONS.get(spec, {})}
+                          "options": BENCH_OPTIONS.get(spec, {}),
+                          "marked_share": float(marked[idx].mean()) if len(idx) else 0.0,
+                          "timings": {s: round(v, 2) for s, v in ctx.timings.items()}}
         print(f"  {label}: {wall:.2f}s, {len(idx)} rows")
 
     names = list(selections)
-    print(f"\n| method | options | wall s | peak RSS +MiB | rows |\n|---|---|---:|---:|---:|")
+    print(f"\nrows from *{args.mark}* sources: {100 * marked.mean():.1f}% of the pool sample")
+    print(f"\n| method | options | wall s | peak RSS +MiB | rows | from *{args.mark}* | stages (s) |\n"
+          f"|---|---|---:|---:|---:|---:|---|")
     for label, r in results.items():
         if "error" in r:
-            print(f"| {label} | | error: {r['error']} | | |")
+            print(f"| {label} | | error: {r['error']} | | | | |")
         else:
             opts = ", ".join(f"{a}={b}" for a, b in r["options"].items()) or "defaults"
-            print(f"| {label} | {opts} | {r['seconds']:.2f} | {r['peak_rss_above_base_mib']:.0f} | {r['selected']} |")
+            stages = ", ".join(f"{a} {b}" for a, b in r["timings"].items()) or "-"
+            print(f"| {label} | {opts} | {r['seconds']:.2f} | {r['peak_rss_above_base_mib']:.0f} | {r['selected']} "
+                  f"| {100 * r['marked_share']:.1f}% | {stages} |")
     short = {n: f"M{i + 1}" for i, n in enumerate(names)}
     print("\npairwise Jaccard overlap of the selections (" +
           ", ".join(f"{v} = {n}" for n, v in short.items()) + ")\n")
