@@ -430,3 +430,20 @@ def test_select_api_with_tsds_writes_manifest(tmp_path, tiny_embed_model):
     grouped = tasksift.select(pool, target, group_by="task", count=12, quotas="equal",
                               **{a: b for a, b in kw.items() if a != "ratio"})
     assert len(set(grouped.ids)) == 12
+
+
+def test_neighbors_helpers():
+    from tasksift.neighbors import exact_search, min_distance
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3000, 10)).astype(np.float32)
+    q = rng.standard_normal((7, 10)).astype(np.float32)
+    d2, ids = exact_search(q, x, 120, chunk=500)
+    full = cdist(q, x, "sqeuclidean")
+    np.testing.assert_array_equal(ids, np.argsort(full, axis=1, kind="stable")[:, :120])
+    np.testing.assert_allclose(d2, np.sort(full, axis=1)[:, :120], rtol=1e-4, atol=1e-4)
+    assert recall_at_k(ids, ids) == 1.0
+    half = ids.copy()
+    half[:, 60:] = -1
+    assert recall_at_k(half, ids) == pytest.approx(0.5)
+    np.testing.assert_allclose(min_distance(x, q, chunk=1000), cdist(x, q).min(axis=1), rtol=1e-5)
