@@ -46,6 +46,8 @@ def test_parse_string_with_options():
     r = parse_recipe("dsir(keep=0.25, sampling=top) -> knn")
     assert r.steps[0].keep == 0.25 and r.steps[0].options == {"sampling": "top"}
     assert len(parse_recipe("knn").steps) == 1
+    assert parse_recipe("length(min_words=2) -> dsir -> knn").needs == ("ngrams", "embeddings")
+    assert parse_recipe("length(min_words=2) -> knn").stochastic and not parse_recipe("kcenter").stochastic
 
 
 def test_parse_list_mapping_and_yaml(tmp_path):

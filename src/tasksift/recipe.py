@@ -161,7 +161,21 @@ class Recipe:
             raise ConfigError(f"the last recipe step ({self.steps[-1].name}) selects; it cannot be marked filter")
 
     def describe(self) -> str:
+        """The recipe as a string that :func:`parse_recipe` reads back."""
         return " -> ".join(s.describe() for s in self.steps)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Features any step needs (union of the methods' ``needs``), e.g. ("embeddings", "lm")."""
+        out: dict[str, None] = {}
+        for s in self.steps:
+            out.update(dict.fromkeys(get_method(s.name).info.needs))
+        return tuple(out)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the seed can change the result (some step is stochastic)."""
+        return any(get_method(s.name).info.stochastic for s in self.steps)
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
         """Apply every filter step (all but the last) in turn; True = the row is still a candidate."""
