@@ -180,6 +180,10 @@ def test_contamination_finds_planted_overlaps():
     assert (s["exact"], s["near"], s["test_items_hit"]) == (1, 1, 2)
     assert {m["pool_id"]: m["kind"] for m in s["matches"]} == {"p0": "exact", "p1": "near"}
     assert normalise("Hello,\\nWorld!") == "hello world"
+    # a short question sharing one common phrase with a pool row is not a near duplicate
+    short = find_overlaps(["What do people do when they are bored at home on a rainy day?"],
+                          ["What do people do when networking?"])
+    assert short.flag.tolist() == [0]
 
 
 def test_recipe_validation_errors():

@@ -24,8 +24,8 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
     scorers: [loss, mc, em]            # loss = target-test NLL, mc = multiple choice, em = exact match
     primary_scorer: mc                 # the score PIR and efficiency use (default: first scorer)
     generation: {max_new_tokens: 256, batch_size: 8}
-    contamination: {drop_contaminated: true, ngram: 5, near_threshold: 0.5, char_ngram: 5,
-                    jaccard_threshold: 0.8}
+    contamination: {drop_contaminated: true, ngram: 5, near_threshold: 0.5, min_shared: 3,
+                    char_ngram: 5, jaccard_threshold: 0.8}
     embed_model: default               # sentence-transformers model for embedding methods
     cache_dir: null                    # feature cache (default: <out>/cache)
 
@@ -50,7 +50,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "epochs": None, "lr": 2e-4, "r
                                      "warmup_ratio": 0.03}
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "batch_size": 8}
 CONTAMINATION_DEFAULTS: dict[str, Any] = {"drop_contaminated": False, "ngram": 5, "near_threshold": 0.5,
-                                          "char_ngram": 5, "jaccard_threshold": 0.8}
+                                          "char_ngram": 5, "jaccard_threshold": 0.8, "min_shared": 3}
 SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096}
 
 _TOP_KEYS = {"name", "pool", "pool_sample", "pool_layout", "pool_fields", "task", "methods", "method_options",

@@ -7,8 +7,9 @@ collapsed). For each pool row's prompt (whole text for plain-text rows) and each
 * **exact**: the normalised test key equals the normalised pool prompt, or occurs inside it
   (a FLAN row that wraps the test question in options or an instruction still counts);
 * **near**: not exact, but either at least ``near_threshold`` of the test key's word
-  ``ngram``-grams occur in the pool prompt (containment), or the character ``char_ngram``-gram
-  Jaccard similarity of the two is at least ``jaccard_threshold``.
+  ``ngram``-grams occur in the pool prompt (containment) and at least ``min_shared`` of them
+  (so a short question sharing one common phrase is not flagged), or the character
+  ``char_ngram``-gram Jaccard similarity of the two is at least ``jaccard_threshold``.
 
 Only pairs sharing at least one word n-gram are compared (an inverted index over the test
 keys), so a 100k-row pool against a 1k-item test set takes seconds. Keys shorter than
@@ -86,7 +87,8 @@ class OverlapResult:
 
 
 def find_overlaps(pool_texts: Sequence[str], test_keys: Sequence[str], *, ngram: int = 5,
-                  near_threshold: float = 0.5, char_ngram: int = 5, jaccard_threshold: float = 0.8) -> OverlapResult:
+                  near_threshold: float = 0.5, char_ngram: int = 5, jaccard_threshold: float = 0.8,
+                  min_shared: int = 3) -> OverlapResult:
     """Flag pool texts that contain (exact) or nearly contain (near) a test key."""
     tnorm = [normalise(k) for k in test_keys]
     tgrams = [word_ngrams(t, ngram) for t in tnorm]
@@ -118,11 +120,11 @@ def find_overlaps(pool_texts: Sequence[str], test_keys: Sequence[str], *, ngram:
                 counts[j] = counts.get(j, 0) + 1
         if not counts:
             continue
-        best_j, best_c = -1, -1.0
+        best_j, best_c, best_n = -1, -1.0, 0
         for j, c in counts.items():
             cj = c / max(1, len(tgrams[j]))
             if cj > best_c:
-                best_j, best_c = j, cj
+                best_j, best_c, best_n = j, cj, c
         cont[i], match[i] = best_c, best_j
         t = tnorm[best_j]
         if f" {t} " in f" {p} ":
@@ -131,13 +133,14 @@ def find_overlaps(pool_texts: Sequence[str], test_keys: Sequence[str], *, ngram:
         if best_j not in tchars:
             tchars[best_j] = char_ngrams(t, char_ngram)
         jac[i] = jaccard(char_ngrams(p, char_ngram), tchars[best_j])
-        if best_c >= near_threshold or jac[i] >= jaccard_threshold:
+        if (best_c >= near_threshold and best_n >= min_shared) or jac[i] >= jaccard_threshold:
             flag[i] = 1
         else:
             match[i] = -1 if best_c < near_threshold else match[i]
     match[flag == 0] = -1
     return OverlapResult(flag, match, cont, jac, {"ngram": ngram, "near_threshold": near_threshold,
-                                                  "char_ngram": char_ngram, "jaccard_threshold": jaccard_threshold})
+                                                  "char_ngram": char_ngram, "jaccard_threshold": jaccard_threshold,
+                                                  "min_shared": min_shared})
 
 
 def pool_text(ex: Any) -> str:

@@ -191,7 +191,8 @@ def compute_metrics(rows: list[dict[str, Any]], scorers: Sequence[str], primary:
     # random line from per-budget means of random arms
     pts = []
     for b, rs in rand_by_budget.items():
-        pts.append((float(np.mean([x["sdf"] for x in rs])), float(np.nanmean([x["pir"] for x in rs]))))
+        p_ = [x["pir"] for x in rs if x["pir"] is not None and np.isfinite(x["pir"])]
+        pts.append((float(np.mean([x["sdf"] for x in rs])), float(np.mean(p_)) if p_ else float("nan")))
     line = random_line(pts)
     for r in rows:
         r["efficiency"] = efficiency(r["sdf"], r["pir"], line) if r["kind"] != "base" else None

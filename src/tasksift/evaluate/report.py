@@ -297,7 +297,9 @@ Positive = above the line = better than random selection for the amount of data.
 scipy's unequal-variance t-test (needs ≥ 2 seeds on each side). Green rows beat random beyond the noise.</li>
 <li><b>Feasibility penalty</b> = cost class (cheap 0, moderate 1, expensive 2) + needs (embeddings 0.5, LM 1,
 gradients 2, external API 3) + 2 if the method trains a model of its own + 1 if it must be redone per target data
-set (it reads the target); recipes ("a -&gt; b") add their parts. Rank 1 = most feasible.</li>
+set (it reads the target); recipes ("a -&gt; b") add their parts. Rank 1 = most feasible. Cost and needs come from
+the method registry; "trains a model" and "per data set" from tables in <code>tasksift.evaluate.metrics</code>
+(<code>TRAINS_MODELS</code>, <code>TARGET_AGNOSTIC</code>) until the registry declares them.</li>
 <li><b>Contamination</b>: a selected row is <i>exact</i> when a test question (normalised) equals or occurs inside
 its prompt, <i>near</i> when most of the test question's word n-grams occur in it or the character n-gram Jaccard
 similarity is high (thresholds in the recipe).</li>

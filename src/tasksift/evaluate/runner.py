@@ -186,7 +186,7 @@ class Evaluation:
         keys = [t.key for t in task.test]
         ov = find_overlaps([pool_text(ex) for ex in pool.examples], keys, ngram=int(c["ngram"]),
                            near_threshold=float(c["near_threshold"]), char_ngram=int(c["char_ngram"]),
-                           jaccard_threshold=float(c["jaccard_threshold"]))
+                           jaccard_threshold=float(c["jaccard_threshold"]), min_shared=int(c["min_shared"]))
         test_ids = [t.id for t in task.test]
         before = ov.summary(ids=[e.id for e in pool.examples], test_ids=test_ids)
         by_source: dict[str, int] = {}
