@@ -188,3 +188,16 @@ def test_cli_plan_lists_arms(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "15 arms, 0 finished" in out and "todo  knn|ratio=0.2|seed=1" in out
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_recipe_string_arm(tmp_path):
+    """A method recipe such as "dedup -> knn" is one arm like any registered method."""
+    pytest.importorskip("tasksift.recipe")
+    d = preset_recipe("smoke", tmp_path).to_dict()
+    d["methods"], d["full"] = ["dedup  ->  knn"], False
+    ev = Evaluation(recipe_from_dict(d), tmp_path / "out", progress=False)
+    R.validate_methods(ev.recipe)
+    ev.prepare()
+    arm = next(a for a in plan_arms(ev.recipe) if a["method"] == "dedup -> knn" and a["budget"] == "ratio=0.2")
+    idx, timings, _ = ev._select(arm)
+    assert len(idx) == round(0.2 * 152) and len(set(idx.tolist())) == len(idx)

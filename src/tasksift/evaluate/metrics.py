@@ -38,7 +38,8 @@ NEED_PENALTY = {"embeddings": 0.5, "ngrams": 0.0, "lm": 1.0, "gradients": 2.0, "
 #: Methods that train a model of their own (LoBaSS trains a reference model, LESS a warm-up).
 TRAINS_MODELS = {"lobass", "less"}
 #: Methods that never look at the target (so need no redoing per target data set).
-TARGET_AGNOSTIC = {"random", "perplexity", "ifd", "dedup", "diversity", "full", "base"}
+TARGET_AGNOSTIC = {"random", "perplexity", "ifd", "dedup", "diversity", "kcenter", "facility-location", "length",
+                   "full", "base"}
 TRAIN_PENALTY = 2.0
 PER_DATASET_PENALTY = 1.0
 

@@ -7,10 +7,10 @@
   seeds plus full. Seconds; used by the tests. Its scores mean nothing (random model).
 * ``cpu``: SmolLM2-135M-Instruct, a seeded 20,000-row sample of ``<data>/pool``,
   CommonsenseQA (50 target examples, 100 dev questions as test, FLAN ecqa overlap dropped),
-  knn vs random at 0.5% and 2%, 2 seeds (9 arms), 20 LoRA steps of 8 rows (lr 5e-4):
+  tsds (knn where tsds is not installed) vs random at 0.5% and 2%, 2 seeds (9 arms), 20 LoRA steps of 8 rows (lr 5e-4):
   about an hour on 2 CPU cores (a LoRA step of 8 x ~100 tokens costs ~10-20 s there).
 * ``gpu``: the same task at full size: the whole pool, all 1,221 dev questions, more methods
-  (those of knn, tsds, dsir, perplexity, ifd that are registered), 1% and 5%, 3 seeds, full
+  (those of tsds, knn, dsir, facility-location, perplexity, ifd that are registered), 1% and 5%, 3 seeds, full
   pool too, 300 LoRA steps of 16 rows.
 """
 from __future__ import annotations
@@ -143,7 +143,8 @@ def _csqa_recipe(data_root: str | Path, full: bool) -> dict[str, Any]:
     from ..methods.registry import available_methods
 
     have = {i.name for i in available_methods()}
-    methods = ["knn"] if not full else [m for m in ("knn", "tsds", "dsir", "perplexity", "ifd") if m in have]
+    methods = (["tsds"] if "tsds" in have else ["knn"]) if not full else \
+        [m for m in ("tsds", "knn", "dsir", "facility-location", "perplexity", "ifd") if m in have]
     return {
         "name": "commonsenseqa-" + ("gpu" if full else "cpu"),
         "pool": str(root / "pool"),
