@@ -31,6 +31,10 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
 
 Relative paths are resolved against the current directory (run from the project root);
 ``random`` at every budget and the base model without fine-tuning are always evaluated.
+Every arm gets the same fine-tuning: ``steps`` optimizer steps of ``batch_size`` rows (so the
+compute is equal; an arm whose subset is smaller than steps x batch_size sees its rows more
+than once, and ``full`` sees steps x batch_size rows of the pool). Give ``epochs`` instead of
+``steps`` to train every arm for the same number of passes over its own subset.
 """
 from __future__ import annotations
 
