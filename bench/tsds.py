@@ -8,7 +8,7 @@ Synthetic data: ``--clusters`` cluster centres on the unit sphere, candidates ar
 plus Gaussian noise (spread drawn per cluster), normalised; the queries (the "task") come
 from 5 of the clusters (``--task-clusters``), like a target task that covers a few regions of
 a mixed pool.
-Each (size, implementation) runs in a fresh process so that its peak memory (ru_maxrss) is
+Each (size, implementation) runs in a fresh process so that its peak memory (VmHWM) is
 its own; "mem+" is the peak minus the resident size once the data was generated.
 The naive implementation follows the paper's pseudo-code: per-query distance + sort, per-
 candidate KDE, and a heap-driven water-filling loop (float64, so its p can be compared).
@@ -24,6 +24,7 @@ import heapq
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,12 @@ def rss_mb() -> float:
 
 
 def peak_mb() -> float:
+    """Peak resident size of this process (VmHWM: unlike ru_maxrss it is not inherited from
+    the parent across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -218,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--index", default="auto")
     ap.add_argument("--real-rows", type=int, default=0, help="also run on this many real pool rows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the probability (and real embedding) arrays")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     import tempfile
@@ -243,7 +251,8 @@ def main(argv=None) -> int:
                 jobs.append(dict(data="real", q_path=paths[0], x_path=paths[1], n=args.real_rows,
                                  seed=args.seed, impl=impl, index=args.index, threads=args.threads))
     print(f"TSDS bench: M={args.queries} queries, d={args.dim}, max_k=5000, kde_k=1000, sigma=0.75, "
-          f"alpha=0.5, {args.threads} threads")
+          f"alpha=0.5, {args.threads} threads; synthetic: {args.clusters} clusters, queries from "
+          f"{args.task_clusters}")
     hdr = (f"{'data':<9} {'N':>8} {'impl':<6} {'search s':>9} {'kde s':>8} {'solve s':>8} {'total s':>8} "
            f"{'peak MB':>8} {'mem+ MB':>8} {'recall@5000':>11} {'kde recall':>10} {'|U|':>8} {'support':>8}  index")
     print(hdr)
@@ -268,6 +277,10 @@ def main(argv=None) -> int:
             notes.append(f"{key[0]} N={key[1]}: L1 distance between fast and naive p = {np.abs(a - b).sum():.2e}")
     for n in notes:
         print(n)
+    if args.keep:
+        print(f"kept arrays in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
