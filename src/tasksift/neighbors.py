@@ -1,4 +1,4 @@
-"""Nearest-neighbour search under L2 distance: exact (float64 BLAS or faiss Flat) or
+"""Nearest-neighbour search under L2 distance: exact (float64 or float32 blocked BLAS) or
 approximate (faiss IVF / HNSW), chunked so that memory stays bounded, with recall
 measurement against exact search.
 
@@ -16,7 +16,8 @@ Typical use::
 Index kinds (``index=``):
 
 - ``"exact"``: float64 BLAS, chunked (precise; for small problems),
-- ``"flat"``: faiss ``IndexFlatL2`` (exact, float32),
+- ``"flat"``: exact in float32, blocked BLAS with a running top-k (like faiss ``IndexFlatL2``
+  but without copying the base into an index),
 - ``"ivf"``: faiss ``IndexIVFFlat`` with ``nlist ~ sqrt(n)`` lists; ``nprobe`` is set so
   that a search scans several times ``k`` vectors,
 - ``"hnsw"``: faiss ``IndexHNSWFlat`` (M=32; ``efSearch >= k``),
@@ -39,7 +40,7 @@ from .errors import ConfigError
 
 #: ``auto`` uses float64 BLAS when n_queries * n_base is at most this.
 EXACT64_MAX_PAIRS = 2e7
-#: ``auto`` uses faiss Flat (exact, float32) when n_queries * n_base is at most this.
+#: ``auto`` uses ``flat`` (exact, float32 blocked BLAS) when n_queries * n_base is at most this.
 FLAT_MAX_PAIRS = 4e8
 #: Bytes of scratch memory a chunk of a search may use (distance block or result block).
 CHUNK_BYTES = 256 * 2**20
@@ -122,11 +123,10 @@ class NeighborIndex:
             return
         import faiss
 
+        if self.kind == "flat":  # searched by exact_search: blocked BLAS, no copy of the base
+            return
         xb = _as_f32(base)
-        if self.kind == "flat":
-            idx = faiss.IndexFlatL2(self.d)
-            idx.add(xb)
-        elif self.kind == "ivf":
+        if self.kind == "ivf":
             nl, npb = ivf_params(self.n, self.k_hint, nlist=nlist, nprobe=nprobe)
             quant = faiss.IndexFlatL2(self.d)
             idx = faiss.IndexIVFFlat(quant, self.d, nl, faiss.METRIC_L2)
@@ -169,7 +169,8 @@ class NeighborIndex:
     def _chunk_rows(self, k: int, chunk: int | None) -> int:
         if chunk:
             return max(1, int(chunk))
-        per_row = 12 * k + (8 * self.n if self.kind == "exact" else 0)
+        per_row = 12 * k + (8 * self.n if self.kind == "exact" else 0) + \
+            (12 * 16384 if self.kind == "flat" else 0)
         return int(max(1, min(65536, CHUNK_BYTES // max(per_row, 1))))
 
     def _search_exact64(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +194,8 @@ class NeighborIndex:
         k = int(min(k, self.n))
         if self.kind == "exact":
             return self._search_exact64(queries, k)
+        if self.kind == "flat":
+            return exact_search(queries, self.base, k)
         d2, ids = self._faiss_index.search(_as_f32(queries), k)
         return d2, ids.astype(np.int64, copy=False)
 
@@ -232,7 +235,7 @@ class NeighborIndex:
         return recall_at_k(ids[rows][:, :k], true), len(rows)
 
 
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 65536
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 16384
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours by float32 BLAS over blocks of ``chunk`` base rows with a
     running top-k (no copy of ``base``; memory ~ n_queries * (chunk + k) * 12 bytes per block
