@@ -272,6 +272,21 @@ def test_loading_paths_and_errors(tiny_dir, tmp_path):
     assert fp == model_fingerprint(str(tiny_dir)) and fp != model_fingerprint(str(tiny_dir), adapter=str(tmp_path))
 
 
+def test_cpu_thread_choice_honours_the_environment(monkeypatch):
+    from tasksift.features.lm import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("TASKSIFT_NUM_THREADS", "1")
+        assert set_cpu_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("TASKSIFT_NUM_THREADS")
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        n = set_cpu_threads()
+        assert 1 <= n <= (os.cpu_count() or 1) and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------
 # LoRA fine-tune
 # ---------------------------------------------------------------------------------------
