@@ -201,3 +201,26 @@ def test_recipe_string_arm(tmp_path):
     arm = next(a for a in plan_arms(ev.recipe) if a["method"] == "dedup -> knn" and a["budget"] == "ratio=0.2")
     idx, timings, _ = ev._select(arm)
     assert len(idx) == round(0.2 * 152) and len(set(idx.tolist())) == len(idx)
+
+
+@pytest.mark.slow
+def test_real_model_micro_evaluation(tmp_path):
+    """SmolLM2-135M (bundled) on a 300-row FLAN sample, CommonsenseQA, knn vs random, one
+    LoRA step: the real-model path end to end (minutes on 2 CPU cores)."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "pool").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    r = recipe_from_dict({
+        "name": "micro-csqa", "pool": str(SHARED_DATA / "pool" / "flan_v2_cot"), "pool_sample": 300,
+        "task": {"kind": "csqa", "path": str(SHARED_DATA / "targets" / "zscot_commonsenseqa"), "n_target": 6,
+                 "n_test": 4},
+        "methods": ["knn"], "budgets": [8], "seeds": [0], "device": "cpu",
+        "finetune": {"steps": 1, "batch_size": 2, "max_length": 128}, "scorers": ["mc", "loss", "em"],
+        "generation": {"max_new_tokens": 8}, "contamination": {"drop_contaminated": True}, "progress": False})
+    s = run_evaluation(r, tmp_path)
+    rows = read_results(tmp_path / "results.jsonl")
+    assert [x["arm"] for x in rows] == ["base|none", "random|count=8|seed=0", "knn|count=8|seed=0"]
+    assert all(0 < x["scores"]["loss"]["all"] < 10 for x in rows)
+    assert rows[2]["source_mix"] and s["pool"]["rows"] + s["pool"]["dropped_contaminated"] == 300
+    assert (tmp_path / "report.html").is_file()
