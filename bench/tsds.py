@@ -203,7 +203,16 @@ def real_data(rows: int, m: int, seed: int, workdir: Path) -> tuple[str, str] | 
     qp, xp = workdir / "real_q.npy", workdir / "real_x.npy"
     np.save(qp, q)
     np.save(xp, x)
+    (workdir / "real_sources.json").write_text(json.dumps([ex.source for ex in pool]))
     return str(qp), str(xp)
+
+
+def mass_by_source(p: np.ndarray, sources: list[str], top: int = 4) -> str:
+    acc: dict[str, float] = {}
+    for s, v in zip(sources, p):
+        acc[s] = acc.get(s, 0.0) + float(v)
+    best = sorted(acc.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{s} {100 * v:.0f}%" for s, v in best)
 
 
 def fmt(v, spec=".1f"):
@@ -245,6 +254,9 @@ def main(argv=None) -> int:
         if paths is None:
             notes.append("real pool: skipped (../shared/data absent)")
         else:
+            notes.append(f"real: {args.real_rows} rows sampled (seed {args.seed}) from ../shared/data/pool, "
+                         f"queries = the first {args.queries} GSM8K train question+answer pairs, default "
+                         f"MiniLM embeddings (unit norm)")
             for impl in ("fast", "naive"):
                 if impl == "naive" and args.real_rows > args.naive_max:
                     continue
@@ -272,6 +284,11 @@ def main(argv=None) -> int:
               f"{fmt(r['recall_search'], '.4f'):>11} {fmt(r['recall_kde'], '.4f'):>10} "
               f"{fmt(r['prefetched'], 'd'):>8} {r['support']:>8}  {r['index']}", flush=True)
     for key, d in ps.items():
+        if key[0] == "real" and "fast" in d:
+            import json
+
+            src = json.loads((tmp / "real_sources.json").read_text())
+            notes.append(f"real: TSDS probability mass by pool file: {mass_by_source(np.load(d['fast']), src)}")
         if len(d) == 2:
             a, b = np.load(d["fast"]), np.load(d["naive"])
             notes.append(f"{key[0]} N={key[1]}: L1 distance between fast and naive p = {np.abs(a - b).sum():.2e}")
