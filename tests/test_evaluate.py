@@ -115,7 +115,8 @@ def test_report_is_self_contained(smoke_run):
     imgs = re.findall(r"<img src='([^']+)'", html)
     assert len(imgs) >= 7 and all(u.startswith("data:image/png;base64,") for u in imgs)
     assert "http://" not in html and "https://" not in html and "<script" not in html
-    for word in ("PIR vs base", "efficiency", "feasibility", "Contamination", "knn", "perplexity", "random"):
+    for word in ("Most efficient:", "PIR vs base", "efficiency", "feasibility", "Contamination", "knn", "perplexity",
+                 "random"):
         assert word in html
     summary = json.loads((smoke_run["out"] / "summary.json").read_text())
     assert summary["n_arms"] == len(smoke_run["rows"])

@@ -314,6 +314,27 @@ tr.good td{background:#e8f6e8}tr.base td{background:#fff8e0}img{max-width:100%;m
 .grid{display:flex;flex-wrap:wrap}code{background:#f4f4f4;padding:1px 4px}h2{margin-top:28px;border-bottom:1px solid #ddd}"""
 
 
+def headline(summary: dict) -> str:
+    """One sentence: the method x budget with the highest mean efficiency, and whether its
+    primary score beats random at the same budget beyond seed noise."""
+    cands = [e for e in summary.get("table", []) if e["kind"] == "method" and e.get("efficiency") is not None]
+    if not cands:
+        return "No method arm has a defined efficiency yet (PIR needs a non-zero base score)."
+    best = max(cands, key=lambda e: e["efficiency"])
+    vr = best.get("vs_random") or {}
+    side = "better" if vr.get("better") else "worse"
+    if vr.get("exceeds_noise") is None:
+        noise = "seed noise unknown (one seed)"
+    else:
+        noise = f"{'beyond' if vr['exceeds_noise'] else 'within'} 2·pooled std over seeds"
+    p = vr.get("welch_p")
+    sig = "" if p is None else f"; Welch p {_fmt(p)}, {'significant' if p < 0.05 else 'not significant'} at 0.05"
+    return (f"Most efficient: <b>{html.escape(best['method'])}</b> at {html.escape(best['budget'])} "
+            f"(efficiency {_fmt(best['efficiency'])}, PIR vs base {_fmt(best.get('pir'))}, PIR vs random "
+            f"{_fmt(best.get('pir_random'))}). Its {html.escape(summary['primary_scorer'])} is {side} than random at "
+            f"the same budget by {_fmt(abs(vr['diff']) if vr.get('diff') is not None else None)} ({noise}{sig}).")
+
+
 def render_report(rows: list[dict], summary: dict) -> str:
     """The report page as an HTML string."""
     import matplotlib
@@ -336,6 +357,7 @@ def render_report(rows: list[dict], summary: dict) -> str:
              f"LoRA fine-tuning {html.escape(str({k: v for k, v in recipe.get('finetune', {}).items() if v is not None}))} for every arm; "
              f"seeds {recipe.get('seeds')}. Primary score: <b>{html.escape(summary['primary_scorer'])}</b>. "
              f"{summary.get('n_arms', len(rows))} arms.</p>",
+             f"<p>{headline(summary)}</p>",
              "<h2>Results per method and budget (mean ± std over seeds)</h2>",
              "<div class='scroll'>" + _table(summary, scorers) + "</div>",
              "<h2>Score vs selected fraction</h2><div class='grid'>" +
