@@ -133,10 +133,9 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
                 g["lr"] = lr_at(step)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
                 logits = peft_model(input_ids=ids, attention_mask=att).logits
-            shift_logits = logits[:, :-1].float()
             shift_labels = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                                     shift_labels.reshape(-1), ignore_index=-100)
+            sel = shift_labels != -100          # only response positions: no full-vocab copies
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1][sel].float(), shift_labels[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
