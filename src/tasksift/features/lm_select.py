@@ -16,7 +16,7 @@ LM_OPTION_DEFAULTS: dict[str, Any] = {
     "gguf_file": None,         # GGUF file inside a model folder
     "max_length": 1024,        # tokens per rendered example; longer rows are truncated
     "truncation": True,        # False: rows over max_length are unscorable instead
-    "batch_tokens": 4096,      # padded tokens per forward batch
+    "batch_tokens": None,      # padded tokens per forward batch; None = 1024 on CPU, 16384 on GPU
     "device": "auto",          # "auto" picks CUDA when present
     "dtype": "auto",           # "auto": bf16/fp16 on CUDA, float32 on CPU
     "cache": True,             # False: do not reuse or keep cached losses
