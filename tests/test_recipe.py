@@ -163,3 +163,17 @@ def test_a_scoring_method_as_filter_keeps_its_eligible_rows(monkeypatch):
     assert len(res.indices) == 5 and not set(res.indices.tolist()) & dropped
     res = parse_recipe("dedup -> ifd(filter) -> knn").run(ctx, 70)
     assert sorted(res.indices.tolist()) == sorted(set(range(80)) - dropped - {40, 41, 42, 43}) and "short" in res.info
+
+
+def test_api_config_applies_to_the_recipes_selecting_step():
+    from tasksift.api import run_method
+
+    with pytest.raises(ConfigError):                        # checked against knn, never ignored
+        run_method("dedup -> knn", {"no_such_option": 1}, toy()[0], 6)
+    via_config = run_method("dedup -> kcenter", {"init": "random"}, toy()[0], 6)
+    inline = run_method("dedup -> kcenter(init=random)", {}, toy()[0], 6)
+    default = run_method("dedup -> kcenter", {}, toy()[0], 6)
+    assert list(via_config.indices) == list(inline.indices)
+    assert list(via_config.indices) != list(default.indices)
+    overridden = run_method("dedup -> kcenter(init=target)", {"init": "random"}, toy()[0], 6)
+    assert list(overridden.indices) == list(inline.indices)

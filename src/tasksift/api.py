@@ -137,9 +137,16 @@ def run_method(method: str | Sequence | Mapping, config: Mapping[str, Any], ctx:
     """Run a registered method, or a recipe (``"dedup -> tsds"``, a list or a mapping)."""
     if isinstance(method, str) and "->" not in method:
         return get_method(method)(**dict(config)).select(ctx, k)
-    from .recipe import parse_recipe
+    from .recipe import Recipe, Step, parse_recipe
 
-    return parse_recipe(method).run(ctx, k)
+    recipe = parse_recipe(method)
+    if config:  # options given beside a recipe belong to its selecting (last) step
+        last = recipe.steps[-1]
+        merged = {**last.options, **dict(config)}
+        Step(name=last.name, options=merged, filter=last.filter, keep=last.keep).method()  # ConfigError now
+        recipe = Recipe(recipe.steps[:-1] + [Step(name=last.name, options=merged, filter=last.filter,
+                                                  keep=last.keep)])
+    return recipe.run(ctx, k)
 
 
 def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
@@ -156,7 +163,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
         list of :class:`Example`, or :class:`LoadedData`.
     method: a registered method name (see ``tasksift methods``) or a recipe such as
-        ``"dedup -> tsds"``; ``config`` holds the method's options.
+        ``"dedup -> tsds"``; ``config`` holds the method's options (for a recipe: options of
+        its last, selecting step, overriding those written in the recipe).
     budget / count / ratio / tokens: how much to select (``budget=500`` or ``ratio=0.01``).
     group_by: a raw-row field (or ``"source"``) to split the budget by, with ``quotas``
         ("proportional", "equal" or a mapping group -> fraction or count); the method runs
