@@ -7,8 +7,9 @@
   seeds plus full. Seconds; used by the tests. Its scores mean nothing (random model).
 * ``cpu``: SmolLM2-135M-Instruct, a seeded 20,000-row sample of ``<data>/pool``,
   CommonsenseQA (50 target examples, 100 dev questions as test, FLAN ecqa overlap dropped),
-  tsds (knn where tsds is not installed) vs random at 0.5% and 2%, 2 seeds (9 arms), 20 LoRA steps of 8 rows (lr 5e-4):
-  about an hour on 2 CPU cores (a LoRA step of 8 x ~100 tokens costs ~10-20 s there).
+  knn and tsds vs random at 0.5% and 2%, 3 seeds (19 arms with the base model), 10 LoRA steps
+  of 8 rows (lr 1e-3), scored by multiple choice and gold-answer loss: about an hour on 2 CPU
+  cores (a LoRA step of 8 x ~100 tokens costs ~6-12 s there, scoring an arm ~1 min).
 * ``gpu``: the same task at full size: the whole pool, all 1,221 dev questions, more methods
   (those of tsds, knn, dsir, facility-location, perplexity, ifd that are registered), 1% and 5%, 3 seeds, full
   pool too, 300 LoRA steps of 16 rows.
@@ -143,7 +144,7 @@ def _csqa_recipe(data_root: str | Path, full: bool) -> dict[str, Any]:
     from ..methods.registry import available_methods
 
     have = {i.name for i in available_methods()}
-    methods = (["tsds"] if "tsds" in have else ["knn"]) if not full else \
+    methods = [m for m in ("knn", "tsds") if m in have] if not full else \
         [m for m in ("tsds", "knn", "dsir", "facility-location", "perplexity", "ifd") if m in have]
     return {
         "name": "commonsenseqa-" + ("gpu" if full else "cpu"),
@@ -153,10 +154,10 @@ def _csqa_recipe(data_root: str | Path, full: bool) -> dict[str, Any]:
                  "n_test": None if full else 100, "seed": 0},
         "methods": methods,
         "budgets": [0.01, 0.05] if full else [0.005, 0.02],
-        "seeds": [0, 1, 2] if full else [0, 1],
+        "seeds": [0, 1, 2],
         "full": full,
         "base_model": "default",
-        "finetune": {"steps": 300 if full else 20, "lr": 2e-4 if full else 5e-4, "r": 8, "alpha": 16,
+        "finetune": {"steps": 300 if full else 10, "lr": 2e-4 if full else 1e-3, "r": 8, "alpha": 16,
                      "batch_size": 16 if full else 8, "max_length": 512 if full else 256},
         "scorers": ["mc", "loss"],
         "primary_scorer": "mc",
