@@ -82,7 +82,7 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
     p.add_argument("--backend", choices=["local", "ray"], default=None,
-                   help="where features are computed: in this process (default) or by Ray actors")
+                   help="where features (and TSDS neighbour search + KDE) are computed: in this process (default) or on Ray")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default $RAY_ADDRESS or a local cluster)")
 

@@ -59,7 +59,7 @@ FILL_RULE = "nearest: unselected rows by increasing L2 distance to the nearest q
 
 DEFAULTS: dict[str, Any] = {
     "alpha": 0.5, "C": 5.0, "sigma": 0.75, "max_k": 5000, "kde_k": 1000, "index": "auto",
-    "sampling": "without_replacement", "normalize": True,
+    "sampling": "without_replacement", "normalize": True, "shard_rows": 250_000,
 }
 
 
@@ -210,17 +210,13 @@ def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | Non
     return rho, cnt
 
 
-def kde_clustered(x: np.ndarray, sigma: float, kde_k: int, *, nlist: int | None = None,
-                  nprobe: int | None = None, scan_factor: float = 8.0, seed: int | None = 0
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Approximate densities by inverted lists scanned with dense BLAS blocks.
-
-    The rows are clustered by k-means (``nlist ~ sqrt(n)``); the rows of one cluster are
-    scored together, by one dense BLAS block, against the rows of the ``nprobe`` lists whose
-    centroids are nearest to their own centroid (own list first). ``nprobe`` defaults to
-    scanning about ``scan_factor * kde_k`` rows per row (at least 4 lists). Rows near a list's
-    border may miss some neighbours: :func:`kde_density` measures the recall.
-    """
+def kde_lists(x: np.ndarray, kde_k: int, *, nlist: int | None = None, nprobe: int | None = None,
+              scan_factor: float = 8.0, seed: int | None = 0) -> dict[str, Any]:
+    """The inverted lists of :func:`kde_clustered`: k-means on ``x`` (``nlist ~ sqrt(n)``),
+    each row's own list, and for each list the ``nprobe`` lists nearest to its centroid.
+    Returns a dict with ``order`` (rows sorted by list), ``bounds`` (list ``c`` holds
+    ``order[bounds[c]:bounds[c + 1]]``), ``probe``, ``nlist``, ``nprobe`` and ``train_s``.
+    Memory beyond ``x``: a float32 copy of ``x`` when it is not float32, and ``n * 16`` bytes."""
     import faiss
 
     from ..neighbors import CHUNK_BYTES
@@ -245,26 +241,76 @@ def kde_clustered(x: np.ndarray, sigma: float, kde_k: int, *, nlist: int | None 
     _, probe = cidx.search(km.centroids, nprobe)
     order = np.argsort(own, kind="stable")
     bounds = np.searchsorted(own[order], np.arange(nlist + 1))
-    t1 = time.perf_counter()
+    return {"order": order, "bounds": bounds, "probe": probe, "nlist": nlist, "nprobe": nprobe,
+            "train_s": time.perf_counter() - t0}
+
+
+def kde_list_cost(lists: dict[str, Any]) -> np.ndarray:
+    """Pairs scored for each list by :func:`kde_score_lists` (members x scanned rows)."""
+    size = np.diff(lists["bounds"])
+    probe = lists["probe"]
+    cost = np.empty(lists["nlist"], dtype=np.int64)
+    for c in range(lists["nlist"]):
+        pl = probe[c][probe[c] >= 0]
+        pl = np.unique(np.concatenate([[c], pl]))
+        cost[c] = size[c] * size[pl].sum()
+    return cost
+
+
+def kde_score_lists(x: np.ndarray, lists: dict[str, Any], clusters: Any, sigma: float, kde_k: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Densities of the rows of the given ``clusters`` (list numbers of ``lists``, from
+    :func:`kde_lists`): each list's rows are scored together, by dense BLAS blocks, against the
+    rows of its probed lists (own list first). Returns (rows, rho of those rows, pairs scored).
+    Scoring a partition of the lists in separate calls (e.g. on separate workers) gives the
+    same values as one call over all of them."""
+    order, bounds, probe = lists["order"], lists["bounds"], lists["probe"]
     inv_s2 = 1.0 / float(sigma) ** 2
-    rho = np.ones(n)
+    out_rows, out_rho = [], []
     scanned = 0
-    for c in range(nlist):
+    for c in clusters:
+        c = int(c)
         mem = order[bounds[c]:bounds[c + 1]]
         if len(mem) == 0:
             continue
-        lists = probe[c][probe[c] >= 0]
-        lists = np.concatenate([[c], lists[lists != c]])
-        cols = np.concatenate([order[bounds[l]:bounds[l + 1]] for l in lists])
+        lst = probe[c][probe[c] >= 0]
+        lst = np.concatenate([[c], lst[lst != c]])
+        cols = np.concatenate([order[bounds[l]:bounds[l + 1]] for l in lst])
         xc = x[cols]
         scanned += len(mem) * len(cols)
         step = _block_rows(len(cols), 4)
         for s in range(0, len(mem), step):
             r = np.arange(s, min(s + step, len(mem)))
-            rho[mem[r]], _ = _kernel_rows(x[mem[r]], xc, r, kde_k, inv_s2)
+            tot, _ = _kernel_rows(x[mem[r]], xc, r, kde_k, inv_s2)
+            out_rows.append(mem[r])
+            out_rho.append(tot)
+    if not out_rows:
+        return np.empty(0, dtype=np.int64), np.empty(0), 0
+    return np.concatenate(out_rows), np.concatenate(out_rho), scanned
+
+
+def kde_clustered(x: np.ndarray, sigma: float, kde_k: int, *, nlist: int | None = None,
+                  nprobe: int | None = None, scan_factor: float = 8.0, seed: int | None = 0
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Approximate densities by inverted lists scanned with dense BLAS blocks.
+
+    The rows are clustered by k-means (``nlist ~ sqrt(n)``); the rows of one cluster are
+    scored together, by one dense BLAS block, against the rows of the ``nprobe`` lists whose
+    centroids are nearest to their own centroid (own list first). ``nprobe`` defaults to
+    scanning about ``scan_factor * kde_k`` rows per row (at least 4 lists). Rows near a list's
+    border may miss some neighbours: :func:`kde_density` measures the recall.
+    (:func:`kde_lists` + :func:`kde_score_lists`; the Ray backend scores groups of lists on
+    separate workers.)
+    """
+    n = len(x)
+    lists = kde_lists(x, kde_k, nlist=nlist, nprobe=nprobe, scan_factor=scan_factor, seed=seed)
+    t1 = time.perf_counter()
+    rho = np.ones(n)
+    rows, vals, scanned = kde_score_lists(x, lists, range(lists["nlist"]), sigma, kde_k)
+    rho[rows] = vals
     t2 = time.perf_counter()
-    return rho, {"index": f"ivf-blocked(nlist={nlist},nprobe={nprobe})", "train_s": t1 - t0,
-                 "search_s": t2 - t1, "mean_scanned": scanned / max(n, 1)}
+    return rho, {"index": f"ivf-blocked(nlist={lists['nlist']},nprobe={lists['nprobe']})",
+                 "train_s": lists["train_s"], "search_s": t2 - t1, "mean_scanned": scanned / max(n, 1)}
 
 
 def kde_density(x: np.ndarray, sigma: float, kde_k: int, *, index: str = "auto",
@@ -399,14 +445,30 @@ def prepare(query: Any, candidates: Any, normalize: bool) -> tuple[np.ndarray, n
 def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sigma: float = 0.75,
          max_k: int = 5000, kde_k: int = 1000, index: str = "auto", seed: int | None = None,
          normalize: bool = False, recall_sample: int = 50, kde_chunk: int | None = None,
-         timer: Callable[[str], ContextManager] | None = None) -> TSDSResult:
+         timer: Callable[[str], ContextManager] | None = None, backend: str = "local",
+         num_workers: int | None = None, shard_rows: int = 250_000, ray_address: str | None = None
+         ) -> TSDSResult:
     """Run TSDS on embeddings and return the full :class:`TSDSResult` (probabilities, plan,
     densities, diagnostics). See :func:`selection_probabilities` for the parameters;
     ``timer(stage)`` is an optional outer context manager factory (e.g.
     ``SelectionContext.timed``) that also receives ``tsds_search``, ``tsds_kde``, ``tsds_solve``.
+
+    ``backend="ray"`` runs the neighbour search over shards of ``shard_rows`` candidates and
+    the KDE as Ray tasks (``num_workers`` at a time, on the cluster at ``ray_address`` /
+    ``$RAY_ADDRESS`` or a local one); ``candidates`` may then also be the path of a ``.npy``
+    file. See :func:`tasksift.distributed.tsds_ray` (search always exact; memory per worker
+    about one shard).
     """
     from ..neighbors import knn
 
+    if backend == "ray":
+        from ..distributed import tsds_ray
+
+        return tsds_ray(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k,
+                        index=index, seed=seed, normalize=normalize, recall_sample=recall_sample,
+                        shard_rows=shard_rows, num_workers=num_workers, address=ray_address, timer=timer)
+    if backend != "local":
+        raise ConfigError(f"tsds: backend must be 'local' or 'ray', got {backend!r}")
     check_params(alpha, C, sigma, max_k, kde_k)
     alpha, C, sigma = float(alpha), float(C), float(sigma)
     q, x = prepare(query, candidates, normalize)
@@ -583,7 +645,9 @@ class TSDSSelection(SelectionMethod):
     """TSDS over the pool/target sentence embeddings. Options: ``alpha`` (0.5), ``C`` (5.0),
     ``sigma`` (0.75; 0 = KNN-Uniform), ``max_k`` (5000), ``kde_k`` (1000), ``index``
     ("auto"), ``sampling`` ("without_replacement" | "with_replacement" | "top"),
-    ``normalize`` (True: L2-normalise the embeddings first)."""
+    ``normalize`` (True: L2-normalise the embeddings first), ``shard_rows`` (250000:
+    candidates per shard when the context's backend is ``ray``, see
+    :func:`tasksift.distributed.tsds_ray`)."""
 
     defaults: dict = dict(DEFAULTS)
 
@@ -598,7 +662,9 @@ class TSDSSelection(SelectionMethod):
         x = ctx.embeddings("pool")
         res = tsds(q, x, alpha=c["alpha"], C=c["C"], sigma=c["sigma"], max_k=c["max_k"],
                    kde_k=c["kde_k"], index=c["index"], seed=ctx.seed, normalize=bool(c["normalize"]),
-                   timer=ctx.timed)
+                   timer=ctx.timed, backend=getattr(ctx, "backend", "local") or "local",
+                   num_workers=getattr(ctx, "num_workers", None), shard_rows=int(c["shard_rows"]),
+                   ray_address=getattr(ctx, "ray_address", None))
         p = res.p
         with ctx.timed("tsds_sample"):
             idx, sinfo = draw(p, k, rng=ctx.rng, sampling=c["sampling"],
@@ -612,6 +678,8 @@ class TSDSSelection(SelectionMethod):
             sinfo["note"] = (f"{k} draws with replacement gave {len(idx)} distinct rows; the subset "
                              f"holds each once, draw counts are in column tsds_draws")
         info = {k_: v for k_, v in res.info.items() if k_ != "timings"}
+        if "distributed" in info:  # per-task records stay out of the manifest
+            info["distributed"] = {k_: v for k_, v in info["distributed"].items() if k_ != "tasks"}
         info.update(sinfo)
         info.setdefault("fill_rule", "not needed (support >= budget)" if c["sampling"] != "with_replacement"
                         else "none (with replacement)")
