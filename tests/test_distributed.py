@@ -196,3 +196,33 @@ def test_tsds_method_uses_ray_backend(tsds_data, local_ray):
     np.testing.assert_array_equal(out["ray"].indices, out["local"].indices)
     np.testing.assert_allclose(out["ray"].scores, out["local"].scores, atol=1e-6)
     assert out["ray"].info["distributed"]["shards"] == 4 and "tasks" not in out["ray"].info["distributed"]
+
+
+# ---------------------------------------------------------------------------------------
+# LM loss features on Ray
+# ---------------------------------------------------------------------------------------
+def test_ray_lm_losses_equal_local(tmp_path, local_ray):
+    pytest.importorskip("transformers")
+    from lm_fixtures import sample_examples, save_tiny
+
+    from tasksift.features.lm import LMConfig, LMScorer, LMWorkerFactory
+
+    model_dir = save_tiny(tmp_path / "tiny-llama")
+    cfg = LMConfig(model=str(model_dir), max_length=48, device="cpu")
+    exs = sample_examples(14)
+    local = LMScorer(cfg, cache_dir=tmp_path / "a", progress=False).losses(exs, unconditional=True)
+    remote = LMScorer(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray", num_workers=2)
+    got = remote.losses(exs, unconditional=True, flush_every=4)
+    assert remote.computed_rows == 2 * len(exs)
+    np.testing.assert_allclose(got.loss, local.loss, rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(got.uncond_loss, local.uncond_loss, rtol=0, atol=1e-6, equal_nan=True)
+    for f in ("n_response_tokens", "n_tokens", "truncated", "status"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(local, f))
+    assert len(list((tmp_path / "b").rglob("shard-*.npz"))) == 2 * 4  # ceil(14 / 4) blocks per feature
+    # the same row-level cache: a local scorer now finds every row there
+    again = LMScorer(cfg, cache_dir=tmp_path / "b", progress=False)
+    np.testing.assert_array_equal(again.losses(exs).loss, got.loss)
+    assert again.computed_rows == 0
+    import pickle
+
+    assert pickle.loads(pickle.dumps(LMWorkerFactory(cfg, "uncond"))) == LMWorkerFactory(cfg, "uncond")

@@ -170,8 +170,9 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         ("proportional", "equal" or a mapping group -> fraction or count); the method runs
         within each group.
     seed: every random choice derives from it; equal inputs and seed give equal output.
-    backend: "local" (in-process) or "ray" (features computed by Ray actors and TSDS sharded over Ray tasks, ``num_workers``
-        of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one).
+    backend: "local" (in-process) or "ray" (features computed by Ray actors, ``num_workers``
+        of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one; TSDS
+        also runs its neighbour search and KDE as Ray tasks over shards of the pool).
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

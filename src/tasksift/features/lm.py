@@ -726,11 +726,21 @@ class LMScorer:
     The model is loaded only when something is missing from the cache (or passed in as
     ``model``/``tokenizer`` to reuse an already loaded one, or built on first use by
     ``model_factory``; either must match ``config``, which keys the cache).
+
+    ``backend="ray"``: the missing rows are computed by Ray actors (``num_workers``; one per
+    GPU when the cluster has GPUs), each loading its own copy of the model from ``config``
+    (:class:`LMWorkerFactory`; a passed-in ``model``/``model_factory`` is not shipped, so the
+    model, adapter and cache folder must be paths every worker sees) and writing its blocks
+    into the same row-level cache. Values equal the local backend's.
     """
 
     def __init__(self, config: LMConfig | None = None, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, model=None, tokenizer=None, fingerprint: str | None = None,
-                 model_factory: Callable[[], Any] | None = None) -> None:
+                 model_factory: Callable[[], Any] | None = None, backend: str = "local",
+                 num_workers: int | None = None, ray_address: str | None = None) -> None:
+        if backend not in ("local", "ray"):
+            raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
         self.config = config or LMConfig()
         self._model_factory = model_factory
         self.config.validate()
@@ -800,33 +810,46 @@ class LMScorer:
         t0 = time.perf_counter()
         tokens = [0]
 
+        def on_batch(n: int, n_tok: int) -> None:
+            tokens[0] += n_tok
+            bar.update(n)
+            bar.set_postfix_str(f"{tokens[0] / max(1e-9, time.perf_counter() - t0):.0f} tok/s", refresh=False)
+
         def compute(positions: Sequence[int]) -> dict[str, np.ndarray]:
-            rendered = tokenize_examples(self.tokenizer, [examples[p] for p in positions],
-                                         max_length=self.config.max_length,
-                                         truncation=self.config.truncation,
-                                         unconditional=(what == "uncond"))
-
-            def on_batch(n: int, n_tok: int) -> None:
-                tokens[0] += n_tok
-                bar.update(n)
-                bar.set_postfix_str(f"{tokens[0] / max(1e-9, time.perf_counter() - t0):.0f} tok/s",
-                                    refresh=False)
-
-            res = self.engine.score(rendered, embed=embed, on_batch=on_batch)
-            bar.update(sum(r.status != STATUS_OK for r in rendered))
-            self.computed_rows += len(positions)
-            out = {"loss": res["loss"], "n_response_tokens": res["n_response_tokens"],
-                   "n_tokens": np.array([r.n_full for r in rendered], dtype=np.int64),
-                   "truncated": np.array([r.truncated for r in rendered], dtype=bool),
-                   "status": np.array([r.status for r in rendered], dtype=np.int8)}
-            if embed:
-                out["embedding"] = res["embedding"]
+            out = self.compute_rows([examples[p] for p in positions], what, embed, on_batch=on_batch)
+            bar.update(int((out["status"] != STATUS_OK).sum()))
             return out
 
+        if self.backend == "ray" and n_missing:
+            from ..distributed import get_or_compute_ray
+
+            bar.close()
+            out = get_or_compute_ray(cache, ids, list(examples), LMWorkerFactory(self.config, what, embed),
+                                     block_size=flush_every, num_workers=self.num_workers,
+                                     progress=self.progress, desc=desc, address=self.ray_address)
+            self.computed_rows += n_missing
+            return out
         try:
             return cache.get_or_compute(ids, compute, flush_every=flush_every, progress=False, desc=desc)
         finally:
             bar.close()
+
+    def compute_rows(self, examples: Sequence[Example], what: str = "cond", embed: bool = False,
+                     on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """The cached LM features of ``examples`` computed now (no cache): ``loss``,
+        ``n_response_tokens``, ``n_tokens``, ``truncated``, ``status`` (+ ``embedding``).
+        ``what``: ``"cond"`` (response given prompt) or ``"uncond"`` (response alone)."""
+        rendered = tokenize_examples(self.tokenizer, list(examples), max_length=self.config.max_length,
+                                     truncation=self.config.truncation, unconditional=(what == "uncond"))
+        res = self.engine.score(rendered, embed=embed, on_batch=on_batch)
+        self.computed_rows += len(rendered)
+        out = {"loss": res["loss"], "n_response_tokens": res["n_response_tokens"],
+               "n_tokens": np.array([r.n_full for r in rendered], dtype=np.int64),
+               "truncated": np.array([r.truncated for r in rendered], dtype=bool),
+               "status": np.array([r.status for r in rendered], dtype=np.int8)}
+        if embed:
+            out["embedding"] = res["embedding"]
+        return out
 
     def losses(self, examples: Sequence[Example], *, unconditional: bool = False, embed: bool = False,
                flush_every: int = 256, desc: str = "LM loss") -> LossResult:
@@ -869,7 +892,9 @@ def lm_losses(ctx, examples: Sequence[Example], config: LMConfig | dict, *, unco
     cfg = config if isinstance(config, LMConfig) else LMConfig.from_options(dict(config))
     scorer = LMScorer(cfg, cache_dir=ctx.cache_dir if cache_dir == "ctx" else cache_dir,
                       progress=ctx.progress, model=model, tokenizer=tokenizer, fingerprint=fingerprint,
-                      model_factory=model_factory)
+                      model_factory=model_factory, backend=getattr(ctx, "backend", None) or "local",
+                      num_workers=getattr(ctx, "num_workers", None),
+                      ray_address=getattr(ctx, "ray_address", None))
     with ctx.timed(stage):
         res = scorer.losses(examples, unconditional=unconditional, embed=embed, desc=stage.replace("_", " "))
     if scorer.load_seconds:
@@ -877,6 +902,28 @@ def lm_losses(ctx, examples: Sequence[Example], config: LMConfig | dict, *, unco
         ctx.timings[f"{stage}_load"] = ctx.timings.get(f"{stage}_load", 0.0) + scorer.load_seconds
     res.scorer = scorer
     return res
+
+
+@dataclass(frozen=True)
+class LMWorkerFactory:
+    """Builds, inside a Ray worker, the function that computes the LM features of a list of
+    examples (``what``: ``"cond"`` or ``"uncond"``; ``embed``: also the mean-pooled hidden
+    states). Picklable: it carries only the :class:`LMConfig`; the worker loads the model from
+    it once (device ``auto``: the worker's GPU when Ray gave it one). Used by
+    :func:`tasksift.distributed.get_or_compute_ray` for ``LMScorer(backend="ray")``."""
+
+    config: LMConfig
+    what: str = "cond"
+    embed: bool = False
+
+    def __call__(self) -> Callable[[list], dict[str, np.ndarray]]:
+        scorer = LMScorer(self.config, cache_dir=None, progress=False)
+        what, embed = self.what, self.embed
+
+        def compute(examples: list) -> dict[str, np.ndarray]:
+            return scorer.compute_rows(examples, what, embed)
+
+        return compute
 
 
 def config_dict(cfg: LMConfig) -> dict:
