@@ -148,3 +148,35 @@ def test_no_traceback_from_real_process(tmp_path, files):
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2
     assert_one_line(r.stderr, "missing.json")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"method: [unclosed\n", "malformed YAML, line"),
+    (b"method: random\ncount: \xff\xfe\n", "not UTF-8"),
+    (None, "not found"),
+    ("folder", "is a folder"),
+    (b"- just\n- a list\n", "must hold a mapping"),
+])
+def test_bad_config_files_are_one_line_errors(capsys, files, tmp_path, content, needle):
+    pool, target = files
+    cfg = tmp_path / "run.yaml"
+    if content == "folder":
+        cfg.mkdir()
+    elif content is not None:
+        cfg.write_bytes(content)
+    rc, err = run_cli(capsys, "--pool", pool, "--target", target, "--count", 2, "--out", tmp_path / "o",
+                      "--config", cfg)
+    assert rc == 2
+    assert_one_line(err, needle, "run.yaml")
+
+
+def test_bad_recipe_files_name_the_file(tmp_path):
+    from tasksift.errors import ConfigError
+    from tasksift.evaluate.config import load_recipe as load_eval_recipe
+    from tasksift.recipe import load_recipe
+
+    bad = tmp_path / "r.yaml"
+    bad.write_bytes(b"steps: [dedup, {knn: \n")
+    for loader in (load_recipe, load_eval_recipe):
+        with pytest.raises(ConfigError, match=r"r\.yaml.*malformed YAML, line"):
+            loader(bad)

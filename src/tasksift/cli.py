@@ -21,15 +21,9 @@ from .errors import ConfigError, TasksiftError
 def _load_config_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    import yaml
+    from .yamlfile import read_yaml
 
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=path) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML ({str(e).splitlines()[0]})", file=path) from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError("config file must hold a mapping of options", file=path)
     return data

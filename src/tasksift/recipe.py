@@ -259,15 +259,9 @@ def _merge_columns(columns: dict[str, np.ndarray], res: MethodResult, kept: np.n
 
 def load_recipe(path: str | Path) -> Recipe:
     """A recipe from a YAML file (a list of steps, ``{steps: [...]}`` or a ``"a -> b"`` string)."""
-    import yaml
+    from .yamlfile import read_yaml
 
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("recipe file not found", file=str(path)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML ({str(e).splitlines()[0]})", file=str(path)) from None
+    data = read_yaml(path, "recipe file")
     if data is None:
         raise ConfigError("recipe file is empty", file=str(path))
     try:

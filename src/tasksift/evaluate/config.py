@@ -213,13 +213,7 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
 
 def load_recipe(path: str | Path) -> EvalRecipe:
     """Read and validate a recipe YAML file."""
-    import yaml
+    from ..yamlfile import read_yaml
 
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("recipe file not found", file=str(path)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML ({str(e).splitlines()[0]})", file=str(path)) from None
+    data = read_yaml(path, "recipe file")
     return recipe_from_dict(data, source=str(path))
