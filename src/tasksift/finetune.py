@@ -40,7 +40,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
                   batch_size: int = 8, max_length: int = 1024, seed: int = 0, out_dir: str | os.PathLike,
                   gguf_file: str | None = None, progress: bool = True, tokenizer=None,
                   target_modules: Sequence[str] | None = None, device: str = "auto",
-                  warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0) -> Path:
+                  warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0,
+                  save_optimizer_state: bool = False) -> Path:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``; returns that path.
 
     ``model_name_or_path``: ``"default"``, a hub id, a local path or ``.gguf`` file, or an
@@ -49,7 +50,10 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     Training: AdamW, linear warm-up (``warmup_ratio``) then linear decay, batches of
     ``batch_size`` rows in a seeded shuffle, loss = mean NLL over the batch's response tokens.
     Runs ``steps`` optimizer steps if given, else ``epochs`` passes over the examples.
-    ``out_dir`` also gets ``train_log.json`` (settings, per-step loss, time).
+    ``out_dir`` also gets ``train_log.json`` (settings, per-step loss, time) and, with
+    ``save_optimizer_state``, ``optimizer_state.safetensors``: AdamW's first and second moments
+    per LoRA weight (``<parameter name>.exp_avg`` / ``.exp_avg_sq``; betas and step in the
+    metadata), used by LESS's Adam-preconditioned gradients.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -146,6 +150,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         out.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out))
+        if save_optimizer_state:
+            _save_optimizer_state(out, peft_model, opt, total)
     finally:
         bar.close()
         if not owned:
@@ -163,6 +169,21 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         else sorted(lcfg.target_modules or []), "loss": losses, "seconds": time.perf_counter() - t0,
     })
     return out
+
+
+def _save_optimizer_state(out: Path, peft_model, opt, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, p in peft_model.named_parameters():
+        st = opt.state.get(p)
+        if p.requires_grad and st:
+            tensors[f"{name}.exp_avg"] = st["exp_avg"].detach().float().cpu().contiguous()
+            tensors[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().float().cpu().contiguous()
+    b1, b2 = opt.param_groups[0]["betas"]
+    save_file(tensors, str(out / "optimizer_state.safetensors"),
+              metadata={"beta1": str(b1), "beta2": str(b2), "eps": str(opt.param_groups[0]["eps"]),
+                        "step": str(step)})
 
 
 def read_train_log(adapter_dir: str | os.PathLike) -> dict:
