@@ -1,7 +1,7 @@
 """Every registered selection method on the same pool sample and target: time, memory, overlap.
 
     python bench/methods.py [--rows 20000] [--ratio 0.05] [--targets 50] [--with-lm]
-                            [--recipe "dedup -> knn"] [--cache-dir DIR]
+                            [--less-rows 500] [--recipe "dedup -> knn"] [--cache-dir DIR]
 
 Pool: a seeded sample of ``--rows`` rows of the real pool in ../shared/data/pool; target:
 the first ``--targets`` GSM8K train examples (../shared/data/targets/gsm8k/train.jsonl).
@@ -12,6 +12,11 @@ a method's time is its own work. Methods that need the language model (``needs``
 "gradients") are skipped unless ``--with-lm`` (minutes to hours on CPU). Per method it
 prints wall time, peak RSS above the pre-method baseline (psutil, sampled every 10 ms) and
 the rows selected, then the pairwise Jaccard overlap of the selections.
+
+``less`` (per-example LoRA gradients: ~1 row/s for the gradients alone on 2 busy CPU cores,
+plus ~0.8 s/row for the dense 8192-d Rademacher projection) runs on a seeded sub-sample of
+``--less-rows`` pool rows (default 500; 0 = the whole sample) with the same ratio; its row
+says what it ran on and an extrapolated time for the whole sample (linear in rows).
 """
 from __future__ import annotations
 
@@ -104,6 +109,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--with-lm", action="store_true", help="also run methods that need the language model")
     ap.add_argument("--only", nargs="*", default=None, help="run only these methods")
+    ap.add_argument("--less-rows", type=int, default=500,
+                    help="run less on a seeded sub-sample of this many pool rows (0 = all; default 500)")
     ap.add_argument("--recipe", action="append", default=None,
                     help="also run this recipe (repeatable; default: 'dedup -> knn')")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
@@ -157,6 +164,17 @@ def main() -> int:
             else:
                 method = get_method(spec)(**BENCH_OPTIONS.get(spec, {}))
                 call = lambda: method.select(ctx, k)  # noqa: E731
+            sub = None
+            if spec == "less" and 0 < args.less_rows < len(pool):
+                # a seeded sub-sample, same ratio; indices mapped back to pool positions
+                sub = np.sort(np.random.default_rng(args.seed).choice(len(pool), args.less_rows, replace=False))
+                k_sub = max(1, int(round(args.ratio * len(sub))))
+                sctx = ctx.restrict(sub)
+
+                def call(method=method, sctx=sctx, k_sub=k_sub, sub=sub):
+                    r = method.select(sctx, k_sub)
+                    r.indices = sub[np.asarray(r.indices, dtype=np.int64)]
+                    return r
             with PeakRSS() as mem:
                 t = time.perf_counter()
                 res = call()
@@ -171,6 +189,9 @@ def main() -> int:
                           "options": BENCH_OPTIONS.get(spec, {}),
                           "marked_share": float(marked[idx].mean()) if len(idx) else 0.0,
                           "timings": {s: round(v, 2) for s, v in ctx.timings.items()}}
+        if sub is not None:
+            results[label]["ran_on"] = f"{len(sub)} of {len(pool)} rows (seeded sub-sample)"
+            results[label]["extrapolated_seconds_full"] = wall * len(pool) / len(sub)
         print(f"  {label}: {wall:.2f}s, {len(idx)} rows")
 
     names = list(selections)
@@ -182,6 +203,9 @@ def main() -> int:
             print(f"| {label} | | error: {r['error']} | | | | |")
         else:
             opts = ", ".join(f"{a}={b}" for a, b in r["options"].items()) or "defaults"
+            if "ran_on" in r:
+                opts += (f"; ran on {r['ran_on']}, whole sample ~{r['extrapolated_seconds_full']:,.0f}s "
+                         f"extrapolated")
             stages = ", ".join(f"{a} {b}" for a, b in r["timings"].items()) or "-"
             print(f"| {label} | {opts} | {r['seconds']:.2f} | {r['peak_rss_above_base_mib']:.0f} | {r['selected']} "
                   f"| {100 * r['marked_share']:.1f}% | {stages} |")

@@ -124,7 +124,7 @@ def test_adam_preconditioning_formula():
 def test_projection_is_seeded_and_independent_of_batch_size():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((40, 5000)).astype(np.float32))
-    for kind in ("rademacher", "gaussian"):
+    for kind in ("rademacher", "gaussian", "countsketch"):
         proj = BlockProjector(5000, 256, kind, seed=3, block_rows=1024)
         full = proj(x)
         assert full.shape == (40, 256) and full.dtype == torch.float32
@@ -154,7 +154,7 @@ def _jl_error(dim: int, kind: str, seed: int = 0) -> float:
     return float(err.max())
 
 
-@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian", "countsketch"])
 def test_projection_preserves_inner_products(kind):
     # JL: the error of a normalised inner product is ~1/sqrt(dim); allow 4/sqrt(dim)
     tol = lambda d: 4.0 / np.sqrt(d)  # noqa: E731

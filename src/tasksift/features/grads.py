@@ -31,7 +31,11 @@ Random projection (memory-bounded, batch-size independent)
 ----------------------------------------------------------
 The gradient (``n_params`` values) is multiplied by a random ``n_params x proj_dim`` matrix
 with entries +-1/sqrt(proj_dim) (``rademacher``, default) or N(0, 1/proj_dim) (``gaussian``),
-so inner products are preserved in expectation (Johnson-Lindenstrauss). The matrix is never
+so inner products are preserved in expectation (Johnson-Lindenstrauss). ``countsketch`` is a
+much cheaper alternative for CPUs: every parameter is added, with a random sign, to one random
+output coordinate (feature hashing; unbiased inner products with JL-like error for gradients
+whose mass is spread over many parameters), O(n_params) per row instead of
+O(n_params x proj_dim) multiply-adds plus the generation of the dense matrix. The matrix is never
 materialised whole: it is generated in blocks of ``PROJ_BLOCK_ROWS`` parameter rows, block j
 from ``numpy.random.PCG64([seed, j, kind])``, so every block is the same whatever the batch,
 machine or process; blocks are kept in memory up to ``proj_cache_mb`` and regenerated
@@ -59,7 +63,7 @@ from .lm import (DEFAULT_LM, STATUS_OK, Rendered, _decoder_and_head, length_batc
 
 #: Parameter rows per generated block of the projection matrix (part of the cache key).
 PROJ_BLOCK_ROWS = 2048
-PROJ_TYPES = ("rademacher", "gaussian")
+PROJ_TYPES = ("rademacher", "gaussian", "countsketch")
 GRAD_TYPES = ("sgd", "adam")
 #: Bumped when the gradient or projection computation changes (cached features recomputed).
 GRADS_VERSION = "grads-v1"
@@ -268,6 +272,13 @@ class BlockProjector:
         rows = min(self.block_rows, self.n - j * self.block_rows)
         rng = np.random.Generator(np.random.PCG64([self.seed, j, PROJ_TYPES.index(self.kind)]))
         scale = 1.0 / np.sqrt(self.dim)
+        if self.kind == "countsketch":   # (bucket, sign) per parameter row
+            bucket = torch.from_numpy(rng.integers(0, self.dim, size=rows, dtype=np.int64))
+            sign = torch.from_numpy(rng.integers(0, 2, size=rows).astype(np.float64) * 2 - 1).to(self.dtype)
+            t = (bucket.to(self.device), sign.to(self.device))
+            self.generated_blocks += 1
+            self._cache[j] = t          # rows x 16 bytes: always kept
+            return t
         if self.kind == "rademacher":
             bits = np.unpackbits(np.frombuffer(rng.bytes((rows * self.dim + 7) // 8), dtype=np.uint8))
             t = torch.from_numpy(bits[:rows * self.dim].reshape(rows, self.dim)).to(self.dtype)
@@ -295,7 +306,11 @@ class BlockProjector:
         for j in range(self.n_blocks):
             s = j * self.block_rows
             xb = x[:, s:s + self.block_rows].to(device=self.device, dtype=self.dtype)
-            out.addmm_(xb, self.block(j))
+            if self.kind == "countsketch":
+                bucket, sign = self.block(j)
+                out.index_add_(1, bucket, xb * sign)
+            else:
+                out.addmm_(xb, self.block(j))
         return out.float()
 
 

@@ -14,7 +14,8 @@ for Targeted Instruction Tuning").
    weights, computed batched (one forward and one backward per batch; per-example weight
    gradients from layer inputs and output gradients captured by hooks, equivalent to
    ``torch.func.vmap(grad)``), randomly projected to ``proj_dim`` (8192) dimensions
-   (``rademacher`` or ``gaussian``, generated block-wise from ``proj_seed``), cached per example.
+   (``rademacher`` or ``gaussian``, generated block-wise from ``proj_seed``; or the much cheaper
+   ``countsketch`` for CPUs), cached per example.
    Targets always use the plain (SGD) gradient, as in LESS. Candidates use
    ``candidate_grad``: ``"adam"`` = LESS's Adam-preconditioned gradient from the warm-up's
    optimizer state, ``"sgd"`` = the plain gradient, ``"auto"`` (default) = adam when the
@@ -60,7 +61,7 @@ LESS_DEFAULTS: dict[str, Any] = {
     "lora_modules": "q_proj,v_proj",
     "candidate_grad": "auto",    # "auto" | "adam" | "sgd"  (targets: always sgd)
     "proj_dim": 8192,
-    "proj_type": "rademacher",   # "rademacher" | "gaussian"
+    "proj_type": "rademacher",   # "rademacher" | "gaussian" | "countsketch" (fast on CPU)
     "proj_seed": 0,
     "proj_batch": 64,            # rows projected together (memory: rows x LoRA params x 4 bytes)
     "proj_cache_mb": 1024,       # projection blocks kept in memory
@@ -123,8 +124,9 @@ class LESSSelection(SelectionMethod):
             _pos_float(c, name)
         if not isinstance(c["proj_seed"], int) or isinstance(c["proj_seed"], bool) or c["proj_seed"] < 0:
             raise ConfigError(f"less option proj_seed must be a non-negative integer, got {c['proj_seed']!r}")
-        if c["proj_type"] not in ("rademacher", "gaussian"):
-            raise ConfigError(f"less option proj_type must be 'rademacher' or 'gaussian', got {c['proj_type']!r}")
+        if c["proj_type"] not in ("rademacher", "gaussian", "countsketch"):
+            raise ConfigError(f"less option proj_type must be 'rademacher', 'gaussian' or 'countsketch', "
+                              f"got {c['proj_type']!r}")
         if c["aggregate"] not in ("max", "mean"):
             raise ConfigError(f"less option aggregate must be 'max' or 'mean', got {c['aggregate']!r}")
         if c["candidate_grad"] not in ("auto", "adam", "sgd"):
