@@ -309,6 +309,45 @@ def test_finetune_lora_reduces_loss_and_leaves_the_model_as_it_was(tiny, tmp_pat
     assert np.nanmean(after) < np.nanmean(before) - 0.3
 
 
+def test_response_logits_equal_the_full_logits_at_response_positions(tiny):
+    import torch
+
+    from tasksift.finetune import response_logits
+
+    model, tok = tiny
+    rendered = tokenize_examples(tok, sample_examples(3), max_length=64)
+    L = max(len(r.ids) for r in rendered)
+    ids = torch.zeros((3, L), dtype=torch.long)
+    att = torch.zeros((3, L), dtype=torch.long)
+    sel = torch.zeros((3, L - 1), dtype=torch.bool)
+    for b, r in enumerate(rendered):
+        ids[b, :len(r.ids)] = torch.tensor(r.ids)
+        att[b, :len(r.ids)] = 1
+        sel[b, :len(r.ids) - 1] = torch.tensor(r.mask[1:], dtype=torch.bool)
+    assert model.config.model_type == "llama" and sel.sum() < sel.numel()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
+        fast = response_logits(model, ids, att, sel)
+    assert fast.shape == full.shape
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
+def test_finetune_with_gradient_checkpointing_gives_the_same_adapter(tiny, tmp_path):
+    from tasksift.finetune import finetune_lora, read_train_log
+
+    model, tok = tiny
+    exs = sample_examples(6)
+    logs = []
+    for gc in (False, True):
+        out = finetune_lora(model, exs, tokenizer=tok, steps=5, lr=1e-2, r=4, alpha=8, batch_size=3,
+                            max_length=64, seed=3, out_dir=tmp_path / f"a{gc}", progress=False,
+                            gradient_checkpointing=gc)
+        logs.append(read_train_log(out))
+    assert logs[1]["gradient_checkpointing"] is True
+    np.testing.assert_allclose(logs[0]["loss"], logs[1]["loss"], rtol=1e-5)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
 # ---------------------------------------------------------------------------------------
 # criteria
 # ---------------------------------------------------------------------------------------

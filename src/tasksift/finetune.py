@@ -35,13 +35,43 @@ def _pick_target_modules(model, wanted: Sequence[str] | None) -> list[str] | str
     return hit or None   # None: peft's per-architecture default
 
 
+# Architectures whose logits are exactly lm_head(final hidden state): no scaling, soft-capping.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
+
+
+def response_logits(model: Any, ids: Any, att: Any, sel: Any) -> Any:
+    """Next-token logits at the positions where ``sel`` (batch x length-1) is true, shape
+    (positions, vocabulary). For plain-head architectures the output layer runs on those
+    positions only; otherwise the model's full logits are sliced."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mtype = getattr(getattr(base, "config", None), "model_type", None)
+    if mtype in _PLAIN_HEAD_TYPES and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None:
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
+        return base.get_output_embeddings()(hidden[:, :-1][sel])
+    return model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
+
+
+def _set_checkpointing(model: Any, on: bool) -> None:
+    """Turn activation (gradient) checkpointing on or off, non-reentrant, across transformers
+    versions (``activation_checkpointing_*`` from v5.2x, ``gradient_checkpointing_*`` before)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps: int | None = None,
                   epochs: float = 1.0, lr: float = 2e-4, r: int = 8, alpha: int = 16, dropout: float = 0.05,
                   batch_size: int = 8, max_length: int = 1024, seed: int = 0, out_dir: str | os.PathLike,
                   gguf_file: str | None = None, progress: bool = True, tokenizer=None,
                   target_modules: Sequence[str] | None = None, device: str = "auto",
                   warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0,
-                  save_optimizer_state: bool = False) -> Path:
+                  save_optimizer_state: bool = False, gradient_checkpointing: bool = False) -> Path:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``; returns that path.
 
     ``model_name_or_path``: ``"default"``, a hub id, a local path or ``.gguf`` file, or an
@@ -54,6 +84,11 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     ``save_optimizer_state``, ``optimizer_state.safetensors``: AdamW's first and second moments
     per LoRA weight (``<parameter name>.exp_avg`` / ``.exp_avg_sq``; betas and step in the
     metadata), used by LESS's Adam-preconditioned gradients.
+
+    Memory: the output layer runs only on response positions where the architecture allows
+    (no batch x length x vocabulary logits); ``gradient_checkpointing`` recomputes each
+    layer's activations in the backward pass instead of keeping them (about a third more
+    compute, activation memory of one layer instead of all; same numbers).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -102,6 +137,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     grad_flags = [p.requires_grad for p in model.parameters()]
     peft_model = get_peft_model(model, lcfg)
     peft_model.train()
+    if gradient_checkpointing:
+        _set_checkpointing(peft_model.get_base_model(), True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(1, int(round(warmup_ratio * total))) if warmup_ratio > 0 else 0
@@ -135,11 +172,11 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             ids, att, labels = ids.to(dev), att.to(dev), labels.to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
-                logits = peft_model(input_ids=ids, attention_mask=att).logits
             shift_labels = labels[:, 1:]
             sel = shift_labels != -100          # only response positions: no full-vocab copies
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1][sel].float(), shift_labels[sel])
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
+                logits = response_logits(peft_model, ids, att, sel)
+            loss = torch.nn.functional.cross_entropy(logits.float(), shift_labels[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -154,6 +191,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             _save_optimizer_state(out, peft_model, opt, total)
     finally:
         bar.close()
+        if gradient_checkpointing:
+            _set_checkpointing(peft_model.get_base_model(), False)
         if not owned:
             peft_model.unload()   # remove LoRA layers, leaving the caller's model as it was
             model.train(was_training)
@@ -164,7 +203,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         "trained_examples": n, "skipped_examples": len(examples) - n,
         "truncated_examples": int(sum(x.truncated for x in usable)),
         "steps": total, "epochs": total / per_epoch, "lr": lr, "r": r, "alpha": alpha,
-        "dropout": dropout, "batch_size": batch_size, "max_length": max_length, "seed": seed,
+        "dropout": dropout, "gradient_checkpointing": gradient_checkpointing,
+        "batch_size": batch_size, "max_length": max_length, "seed": seed,
         "warmup_steps": warm, "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str)
         else sorted(lcfg.target_modules or []), "loss": losses, "seconds": time.perf_counter() - t0,
     })

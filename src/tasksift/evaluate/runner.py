@@ -280,7 +280,8 @@ class Evaluation:
             finetune_lora(model, subset, tokenizer=tok, steps=ft["steps"], epochs=ft["epochs"] or 1.0, lr=float(ft["lr"]),
                           r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
                           batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(arm["seed"]),
-                          out_dir=adir, progress=self.progress, warmup_ratio=float(ft["warmup_ratio"]))
+                          out_dir=adir, progress=self.progress, warmup_ratio=float(ft["warmup_ratio"]),
+                          gradient_checkpointing=bool(ft["gradient_checkpointing"]))
             timings["finetune"] = time.perf_counter() - t
             row["peak_rss_mb_after_finetune"] = round(peak_memory_mb(), 1)
             from ..finetune import read_train_log
