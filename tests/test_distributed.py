@@ -226,3 +226,33 @@ def test_ray_lm_losses_equal_local(tmp_path, local_ray):
     import pickle
 
     assert pickle.loads(pickle.dumps(LMWorkerFactory(cfg, "uncond"))) == LMWorkerFactory(cfg, "uncond")
+
+
+# ---------------------------------------------------------------------------------------
+# LESS gradient features on Ray
+# ---------------------------------------------------------------------------------------
+def test_ray_gradient_features_equal_local(tmp_path, local_ray):
+    pytest.importorskip("peft")
+    from lm_fixtures import sample_examples, save_tiny
+
+    from tasksift.features.grads import GradConfig, GradScorer
+    from tasksift.features.lm import load_causal_lm
+    from tasksift.finetune import finetune_lora
+
+    model_dir = save_tiny(tmp_path / "tiny-llama")
+    model, tok = load_causal_lm(str(model_dir), device="cpu")
+    adapter = finetune_lora(model, sample_examples(8), tokenizer=tok, steps=4, lr=1e-2, r=4, alpha=8, batch_size=4,
+                            max_length=64, seed=0, out_dir=tmp_path / "adapter", progress=False,
+                            target_modules=["q_proj", "v_proj"])
+    cfg = GradConfig(model=str(model_dir), adapter=str(adapter), max_length=64, proj_dim=64, device="cpu")
+    exs = sample_examples(10)
+    local = GradScorer(cfg, cache_dir=tmp_path / "a", progress=False).features(exs)
+    remote = GradScorer(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray", num_workers=2)
+    got = remote.features(exs, flush_every=4)
+    assert np.isfinite(local.features).all() and (local.grad_norm > 0).all()
+    np.testing.assert_allclose(got.features, local.features, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got.status, local.status)
+    assert len(list((tmp_path / "b").rglob("shard-*.npz"))) == 3            # ceil(10 / 4) blocks
+    again = GradScorer(cfg, cache_dir=tmp_path / "b", progress=False)
+    np.testing.assert_array_equal(again.features(exs).features, got.features)
+    assert again.computed_rows == 0
