@@ -229,7 +229,8 @@ def test_scorer_caches_and_matches_direct_computation(tiny_dir, tiny_adapter, tm
 
     fn = pickle.loads(pickle.dumps(GradWorkerFactory(cfg)))()
     out = fn([list(ex.messages) for ex in exs[:4]])
-    np.testing.assert_array_equal(out["features"], a.features[:4])
+    # within float32 BLAS rounding (the thread count picked per process may differ)
+    np.testing.assert_allclose(out["features"], a.features[:4], rtol=1e-5, atol=1e-6 * np.abs(a.features[:4]).max())
 
 
 def test_optimizer_state_matches_the_adapter(tiny_dir, tiny_adapter):
