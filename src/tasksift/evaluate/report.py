@@ -107,7 +107,7 @@ def _pir_vs_sdf(rows: list[dict], summary: dict, colors: dict[str, str]) -> str:
     ax.set_ylabel(f"PIR vs base ({summary['primary_scorer']})")
     ax.set_title("PIR vs SDF: above the random line = more efficient than random")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # below: never over points
     return _png(fig)
 
 
