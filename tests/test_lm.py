@@ -451,6 +451,28 @@ def test_lobass_end_to_end_on_the_tiny_model(tiny_dir, tmp_path):
     np.testing.assert_allclose(res3.scores, res.scores, atol=1e-6)
 
 
+def test_lobass_command_spells_out_the_reference(tiny_dir, tmp_path, capsys):
+    from tasksift.cli import main
+
+    rows = [{"instruction": ex.prompt, "output": ex.response} for ex in sample_examples(12) if ex.is_chat]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--pool", str(pool), "--target", str(pool), "--count", "3", "--model", str(tiny_dir),
+              "--max-length", "64", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["lobass", *common, "--ref-sample", "6", "--ref-steps", "3", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "reference: lora_finetuned_here" in out
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["method"] == "lobass" and man["config"]["ref_sample"] == 6 and man["config"]["ref_steps"] == 3
+    adapter = man["info"]["reference"]["adapter"]
+    assert main(["lobass", *common, "--reference-adapter", adapter, "--out", str(tmp_path / "b")]) == 0
+    man_b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man_b["info"]["reference"]["kind"] == "user_adapter"
+    assert man_b["selected_ids"] == man["selected_ids"]
+    assert main(["lobass", *common, "--method", "knn", "--out", str(tmp_path / "c")]) == 2
+    assert "tasksift lobass runs the lobass method" in capsys.readouterr().err
+
+
 def test_lm_methods_are_registered_and_reject_bad_options():
     for name in ("lobass", "ifd", "perplexity"):
         cls = get_method(name)
