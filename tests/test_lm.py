@@ -430,6 +430,7 @@ def test_lobass_end_to_end_on_the_tiny_model(tiny_dir, tmp_path):
     assert np.isnan(res.scores[12]) and res.info["unscorable"]["count"] == 1
     ref = res.info["reference"]
     assert ref["kind"] == "lora_finetuned_here" and ref["sample_rows"] == 8 and ref["steps"] == 15
+    assert ref["gradient_checkpointing"] is True                 # "auto" on CPU
     assert not ref["reused_cached_adapter"]
     s = res.columns["lobass_score"]
     np.testing.assert_allclose(s, 1 - res.columns["loss_ref"] / res.columns["loss_base"])
