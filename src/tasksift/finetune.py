@@ -226,6 +226,24 @@ def _save_optimizer_state(out: Path, peft_model, opt, step: int) -> None:
                         "step": str(step)})
 
 
+def adapter_ready(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished adapter (its config and ``train_log.json``)."""
+    p = Path(path)
+    return (p / "adapter_config.json").is_file() and (p / "train_log.json").is_file()
+
+
+def publish_adapter(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move an adapter trained into ``tmp`` to ``out`` in one rename; if another run finished
+    ``out`` meanwhile, keep that one and drop ``tmp``."""
+    import shutil
+
+    if adapter_ready(out):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+
+
 def read_train_log(adapter_dir: str | os.PathLike) -> dict:
     """The ``train_log.json`` written by :func:`finetune_lora` ({} if absent)."""
     p = Path(adapter_dir) / "train_log.json"

@@ -113,10 +113,6 @@ def aggregate_similarity(cand: np.ndarray, targ: np.ndarray, how: str = "max", c
     return out
 
 
-def _adapter_ready(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and (path / "train_log.json").is_file()
-
-
 @register("less", description="LESS: cosine similarity of randomly projected LoRA gradients (after a short "
           "LoRA warm-up) to the target examples' gradients, top-k", needs=("lm", "gradients"),
           cost="expensive", stochastic=True)
@@ -158,7 +154,7 @@ class LESSSelection(SelectionMethod):
     # -- warm-up ---------------------------------------------------------------------------
     def _warmup(self, ctx: SelectionContext, base_fp: str, loader, cache_dir) -> tuple[str, dict]:
         from ..features.cache import default_cache_root
-        from ..finetune import finetune_lora, read_train_log
+        from ..finetune import adapter_ready, finetune_lora, publish_adapter, read_train_log
 
         c = self.config
         if c["warmup_adapter"]:
@@ -179,7 +175,7 @@ class LESSSelection(SelectionMethod):
         key = hashlib.sha1(json.dumps(hp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         root = Path(cache_dir) if cache_dir is not None else default_cache_root()
         out = root / "less-warmup" / key
-        reused = _adapter_ready(out)
+        reused = adapter_ready(out)
         if not reused:
             model, tok = loader()
             ckpt = c["warmup_gradient_checkpointing"]
@@ -193,11 +189,7 @@ class LESSSelection(SelectionMethod):
                               batch_size=c["warmup_batch_size"], max_length=c["max_length"], seed=ctx.seed,
                               out_dir=tmp, tokenizer=tok, progress=ctx.progress, target_modules=self._modules,
                               save_optimizer_state=True, gradient_checkpointing=bool(ckpt))
-            if _adapter_ready(out):
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(tmp, out)
+            publish_adapter(tmp, out)   # another run may have finished the same adapter meanwhile
         log = read_train_log(out)
         losses = log.get("loss", [])
         k = max(1, len(losses) // 10)

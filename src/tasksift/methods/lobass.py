@@ -69,10 +69,6 @@ def learnability(loss_base: np.ndarray, loss_ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def _adapter_ready(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and (path / "train_log.json").is_file()
-
-
 @register("lobass", description="learnability 1 - L_ref/L_base of base vs a pool-fine-tuned reference "
           "(LoBaSS/DavIR), top-k", needs=("lm",), cost="expensive", stochastic=True)
 class LoBaSSSelection(SelectionMethod):
@@ -101,7 +97,7 @@ class LoBaSSSelection(SelectionMethod):
 
     def _finetune_reference(self, ctx: SelectionContext, base_cfg: LMConfig, base_scorer, cache_dir):
         from ..features.cache import default_cache_root
-        from ..finetune import finetune_lora, read_train_log
+        from ..finetune import adapter_ready, finetune_lora, publish_adapter, read_train_log
 
         c = self.config
         for name in ("ref_sample", "ref_r", "ref_alpha", "ref_batch_size", "ref_max_length"):
@@ -127,7 +123,7 @@ class LoBaSSSelection(SelectionMethod):
         key = hashlib.sha1(json.dumps(hp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         root = Path(cache_dir) if cache_dir is not None else default_cache_root()
         out = root / "lobass-ref" / key
-        reused = _adapter_ready(out)
+        reused = adapter_ready(out)
         if not reused:
             tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -137,11 +133,7 @@ class LoBaSSSelection(SelectionMethod):
                               batch_size=c["ref_batch_size"], max_length=c["ref_max_length"],
                               seed=ctx.seed, out_dir=tmp, tokenizer=base_scorer.tokenizer,
                               progress=ctx.progress, gradient_checkpointing=bool(ckpt))
-            if _adapter_ready(out):      # another run finished the same adapter meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(tmp, out)
+            publish_adapter(tmp, out)   # another run may have finished the same adapter meanwhile
         log = read_train_log(out)
         losses = log.get("loss", [])
         k = max(1, len(losses) // 10)
