@@ -10,6 +10,13 @@ tokens/s of each, the speed-up, and the largest difference between the two sets 
 --bf16 adds the engine on a bfloat16 copy of the model (on CPUs with AMX / AVX512-BF16 the
 matrix products run several times faster); its losses are not within 1e-4 of float32, so the
 table gives their largest difference and the rank correlation with the float32 losses instead.
+
+It ends with a roofline: the floating-point work of the model on these rows (linear layers,
+attention scores, output layer; all positions for the plain loop, response positions only for
+the engine), this machine's measured matrix-multiply rate at the model's shapes (float32, and
+bfloat16 with --bf16), and from them the fastest any engine at that precision could be, as a
+multiple of the plain loop. That ceiling is what bounds the speed-up, not the engine's
+batching, on a CPU where the plain loop already keeps the matrix units busy.
 """
 from __future__ import annotations
 
@@ -61,6 +68,79 @@ def plain_loop(model, rendered) -> np.ndarray:
             labels = torch.tensor([[t if m else -100 for t, m in zip(r.ids, r.mask)]])
             out[j] = float(model(input_ids=ids, labels=labels).loss)
     return out
+
+
+def model_flops(model, rendered) -> dict[str, float]:
+    """Floating-point operations (2 per multiply-add) of one forward pass over the scorable
+    ``rendered`` rows: ``linear`` (decoder weight matrices, every position), ``attention``
+    (scores and weighted values, causal, per position), ``head_all`` (output layer at every
+    position: the plain loop) and ``head_response`` (only where the next token is a response
+    token: the engine)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    decoder = getattr(base, "model", base)
+    lin = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+    cfg = base.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    layers = cfg.num_hidden_layers
+    ok = [r for r in rendered if r.status == 0]
+    n_tok = sum(len(r.ids) for r in ok)
+    n_resp = sum(sum(r.mask[1:]) for r in ok)
+    # position p (0-based) attends to p + 1 keys: QK^T and AV are 2 * heads * head_dim MACs each key
+    attn_macs = sum(layers * 2 * heads * head_dim * (len(r.ids) * (len(r.ids) + 1) // 2) for r in ok)
+    return {"linear": 2.0 * lin * n_tok, "attention": 2.0 * attn_macs,
+            "head_all": 2.0 * head.weight.numel() * n_tok, "head_response": 2.0 * head.weight.numel() * n_resp}
+
+
+def matmul_rate(model, m: int, dtype, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of this machine's (m x hidden) @ (hidden x n) products at the model's
+    layer shapes (n = the MLP width and the vocabulary), in ``dtype``: the best of the shapes."""
+    import torch
+
+    cfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    dev = next(model.parameters()).device
+    best = 0.0
+    for n in (cfg.intermediate_size, cfg.vocab_size):
+        a = torch.randn(m, cfg.hidden_size, dtype=dtype, device=dev)
+        b = torch.randn(cfg.hidden_size, n, dtype=dtype, device=dev)
+        for _ in range(2):
+            a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            a @ b
+            reps += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2.0 * m * cfg.hidden_size * n * reps / (time.perf_counter() - t0))
+    return best
+
+
+def print_roofline(model, rendered, secs: dict, m: int, with_bf16: bool) -> None:
+    """Achieved FLOP/s of each engine and the ceiling of the speed-up at each precision."""
+    import torch
+
+    f = model_flops(model, rendered)
+    plain = f["linear"] + f["attention"] + f["head_all"]
+    engine = f["linear"] + f["attention"] + f["head_response"]
+    print(f"\nroofline: {plain / 1e12:.2f} TFLOP for the plain loop (linear {f['linear'] / 1e12:.2f}, attention "
+          f"{f['attention'] / 1e12:.2f}, output layer {f['head_all'] / 1e12:.2f}); the engine skips the output layer "
+          f"off the response: {engine / 1e12:.2f} TFLOP")
+    base = secs["plain_default"]
+    print(f"{'precision':<12}{'matmul rate':>14}{'plain loop uses':>17}{'engine uses':>13}{'ceiling':>10}")
+    rows = [("float32", torch.float32, secs["engine"])]
+    if with_bf16:
+        rows.append(("bfloat16", torch.bfloat16, secs.get("engine_bf16")))
+    for name, dt, sec in rows:
+        rate = matmul_rate(model, m, dt)
+        ceiling = base / (engine / rate)      # plain-loop seconds / fastest possible engine seconds
+        used_plain = plain / base / rate if name == "float32" else float("nan")
+        print(f"{name:<12}{rate / 1e9:>9.0f} GF/s{100 * used_plain:>16.0f}%{100 * engine / sec / rate:>12.0f}%"
+              f"{ceiling:>9.2f}x")
+    print("(ceiling = plain-loop time / (engine FLOP / matmul rate): every FLOP at the measured matrix-multiply "
+          "rate, nothing else costing time)")
 
 
 def main(argv=None) -> int:
@@ -170,7 +250,7 @@ def main(argv=None) -> int:
     else:
         lines.append((f"tasksift engine, {args.batch_tokens} tok/batch", secs["engine"]))
     if engine16 is not None:
-        lines.append((f"tasksift engine, bfloat16 copy of the model", secs["engine_bf16"]))
+        lines.append(("tasksift engine, bfloat16 copy of the model", secs["engine_bf16"]))
     for name, sec in lines:
         print(f"{name:<44}{sec:>9.1f}{n_tokens / sec:>10.0f}{base / sec:>10.2f}")
     print(f"max |loss difference| engine vs plain = {diff:.2e} ({'OK' if diff <= 1e-4 else 'MISMATCH'} at 1e-4)")
@@ -181,6 +261,7 @@ def main(argv=None) -> int:
         d16 = np.abs(half[ok] - slow[ok])
         print(f"bfloat16 engine vs float32 plain: max |difference| {d16.max():.3f}, mean {d16.mean():.4f} nats; "
               f"Spearman rank correlation {spearmanr(half[ok], slow[ok]).statistic:.5f}")
+    print_roofline(model, rendered, secs, args.batch_tokens, engine16 is not None)
     return 0 if diff <= 1e-4 else 1
 
 
