@@ -71,7 +71,7 @@ import numpy as np
 from ..data.example import Example
 from ..errors import ConfigError
 from .cache import FeatureCache
-from .lm import (DEFAULT_LM, STATUS_OK, Rendered, _decoder_and_head, length_batches, load_causal_lm,
+from .lm import (DEFAULT_LM, STATUS_OK, Rendered, _decoder_and_head, LazyLM, length_batches,
                  model_fingerprint, resolve_device, resolve_dtype, set_cpu_threads, template_fingerprint,
                  tokenize_examples, unscorable_summary)
 
@@ -463,9 +463,10 @@ class GradScorer:
         self.config = config
         self.cache_dir = cache_dir
         self.progress = progress
-        self._base = model
-        self._model_factory = model_factory   # () -> loaded base model (shared between scorers)
-        self._tokenizer = tokenizer
+        # the base model (no adapter): loaded on first use, or shared through model/model_factory
+        self._lm = LazyLM(config.model, config.gguf_file, config.device, config.dtype, model=model,
+                          tokenizer=tokenizer, model_factory=model_factory)
+        self._setup_seconds = 0.0
         self._fingerprint = fingerprint
         self._full_fp: str | None = None
         self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
@@ -474,32 +475,21 @@ class GradScorer:
         self._proj: BlockProjector | None = None
         self._adam = None
         self.computed_rows = 0
-        self.load_seconds = 0.0
         self.compute_seconds = 0.0
 
     # -- lazy pieces ----------------------------------------------------------------------
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from .lm import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.config.model, self.config.gguf_file)
-        return self._tokenizer
+        return self._lm.tokenizer
 
     @property
     def base_model(self):
-        if self._base is None and self._model_factory is not None:
-            t = time.perf_counter()
-            self._base = self._model_factory()
-            self.load_seconds += time.perf_counter() - t
-        if self._base is None:
-            t = time.perf_counter()
-            self._base, tok = load_causal_lm(self.config.model, self.config.gguf_file, self.config.device,
-                                             self.config.dtype)
-            if self._tokenizer is None:
-                self._tokenizer = tok
-            self.load_seconds += time.perf_counter() - t
-        return self._base
+        return self._lm.model
+
+    @property
+    def load_seconds(self) -> float:
+        """Seconds spent loading the base model and setting up the adapter and projection."""
+        return self._lm.load_seconds + self._setup_seconds
 
     @property
     def fingerprint(self) -> str:
@@ -556,7 +546,7 @@ class GradScorer:
         self._proj = BlockProjector(self._grads.n_params, self.config.proj_dim, self.config.proj_type,
                                     self.config.proj_seed, cache_mb=self.config.proj_cache_mb,
                                     device=str(self._grads.device), accum_dtype=self._accum_dtype())
-        self.load_seconds += time.perf_counter() - t
+        self._setup_seconds += time.perf_counter() - t
 
     @property
     def n_params(self) -> int:
@@ -567,7 +557,7 @@ class GradScorer:
         """Remove the adapter layers from the base model (it is left as it was loaded)."""
         if self._peft is not None:
             self._peft.unload()
-            for p in self._base.parameters():
+            for p in self._lm.model.parameters():
                 p.requires_grad_(False)
             self._peft = None
             self._grads = None

@@ -234,6 +234,48 @@ def load_causal_lm(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None,
     return model, tok
 
 
+class LazyLM:
+    """A causal LM and its tokenizer, each loaded on first use, with the seconds spent loading.
+
+    ``model``/``tokenizer`` reuse already loaded ones; ``model_factory`` (no arguments)
+    builds the model on first use instead of :func:`load_causal_lm` (e.g. one model shared
+    by several scorers). Whatever is passed in must match the settings, which key caches.
+    """
+
+    def __init__(self, name_or_path: str = DEFAULT_LM, gguf_file: str | None = None, device: str = "auto",
+                 dtype: str = "auto", adapter: str | None = None, *, model=None, tokenizer=None,
+                 model_factory: Callable[[], Any] | None = None) -> None:
+        self.name_or_path, self.gguf_file, self.device, self.dtype = name_or_path, gguf_file, device, dtype
+        self.adapter = adapter
+        self._model, self._tokenizer, self._factory = model, tokenizer, model_factory
+        self.load_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (passed in or loaded)."""
+        return self._model is not None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.name_or_path, self.gguf_file)
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            t = time.perf_counter()
+            if self._factory is not None:
+                self._model = self._factory()
+            else:
+                self._model, tok = load_causal_lm(self.name_or_path, self.gguf_file, self.device, self.dtype,
+                                                  adapter=self.adapter)
+                if self._tokenizer is None:
+                    self._tokenizer = tok
+            self.load_seconds += time.perf_counter() - t
+        return self._model
+
+
 def apply_adapter(model, adapter: str, merge: bool = True):
     """Apply a PEFT adapter folder to ``model`` (in place); merged into the weights by default."""
     from peft import PeftModel
@@ -742,40 +784,29 @@ class LMScorer:
             raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
         self.config = config or LMConfig()
-        self._model_factory = model_factory
         self.config.validate()
         self.cache_dir = cache_dir
         self.progress = progress
-        self._model = model
-        self._tokenizer = tokenizer
+        c = self.config
+        self._lm = LazyLM(c.model, c.gguf_file, c.device, c.dtype, c.adapter, model=model, tokenizer=tokenizer,
+                          model_factory=model_factory)
         self._fingerprint = fingerprint
         self._engine: LossEngine | None = None
         self.computed_rows = 0          # rows actually run through the model by this scorer
-        self.load_seconds = 0.0
 
     # -- lazy pieces ----------------------------------------------------------------------
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.config.model, self.config.gguf_file)
-        return self._tokenizer
+        return self._lm.tokenizer
 
     @property
     def model(self):
-        if self._model is None:
-            import time
+        return self._lm.model
 
-            t = time.perf_counter()
-            if self._model_factory is not None:
-                self._model = self._model_factory()
-                self.load_seconds += time.perf_counter() - t
-                return self._model
-            self._model, tok = load_causal_lm(self.config.model, self.config.gguf_file, self.config.device,
-                                              self.config.dtype, adapter=self.config.adapter)
-            if self._tokenizer is None:
-                self._tokenizer = tok
-            self.load_seconds += time.perf_counter() - t
-        return self._model
+    @property
+    def load_seconds(self) -> float:
+        """Seconds spent loading the model (0 when it was passed in or never needed)."""
+        return self._lm.load_seconds
 
     @property
     def engine(self) -> LossEngine:
