@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tasksift.data.example import Example  # noqa: E402
-from tasksift.distributed import (EmbedWorkerFactory, get_or_compute_ray, merge_topk,  # noqa: E402
+from tasksift.distributed import (get_or_compute_ray, merge_topk,  # noqa: E402
                                   sharded_search)
 from tasksift.features.cache import FeatureCache  # noqa: E402
 from tasksift.features.embed import EmbedConfig, Embedder  # noqa: E402

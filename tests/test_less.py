@@ -3,12 +3,7 @@ offline); one slow test uses the real SmolLM2 default."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from lm_fixtures import build_model, build_tokenizer, chat, plain, sample_examples, save_tiny  # noqa: E402
+from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill_after_shards,  # noqa: E402
+                         sample_examples, save_tiny)
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.grads import (OPTIMIZER_STATE_FILE, BlockProjector, GradConfig, GradScorer,  # noqa: E402
@@ -266,20 +262,7 @@ def test_gradient_cache_resumes_after_a_killed_run(tiny_dir, tiny_adapter, tmp_p
     script = tmp_path / "grads.py"
     script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR), model=str(tiny_dir), adapter=str(tiny_adapter),
                                          cache=str(cache)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(list(cache.rglob("shard-*.npz"))) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = sum(len(np.load(s)["__ids__"]) for s in cache.rglob("shard-*.npz"))
+    done_before = run_and_kill_after_shards(script, cache)
     assert 2 <= done_before < 20, "the run was not killed mid-way"
     exs = sample_examples(20)
     cfg = GradConfig(model=str(tiny_dir), adapter=str(tiny_adapter), max_length=64, proj_dim=64)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lm_fixtures import build_model, build_tokenizer, chat, plain, sample_examples, save_tiny  # noqa: E402
+from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill_after_shards,  # noqa: E402
+                         sample_examples, save_tiny)
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.lm import (STATUS_OK, LMConfig, LMScorer, LossEngine, LossResult,  # noqa: E402
@@ -232,22 +229,8 @@ def test_cache_resumes_after_a_killed_run(tiny_dir, tmp_path):
     cache = tmp_path / "cache"
     script = tmp_path / "score.py"
     script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR), model=str(tiny_dir), cache=str(cache)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(list(cache.rglob("shard-*.npz"))) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    shards = list(cache.rglob("shard-*.npz"))
-    done_before = sum(len(np.load(s)["__ids__"]) for s in shards)
-    assert 2 <= done_before < 20
+    done_before = run_and_kill_after_shards(script, cache)
+    assert 2 <= done_before < 20, "the run was not killed mid-way"
     exs = sample_examples(20)
     scorer = LMScorer(LMConfig(model=str(tiny_dir), max_length=64), cache_dir=cache, progress=False)
     res = scorer.losses(exs, flush_every=2)
