@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import tasksift
-from tasksift.budget import Budget, allocate_quotas, cut_to_tokens, grouped_top_k
+from tasksift.budget import (Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, grouped_top_k,
+                             max_rows_within)
 from tasksift.cli import main
 from tasksift.data.example import Example
 from tasksift.errors import ConfigError
@@ -86,6 +87,49 @@ def test_budgets_and_quotas():
     sel = grouped_top_k(np.arange(10.0), 4, ["x"] * 5 + ["y"] * 5, "equal")
     assert sel.tolist() == [9, 8, 4, 3]
     assert cut_to_tokens(np.array([2, 0, 1]), np.array([5, 5, 5]), 11).tolist() == [2, 0]
+
+
+def test_token_budget_pieces_by_hand():
+    # shortest rows first: 1 + 2 + 3 = 6 fits, + 5 does not
+    assert max_rows_within(np.array([5, 1, 3, 2]), 6) == 3
+    assert max_rows_within(np.array([5, 1, 3, 2]), 0) == 1          # at least one row
+    assert max_rows_within(np.array([5, 1, 3, 2]), 100) == 4
+    assert Budget(tokens=6).rows(4, np.array([5, 1, 3, 2])) == 3
+    groups, n_tok = ["a", "a", "a", "b", "b"], np.array([10, 10, 10, 5, 5])   # a: 30 tokens, b: 10
+    assert allocate_token_quotas(groups, n_tok, 20) == {"a": 15, "b": 5}
+    # equal: 15 each, but b holds only 10 tokens; its spare 5 go to a
+    assert allocate_token_quotas(groups, n_tok, 30, "equal") == {"a": 20, "b": 10}
+    assert allocate_token_quotas(groups, n_tok, 20, {"b": 1}) == {"a": 0, "b": 10}
+    with pytest.raises(ConfigError):
+        allocate_token_quotas(groups, n_tok, 20, {"c": 1})
+
+
+def test_token_budget_ranks_only_the_rows_that_can_fit(tmp_path, tiny_embed_model):
+    """A token budget runs the method for the most rows that can fit, not the whole pool, and
+    keeps the same rows a whole-pool ranking cut at the budget keeps (k-center is greedy)."""
+    pool, target = _demo_files(tmp_path)
+    kw = dict(embed=EmbedConfig(model=tiny_embed_model), cache_dir=tmp_path / "c", progress=False)
+    sel = tasksift.select(pool, target, method="kcenter", tokens=400, **kw)
+    n_tok = np.array([len(ex.text.split()) for ex in sel.pool.examples])
+    tb = sel.info["token_budget"]
+    assert tb["rows_ranked"] == max_rows_within(n_tok, 400) < len(sel.pool)
+    assert tb["selected_tokens"] == n_tok[sel.indices].sum() <= 400
+    full = tasksift.select(pool, target, method="kcenter", count=len(sel.pool), **kw)
+    assert sel.indices.tolist() == cut_to_tokens(full.indices, n_tok, 400).tolist()
+
+
+def test_token_budget_with_group_quotas_shares_tokens_between_groups(tmp_path, tiny_embed_model):
+    pool, target = _demo_files(tmp_path)
+    sel = tasksift.select(pool, target, method="knn", tokens=600, group_by="task", quotas="equal",
+                          embed=EmbedConfig(model=tiny_embed_model), cache_dir=tmp_path / "c", progress=False)
+    n_tok = np.array([len(ex.text.split()) for ex in sel.pool.examples])
+    tasks = np.array([ex.raw["task"] for ex in sel.pool.examples])
+    groups = sel.info["groups"]
+    assert len(groups) == len(set(tasks)) == 6     # every task gets rows (not the first few groups only)
+    for g, gi in groups.items():
+        picked = [i for i in sel.indices if tasks[i] == g]
+        assert 0 < n_tok[picked].sum() <= gi["quota_tokens"] == 100
+    assert sel.info["token_budget"]["selected_tokens"] <= 600
 
 
 def test_registry_lists_methods_with_info():

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .budget import Budget, allocate_quotas
+from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, max_rows_within
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
 from .errors import ConfigError
@@ -180,7 +180,10 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     target_d = _as_loaded(target, "target", target_layout, target_fields, skip_bad, split)
     timings["load"] = time.perf_counter() - t0
     b = make_budget(budget, count=count, ratio=ratio, tokens=tokens)
-    k = b.rows(len(pool_d))
+    n_tok = None
+    if tokens is not None:   # the budget's unit: whitespace-separated words of the rendered row
+        n_tok = np.array([len(ex.text.split()) for ex in pool_d.examples], dtype=np.int64)
+    k = b.rows(len(pool_d), n_tok)
     config = dict(config or {})
     name = method if isinstance(method, str) else "recipe"
     if isinstance(method, str) and "->" not in method:
@@ -192,38 +195,48 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     info: dict[str, Any] = {"backend": backend}
     if group_by:
         groups = [_group_of(ex, group_by) for ex in pool_d.examples]
-        alloc = allocate_quotas(groups, k, quotas)
-        garr = np.asarray(groups)
+        garr = np.asarray([str(g) for g in groups])
+        if n_tok is None:
+            alloc = allocate_quotas(groups, k, quotas)
+        else:   # a token budget is shared out in tokens, then each group is cut to its share
+            alloc = allocate_token_quotas(groups, n_tok, tokens, quotas)
         parts, per_group_info = [], {}
         scores = np.full(len(pool_d), np.nan)
         columns: dict[str, np.ndarray] = {}
         for g, kg in alloc.items():
+            members = np.flatnonzero(garr == g)
+            if n_tok is not None:
+                if kg < int(n_tok[members].min()):
+                    continue         # its share is smaller than any of its rows
+                kg, group_tokens = max_rows_within(n_tok[members], kg), kg
             if kg == 0:
                 continue
-            members = np.flatnonzero(garr == g)
             sub = ctx.restrict(members)
             res = run_method(method, config, sub, kg)
-            parts.append(members[res.indices])
+            picked = np.asarray(res.indices, dtype=np.int64)
+            if n_tok is not None:
+                picked = cut_to_tokens(picked, n_tok[members], group_tokens)
+            parts.append(members[picked])
             if res.scores is not None:
                 scores[members] = res.scores
             for cname, col in res.columns.items():
                 full = columns.setdefault(cname, np.full(len(pool_d), np.nan))
                 full[members] = col
             per_group_info[g] = {"quota": kg, **res.info}
-        result = MethodResult(indices=np.concatenate(parts), scores=scores, columns=columns,
-                              info={"groups": per_group_info})
+            if n_tok is not None:
+                per_group_info[g]["quota_tokens"] = group_tokens
+        result = MethodResult(indices=np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64),
+                              scores=scores, columns=columns, info={"groups": per_group_info})
         info["group_by"] = group_by
         info["quotas"] = {g: n for g, n in alloc.items()}
     else:
         result = run_method(method, config, ctx, k)
     info.update(result.info)
-    if tokens is not None:
-        from .budget import cut_to_tokens
-
-        n_tok = np.array([len(ex.text.split()) for ex in pool_d.examples])
-        result.indices = cut_to_tokens(np.asarray(result.indices), n_tok, tokens)
+    if n_tok is not None:
+        if not group_by:       # groups were each cut to their share above
+            result.indices = cut_to_tokens(np.asarray(result.indices, dtype=np.int64), n_tok, tokens)
         info["token_budget"] = {"tokens": tokens, "counted_as": "whitespace-separated words",
-                                "selected_tokens": int(n_tok[result.indices].sum())}
+                                "rows_ranked": k, "selected_tokens": int(n_tok[result.indices].sum())}
     idx = np.asarray(result.indices, dtype=np.int64)
     if len(np.unique(idx)) != len(idx):
         raise RuntimeError(f"method {name} returned duplicate indices")

@@ -30,16 +30,17 @@ class Budget:
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError(f"budget tokens must be >= 1, got {self.tokens}")
 
-    def rows(self, n_pool: int) -> int:
-        """Number of rows for a pool of ``n_pool`` (for a token budget: the whole pool, to be
-        cut by :func:`cut_to_tokens` after ranking)."""
+    def rows(self, n_pool: int, n_tokens: np.ndarray | None = None) -> int:
+        """Number of rows for a pool of ``n_pool``. For a token budget: the most rows that can
+        fit (:func:`max_rows_within`, given the rows' ``n_tokens``; the whole pool without
+        them), to be cut by :func:`cut_to_tokens` after ranking."""
         if self.count is not None:
             if self.count > n_pool:
                 raise ConfigError(f"budget of {self.count} rows is larger than the pool ({n_pool} rows)")
             return self.count
         if self.ratio is not None:
             return max(1, int(round(self.ratio * n_pool)))
-        return n_pool
+        return n_pool if n_tokens is None else max_rows_within(n_tokens, self.tokens)
 
     def describe(self) -> dict:
         return {k: v for k, v in (("count", self.count), ("ratio", self.ratio),
@@ -52,6 +53,58 @@ def cut_to_tokens(ranked: np.ndarray, n_tokens: np.ndarray, tokens: int) -> np.n
     csum = np.cumsum(np.asarray(n_tokens, dtype=np.int64)[ranked])
     n = int(np.searchsorted(csum, tokens, side="right"))
     return ranked[:max(1, n)]
+
+
+def max_rows_within(n_tokens: np.ndarray, tokens: int) -> int:
+    """The most rows whose token total can stay within ``tokens``: the count of the shortest
+    rows that fit (at least one, at most all). No selection of more rows fits, so a method
+    asked for this many rows ranks every row :func:`cut_to_tokens` can keep: a greedy method
+    (k-center, facility location) need not rank the whole pool for a token budget."""
+    n_tokens = np.asarray(n_tokens, dtype=np.int64)
+    if len(n_tokens) == 0:
+        return 0
+    csum = np.cumsum(np.sort(n_tokens))
+    return max(1, int(np.searchsorted(csum, tokens, side="right")))
+
+
+def allocate_token_quotas(groups: Sequence, n_tokens: np.ndarray, tokens: int,
+                          quotas: Mapping | str = "proportional") -> dict:
+    """Token budget per group summing to at most ``tokens``.
+
+    ``quotas``: ``"proportional"`` (to each group's token total), ``"equal"``, or a mapping
+    group -> weight (normalised; groups left out get none). A group never gets more than its
+    own token total; what it cannot use goes to the other groups by their weights.
+    """
+    glabels = np.asarray([str(g) for g in groups])
+    n_tokens = np.asarray(n_tokens, dtype=np.int64)
+    labels = sorted(set(glabels.tolist()))
+    total = {g: int(n_tokens[glabels == g].sum()) for g in labels}
+    if quotas == "proportional":
+        weights = {g: float(total[g]) for g in labels}
+    elif quotas == "equal":
+        weights = {g: 1.0 for g in labels}
+    elif isinstance(quotas, Mapping):
+        unknown = set(map(str, quotas)) - set(labels)
+        if unknown:
+            raise ConfigError(f"quota names group(s) {sorted(unknown)} not in the pool; groups: {labels}")
+        weights = {g: float(quotas.get(g, 0.0)) for g in labels}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ConfigError("quota weights must be >= 0, with at least one > 0")
+    else:
+        raise ConfigError(f"quotas must be 'proportional', 'equal' or a mapping, got {quotas!r}")
+    alloc = {g: 0 for g in labels}
+    remaining = int(tokens)
+    open_groups = {g for g in labels if weights[g] > 0 and total[g] > 0}
+    while remaining > 0 and open_groups:
+        w = sum(weights[g] for g in open_groups)
+        give = {g: min(total[g] - alloc[g], int(remaining * weights[g] / w)) for g in open_groups}
+        if not any(give.values()):
+            break
+        for g, n in give.items():
+            alloc[g] += n
+            remaining -= n
+        open_groups = {g for g in open_groups if alloc[g] < total[g]}
+    return alloc
 
 
 def allocate_quotas(groups: Sequence, k: int, quotas: Mapping | str = "proportional") -> dict:
