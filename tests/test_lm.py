@@ -315,6 +315,44 @@ def test_response_logits_equal_the_full_logits_at_response_positions(tiny):
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_response_loss_equals_the_whole_loss_and_its_gradients(tiny):
+    """response_loss runs the output layer in checkpointed chunks: same loss, same gradients."""
+    import torch
+
+    from tasksift.finetune import response_logits, response_loss
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    rendered = tokenize_examples(tok, sample_examples(3), max_length=64)
+    L = max(len(r.ids) for r in rendered)
+    ids = torch.zeros((3, L), dtype=torch.long)
+    att = torch.zeros((3, L), dtype=torch.long)
+    sel = torch.zeros((3, L - 1), dtype=torch.bool)
+    for b, r in enumerate(rendered):
+        ids[b, :len(r.ids)] = torch.tensor(r.ids)
+        att[b, :len(r.ids)] = 1
+        sel[b, :len(r.ids) - 1] = torch.tensor(r.mask[1:], dtype=torch.bool)
+    targets = ids[:, 1:][sel]
+    assert sel.sum() > 7                      # several chunks of 3 below, the last one partial
+    params = [p for p in model.parameters()]
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    whole, g_whole = loss_and_grads(lambda: torch.nn.functional.cross_entropy(
+        response_logits(model, ids, att, sel).float(), targets))
+    chunked, g_chunked = loss_and_grads(lambda: response_loss(model, ids, att, sel, targets, chunk=3))
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g_chunked, g_whole):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():                     # no graph: plain chunked sum
+        torch.testing.assert_close(response_loss(model, ids, att, sel, targets, chunk=3), whole,
+                                   atol=1e-6, rtol=1e-6)
+
+
 def test_finetune_with_gradient_checkpointing_gives_the_same_adapter(tiny, tmp_path):
     from tasksift.finetune import finetune_lora, read_train_log
 

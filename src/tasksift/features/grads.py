@@ -70,6 +70,7 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import ConfigError
+from ..memory import return_freed_memory
 from .cache import FeatureCache
 from .lm import (DEFAULT_LM, STATUS_OK, Rendered, _decoder_and_head, LazyLM, length_batches,
                  model_fingerprint, resolve_device, resolve_dtype, set_cpu_threads, template_fingerprint,
@@ -529,6 +530,7 @@ class GradScorer:
         t = time.perf_counter()
         if base.device.type == "cpu":
             set_cpu_threads()
+            return_freed_memory()  # a backward pass per batch: freed activations go back (tasksift.memory)
         self._peft = PeftModel.from_pretrained(base, self.config.adapter, is_trainable=True)
         self._peft.eval()
         for n, p in self._peft.named_parameters():
