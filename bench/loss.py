@@ -136,8 +136,9 @@ def print_roofline(model, rendered, secs: dict, m: int, with_bf16: bool) -> None
     for name, dt, sec in rows:
         rate = matmul_rate(model, m, dt)
         ceiling = base / (engine / rate)      # plain-loop seconds / fastest possible engine seconds
-        used_plain = plain / base / rate if name == "float32" else float("nan")
-        print(f"{name:<12}{rate / 1e9:>9.0f} GF/s{100 * used_plain:>16.0f}%{100 * engine / sec / rate:>12.0f}%"
+        # the plain loop runs in float32: its share of the float32 rate only
+        used_plain = f"{100 * plain / base / rate:.0f}%" if name == "float32" else "-"
+        print(f"{name:<12}{rate / 1e9:>9.0f} GF/s{used_plain:>17}{100 * engine / sec / rate:>12.0f}%"
               f"{ceiling:>9.2f}x")
     print("(ceiling = plain-loop time / (engine FLOP / matmul rate): every FLOP at the measured matrix-multiply "
           "rate, nothing else costing time)")
