@@ -2,7 +2,7 @@
 
     python bench/methods.py [--rows 20000] [--ratio 0.05] [--targets 50] [--with-lm]
                             [--less-rows 500] [--lm-dtype bfloat16] [--recipe "dedup -> knn"]
-                            [--cache-dir DIR] [--json OUT]
+                            [--cache-dir DIR] [--json OUT] [--cold-json RUN.json ...]
 
 Pool: a seeded sample of ``--rows`` rows of the real pool in ../shared/data/pool; target:
 the first ``--targets`` GSM8K train examples (../shared/data/targets/gsm8k/train.jsonl).
@@ -13,6 +13,11 @@ a method's time is its own work. Methods that need the language model (``needs``
 "gradients") are skipped unless ``--with-lm`` (minutes to hours on CPU). Per method it
 prints wall time, peak RSS above the pre-method baseline (psutil, sampled every 10 ms) and
 the rows selected, then the pairwise Jaccard overlap of the selections.
+
+The LM methods can take hours on a CPU; run them once each with ``--json`` (their features
+go to the cache, resumable), then run everything with ``--cold-json those.json``: the table
+then gives those methods' cold-run time, memory and stages (their selections are checked to
+be the same), and the overlaps of all selections. Each row also names its top sources.
 
 ``less`` (per-example LoRA gradients: ~1 row/s for the gradients alone on 2 busy CPU cores,
 plus ~0.8 s/row for the dense 8192-d Rademacher projection) runs on a seeded sub-sample of
@@ -84,6 +89,17 @@ def options_for(name: str, args: argparse.Namespace) -> dict:
     return opts
 
 
+def top_sources(pool: list[Example], idx: np.ndarray, n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` most frequent sources of the selected rows (the pool file, less the folder
+    and extension), with their shares."""
+    names = [Path(pool[i].source or "?").with_suffix("").as_posix().split("/pool/")[-1] for i in idx]
+    if not names:
+        return []
+    vals, counts = np.unique(np.asarray(names), return_counts=True)
+    order = np.lexsort((vals, -counts))[:n]
+    return [(str(vals[i]), float(counts[i] / len(names))) for i in order]
+
+
 def load_pool(rows: int, seed: int) -> list[Example]:
     from tasksift.data import load_examples
 
@@ -131,6 +147,10 @@ def main() -> int:
                     help="report the share of selected rows whose source path contains this (default gsm8k: "
                          "the FLAN copy of GSM8K train, the on-task rows)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    ap.add_argument("--cold-json", nargs="*", default=[],
+                    help="JSON files of earlier runs (--json) whose time, memory and stages to report for "
+                         "their methods: the cold run that computed the LM features, when this run reads "
+                         "them from the feature cache. A method's selection must be the same in both")
     args = ap.parse_args()
     if not (SHARED / "pool").is_dir() or not (SHARED / "targets" / "gsm8k" / "train.jsonl").is_file():
         print(f"bench/methods.py: real data not found under {SHARED}; nothing to run (skipped)")
@@ -162,6 +182,11 @@ def main() -> int:
     for r in (args.recipe if args.recipe is not None else ["dedup -> knn"]):
         runs.append((r, r))
 
+    cold_runs: dict[str, dict] = {}
+    for f in args.cold_json:
+        for name, r in json.loads(Path(f).read_text())["methods"].items():
+            if "error" not in r:
+                cold_runs[name] = {**r, "file": Path(f).name}
     results: dict[str, dict] = {}
     selections: dict[str, set] = {}
     for label, spec in runs:
@@ -204,7 +229,19 @@ def main() -> int:
         results[label] = {"seconds": wall, "peak_rss_above_base_mib": mem.above_base_mb, "selected": int(len(idx)),
                           "options": options_for(spec, args) if "->" not in spec else {},
                           "marked_share": float(marked[idx].mean()) if len(idx) else 0.0,
+                          "top_sources": top_sources(pool, idx),
+                          "indices": idx.tolist(),
                           "timings": {s: round(v, 2) for s, v in ctx.timings.items()}}
+        cold = cold_runs.get(label)
+        if cold is not None:
+            same = (cold["selected"] == len(idx) and abs(cold["marked_share"] - results[label]["marked_share"]) < 1e-12
+                    and ("indices" not in cold or cold["indices"] == idx.tolist()))
+            if not same:
+                print(f"{label}: the selection differs from the cold run's in {cold['file']}; reporting this run")
+            else:
+                results[label].update({k2: cold[k2] for k2 in ("seconds", "peak_rss_above_base_mib", "timings")})
+                results[label]["cached_run_seconds"] = wall
+                results[label]["cold_run"] = cold["file"]
         if sub is not None:
             results[label]["ran_on"] = f"{len(sub)} of {len(pool)} rows (seeded sub-sample)"
             results[label]["extrapolated_seconds_full"] = wall * len(pool) / len(sub)
@@ -212,19 +249,22 @@ def main() -> int:
 
     names = list(selections)
     print(f"\nrows from *{args.mark}* sources: {100 * marked.mean():.1f}% of the pool sample")
-    print(f"\n| method | options | wall s | peak RSS +MiB | rows | from *{args.mark}* | stages (s) |\n"
-          f"|---|---|---:|---:|---:|---:|---|")
+    print(f"\n| method | options | wall s | peak RSS +MiB | rows | from *{args.mark}* | top sources | stages (s) |\n"
+          f"|---|---|---:|---:|---:|---:|---|---|")
     for label, r in results.items():
         if "error" in r:
-            print(f"| {label} | | error: {r['error']} | | | | |")
+            print(f"| {label} | | error: {r['error']} | | | | | |")
         else:
             opts = ", ".join(f"{a}={b}" for a, b in r["options"].items()) or "defaults"
             if "ran_on" in r:
                 opts += (f"; ran on {r['ran_on']}, whole sample ~{r['extrapolated_seconds_full']:,.0f}s "
                          f"extrapolated")
+            if "cold_run" in r:
+                opts += f"; cold run from {r['cold_run']} (this run, features cached: {r['cached_run_seconds']:.1f}s)"
             stages = ", ".join(f"{a} {b}" for a, b in r["timings"].items()) or "-"
+            srcs = ", ".join(f"{a} {100 * b:.0f}%" for a, b in r["top_sources"])
             print(f"| {label} | {opts} | {r['seconds']:.2f} | {r['peak_rss_above_base_mib']:.0f} | {r['selected']} "
-                  f"| {100 * r['marked_share']:.1f}% | {stages} |")
+                  f"| {100 * r['marked_share']:.1f}% | {srcs} | {stages} |")
     short = {n: f"M{i + 1}" for i, n in enumerate(names)}
     print("\npairwise Jaccard overlap of the selections (" +
           ", ".join(f"{v} = {n}" for n, v in short.items()) + ")\n")
