@@ -130,6 +130,9 @@ def test_token_budget_with_group_quotas_shares_tokens_between_groups(tmp_path, t
         picked = [i for i in sel.indices if tasks[i] == g]
         assert 0 < n_tok[picked].sum() <= gi["quota_tokens"] == 100
     assert sel.info["token_budget"]["selected_tokens"] <= 600
+    with pytest.raises(ConfigError, match="token budget of 3"):
+        tasksift.select(pool, target, method="knn", tokens=3, group_by="task", quotas="equal",
+                        embed=EmbedConfig(model=tiny_embed_model), cache_dir=tmp_path / "c", progress=False)
 
 
 def test_registry_lists_methods_with_info():

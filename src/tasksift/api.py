@@ -225,7 +225,10 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
             per_group_info[g] = {"quota": kg, **res.info}
             if n_tok is not None:
                 per_group_info[g]["quota_tokens"] = group_tokens
-        result = MethodResult(indices=np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64),
+        if not parts:
+            raise ConfigError(f"token budget of {tokens} leaves no group a share that holds one of its rows "
+                              f"(shortest row: {int(n_tok.min())} words)")
+        result = MethodResult(indices=np.concatenate(parts),
                               scores=scores, columns=columns, info={"groups": per_group_info})
         info["group_by"] = group_by
         info["quotas"] = {g: n for g, n in alloc.items()}
