@@ -232,7 +232,7 @@ def main() -> int:
                           "top_sources": top_sources(pool, idx),
                           "indices": idx.tolist(),
                           "timings": {s: round(v, 2) for s, v in ctx.timings.items()}}
-        cold = cold_runs.get(label)
+        cold = cold_runs.get(label) if slow else None    # only the LM methods' features are cached
         if cold is not None:
             same = (cold["selected"] == len(idx) and abs(cold["marked_share"] - results[label]["marked_share"]) < 1e-12
                     and ("indices" not in cold or cold["indices"] == idx.tolist()))
