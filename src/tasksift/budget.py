@@ -55,6 +55,23 @@ def cut_to_tokens(ranked: np.ndarray, n_tokens: np.ndarray, tokens: int) -> np.n
     return ranked[:max(1, n)]
 
 
+def _quota_weights(quotas: Mapping | str, capacity: Mapping[str, float]) -> dict[str, float]:
+    """Weight per group (the keys of ``capacity``: rows or tokens each group holds):
+    ``"proportional"`` to its capacity, ``"equal"``, or a mapping group -> weight (groups left
+    out weigh 0; a group the pool lacks is an error)."""
+    if quotas == "proportional":
+        return {g: float(capacity[g]) for g in capacity}
+    if quotas == "equal":
+        return {g: 1.0 for g in capacity}
+    if isinstance(quotas, Mapping):
+        unknown = set(map(str, quotas)) - set(capacity)
+        if unknown:
+            raise ConfigError(f"quota names group(s) {sorted(unknown)} not in the pool; groups: {sorted(capacity)}")
+        vals = {str(g): float(v) for g, v in quotas.items()}
+        return {g: vals.get(g, 0.0) for g in capacity}
+    raise ConfigError(f"quotas must be 'proportional', 'equal' or a mapping, got {quotas!r}")
+
+
 def max_rows_within(n_tokens: np.ndarray, tokens: int) -> int:
     """The most rows whose token total can stay within ``tokens``: the count of the shortest
     rows that fit (at least one, at most all). No selection of more rows fits, so a method
@@ -79,19 +96,10 @@ def allocate_token_quotas(groups: Sequence, n_tokens: np.ndarray, tokens: int,
     n_tokens = np.asarray(n_tokens, dtype=np.int64)
     labels = sorted(set(glabels.tolist()))
     total = {g: int(n_tokens[glabels == g].sum()) for g in labels}
-    if quotas == "proportional":
-        weights = {g: float(total[g]) for g in labels}
-    elif quotas == "equal":
-        weights = {g: 1.0 for g in labels}
-    elif isinstance(quotas, Mapping):
-        unknown = set(map(str, quotas)) - set(labels)
-        if unknown:
-            raise ConfigError(f"quota names group(s) {sorted(unknown)} not in the pool; groups: {labels}")
-        weights = {g: float(quotas.get(g, 0.0)) for g in labels}
-        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise ConfigError("quota weights must be >= 0, with at least one > 0")
-    else:
-        raise ConfigError(f"quotas must be 'proportional', 'equal' or a mapping, got {quotas!r}")
+    weights = _quota_weights(quotas, total)
+    if isinstance(quotas, Mapping) and (any(w < 0 for w in weights.values())
+                                        or not any(w > 0 for w in weights.values())):
+        raise ConfigError("quota weights must be >= 0, with at least one > 0")
     alloc = {g: 0 for g in labels}
     remaining = int(tokens)
     open_groups = {g for g in labels if weights[g] > 0 and total[g] > 0}
@@ -118,14 +126,8 @@ def allocate_quotas(groups: Sequence, k: int, quotas: Mapping | str = "proportio
     size = dict(zip(labels.tolist(), sizes.tolist()))
     if k > sum(size.values()):
         raise ConfigError(f"budget of {k} rows is larger than the pool ({sum(size.values())} rows)")
-    if quotas == "proportional":
-        weights = {g: size[g] for g in size}
-    elif quotas == "equal":
-        weights = {g: 1.0 for g in size}
-    elif isinstance(quotas, Mapping):
-        unknown = set(map(str, quotas)) - set(size)
-        if unknown:
-            raise ConfigError(f"quota names group(s) {sorted(unknown)} not in the pool; groups: {sorted(size)}")
+    weights = _quota_weights(quotas, size)
+    if isinstance(quotas, Mapping):
         vals = {str(g): float(v) for g, v in quotas.items()}
         if all(v >= 1 and float(v).is_integer() for v in vals.values()) and sum(vals.values()) == k:
             alloc = {g: int(vals.get(g, 0)) for g in size}
@@ -133,9 +135,6 @@ def allocate_quotas(groups: Sequence, k: int, quotas: Mapping | str = "proportio
             if over:
                 raise ConfigError(f"quota for group '{over[0]}' ({alloc[over[0]]}) exceeds its {size[over[0]]} rows")
             return alloc
-        weights = {g: vals.get(g, 0.0) for g in size}
-    else:
-        raise ConfigError(f"quotas must be 'proportional', 'equal' or a mapping, got {quotas!r}")
     alloc = {g: 0 for g in size}
     remaining, open_groups = k, {g for g in size if weights[g] > 0}
     while remaining > 0 and open_groups:
