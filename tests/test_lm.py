@@ -292,21 +292,30 @@ def test_finetune_lora_reduces_loss_and_leaves_the_model_as_it_was(tiny, tmp_pat
     assert np.nanmean(after) < np.nanmean(before) - 0.3
 
 
+def _response_batch(tok, n: int):
+    """(ids, attention mask, response-position mask of the next-token predictions) for ``n``
+    sample chats, right-padded."""
+    import torch
+
+    rendered = tokenize_examples(tok, sample_examples(n), max_length=64)
+    L = max(len(r.ids) for r in rendered)
+    ids = torch.zeros((n, L), dtype=torch.long)
+    att = torch.zeros((n, L), dtype=torch.long)
+    sel = torch.zeros((n, L - 1), dtype=torch.bool)
+    for b, r in enumerate(rendered):
+        ids[b, :len(r.ids)] = torch.tensor(r.ids)
+        att[b, :len(r.ids)] = 1
+        sel[b, :len(r.ids) - 1] = torch.tensor(r.mask[1:], dtype=torch.bool)
+    return ids, att, sel
+
+
 def test_response_logits_equal_the_full_logits_at_response_positions(tiny):
     import torch
 
     from tasksift.finetune import response_logits
 
     model, tok = tiny
-    rendered = tokenize_examples(tok, sample_examples(3), max_length=64)
-    L = max(len(r.ids) for r in rendered)
-    ids = torch.zeros((3, L), dtype=torch.long)
-    att = torch.zeros((3, L), dtype=torch.long)
-    sel = torch.zeros((3, L - 1), dtype=torch.bool)
-    for b, r in enumerate(rendered):
-        ids[b, :len(r.ids)] = torch.tensor(r.ids)
-        att[b, :len(r.ids)] = 1
-        sel[b, :len(r.ids) - 1] = torch.tensor(r.mask[1:], dtype=torch.bool)
+    ids, att, sel = _response_batch(tok, 3)
     assert model.config.model_type == "llama" and sel.sum() < sel.numel()
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
@@ -323,15 +332,7 @@ def test_chunked_response_loss_equals_the_whole_loss_and_its_gradients(tiny):
 
     model, tok = tiny
     model = copy.deepcopy(model)
-    rendered = tokenize_examples(tok, sample_examples(3), max_length=64)
-    L = max(len(r.ids) for r in rendered)
-    ids = torch.zeros((3, L), dtype=torch.long)
-    att = torch.zeros((3, L), dtype=torch.long)
-    sel = torch.zeros((3, L - 1), dtype=torch.bool)
-    for b, r in enumerate(rendered):
-        ids[b, :len(r.ids)] = torch.tensor(r.ids)
-        att[b, :len(r.ids)] = 1
-        sel[b, :len(r.ids) - 1] = torch.tensor(r.mask[1:], dtype=torch.bool)
+    ids, att, sel = _response_batch(tok, 3)
     targets = ids[:, 1:][sel]
     assert sel.sum() > 7                      # several chunks of 3 below, the last one partial
     params = [p for p in model.parameters()]
