@@ -40,15 +40,25 @@ def _pick_target_modules(model, wanted: Sequence[str] | None) -> list[str] | str
 _PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
 
 
+def _decoder_and_plain_head(model: Any):
+    """(decoder, output layer) when the logits are exactly output_layer(decoder's last hidden
+    state), for running the output layer on chosen positions only; else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mtype = getattr(getattr(base, "config", None), "model_type", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if mtype in _PLAIN_HEAD_TYPES and hasattr(base, "get_decoder") and head is not None:
+        return base.get_decoder(), head
+    return None
+
+
 def response_logits(model: Any, ids: Any, att: Any, sel: Any) -> Any:
     """Next-token logits at the positions where ``sel`` (batch x length-1) is true, shape
     (positions, vocabulary). For plain-head architectures the output layer runs on those
     positions only; otherwise the model's full logits are sliced."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    mtype = getattr(getattr(base, "config", None), "model_type", None)
-    if mtype in _PLAIN_HEAD_TYPES and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None:
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
-        return base.get_output_embeddings()(hidden[:, :-1][sel])
+    plain = _decoder_and_plain_head(model)
+    if plain is not None:
+        decoder, head = plain
+        return head(decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel])
     return model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
 
 
@@ -70,12 +80,11 @@ def response_loss(model: Any, ids: Any, att: Any, sel: Any, targets: Any,
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    mtype = getattr(getattr(base, "config", None), "model_type", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if mtype not in _PLAIN_HEAD_TYPES or not hasattr(base, "get_decoder") or head is None:
+    plain = _decoder_and_plain_head(model)
+    if plain is None:
         return F.cross_entropy(response_logits(model, ids, att, sel).float(), targets)
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel]
+    decoder, head = plain
+    hidden = decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel]
 
     def chunk_sum(h, t):
         return F.cross_entropy(head(h).float(), t, reduction="sum")
