@@ -23,7 +23,7 @@ def _glibc() -> bool:
 pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc only")
 
 # glibc's own malloc/free through ctypes: a 16 MiB free first (glibc then raises its mmap
-# threshold to 16 MiB), then 100 touched 2 MiB blocks, each followed by a small block that
+# threshold to 16 MiB), then 100 touched 2 MiB blocks, each followed by a 64 KiB block that
 # pins the heap above it, then the 2 MiB blocks are freed
 SCRIPT = textwrap.dedent("""
     import ctypes, json, sys
@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent("""
     for _ in range(100):
         big.append(libc.malloc(2 << 20))
         ctypes.memset(big[-1], 1, 2 << 20)
-        small.append(libc.malloc(64))
+        small.append(libc.malloc(64 << 10))    # 64 KiB: too big for the small-chunk bins, so from the heap top
     mapped = libc.mallinfo2().hblks - mapped
     peak = rss()
     for p in big:
