@@ -309,10 +309,12 @@ class BlockProjector:
         if self.kind == "rademacher":
             # bit k of the stream (most significant bit of each byte first) is entry k: one
             # table look-up turns each random byte into its 8 float32 entries (copied as 4
-            # int64 words: ~3x faster than a float gather)
+            # int64 words: ~3x faster than a float gather). The bytes are drawn on the CPU (the
+            # same stream everywhere) and expanded on the projector's device: a GPU is sent
+            # 1/32 of the block's float32 bytes and does the look-up itself.
             nbytes = (rows * self.dim + 7) // 8
-            idx = torch.frombuffer(bytearray(rng.bytes(nbytes)), dtype=torch.uint8).long()
-            t = _sign_table().index_select(0, idx).view(torch.float32).reshape(-1)[:rows * self.dim]
+            idx = torch.frombuffer(bytearray(rng.bytes(nbytes)), dtype=torch.uint8).to(self.device).long()
+            t = _sign_table(self.device).index_select(0, idx).view(torch.float32).reshape(-1)[:rows * self.dim]
             t = t.reshape(rows, self.dim)
         else:
             t = torch.from_numpy(rng.standard_normal((rows, self.dim))).float()
@@ -354,19 +356,20 @@ class BlockProjector:
         return out.float()
 
 
-_SIGN_TABLE = None
+_SIGN_TABLES: dict[str, Any] = {}
 
 
-def _sign_table():
-    """(256, 4) int64 holding, per byte value, the 8 float32 entries +-1 of its bits (most
-    significant bit first)."""
-    global _SIGN_TABLE
-    if _SIGN_TABLE is None:
+def _sign_table(device: Any = "cpu"):
+    """(256, 4) int64 on ``device`` holding, per byte value, the 8 float32 entries +-1 of its
+    bits (most significant bit first)."""
+    key = str(device)
+    if key not in _SIGN_TABLES:
         import torch
 
         bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
-        _SIGN_TABLE = torch.from_numpy(np.ascontiguousarray(bits.astype(np.float32) * 2 - 1).view(np.int64))
-    return _SIGN_TABLE
+        table = torch.from_numpy(np.ascontiguousarray(bits.astype(np.float32) * 2 - 1).view(np.int64))
+        _SIGN_TABLES[key] = table.to(device)
+    return _SIGN_TABLES[key]
 
 
 def proj_batch_rows(n_params: int, buffer_mb: float = 512) -> int:
