@@ -11,7 +11,8 @@ On rows of the real pool (the same alpaca rows as bench/loss.py) with the defaul
 - tasksift's whole feature pass (``GradScorer.compute_rows``: gradients + the 8192-d
   Rademacher projection, no cache),
 
-and prints rows/s of each, the speed-up over the baseline, the projection's share, and the
+and prints rows/s and tokens/s of each, the speed-up over the baseline (in tokens/s: the
+baseline runs on the first rows only), the projection's share, and the
 largest relative difference between the batched and the one-at-a-time gradients.
 
     python bench/grads.py [--rows 200] [--baseline-rows 50] [--dtype float32|bfloat16] [--device auto]
@@ -131,12 +132,14 @@ def main(argv=None) -> int:
     print(f"rows {n} scorable of {len(rows)} ({n_tok} tokens), device {dev}, dtype {next(base.parameters()).dtype}, "
           f"LoRA parameters {peg.n_params}, batch {bt} tokens, projection {args.proj_dim}-d rademacher; "
           f"model load {load_s:.1f}s")
-    print(f"{'path':<52}{'rows':>6}{'seconds':>9}{'rows/s':>8}{'speed-up':>10}")
-    base_rate = k / base_s
-    for name, m, sec in (("one backward per example (gradients only)", k, base_s),
-                         ("tasksift batched (gradients only)", n, batched_s),
-                         (f"tasksift features (gradients + {args.proj_dim}-d projection)", ok, full_s)):
-        print(f"{name:<52}{m:>6}{sec:>9.1f}{m / sec:>8.2f}{(m / sec) / base_rate:>10.2f}")
+    # the baseline runs on the first rows only: compare tokens/s (rows differ in length)
+    k_tok = sum(len(r.ids) for r in rendered[:k])
+    print(f"{'path':<52}{'rows':>6}{'tokens':>8}{'seconds':>9}{'rows/s':>8}{'tokens/s':>10}{'speed-up':>10}")
+    base_rate = k_tok / base_s
+    for name, m, m_tok, sec in (("one backward per example (gradients only)", k, k_tok, base_s),
+                                ("tasksift batched (gradients only)", n, n_tok, batched_s),
+                                (f"tasksift features (gradients + {args.proj_dim}-d projection)", ok, n_tok, full_s)):
+        print(f"{name:<52}{m:>6}{m_tok:>8}{sec:>9.1f}{m / sec:>8.2f}{m_tok / sec:>10.0f}{(m_tok / sec) / base_rate:>10.2f}")
     proj_ms = max(0.0, full_s - batched_s) / max(ok, 1) * 1000
     print(f"projection and bookkeeping: ~{proj_ms:.0f} ms/row ({100 * max(0.0, full_s - batched_s) / full_s:.0f}% "
           f"of the feature pass)")
