@@ -54,6 +54,22 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
+def scaled_logits_model(tokenizer, seed: int = 0):
+    """A tiny llama whose forward doubles its logits, with nothing in its config saying so: the
+    output layer on the decoder's hidden state is not the model's own logits."""
+    from transformers import LlamaForCausalLM
+
+    class ScaledLogitsLlama(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2.0
+            return out
+
+    model = build_model(tokenizer, seed)
+    model.__class__ = ScaledLogitsLlama
+    return model
+
+
 def save_tiny(path: Path, seed: int = 0) -> Path:
     """Save the tiny model + tokenizer to ``path`` (a from_pretrained-able folder)."""
     tok = build_tokenizer()

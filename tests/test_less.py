@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill_after_shards,  # noqa: E402
-                         sample_examples, save_tiny)
+                         sample_examples, save_tiny, scaled_logits_model)
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.grads import (OPTIMIZER_STATE_FILE, BlockProjector, GradConfig, GradScorer,  # noqa: E402
@@ -86,6 +86,30 @@ def test_batched_per_example_grads_equal_one_at_a_time_autograd():
     # a batch of one row gives the same gradient as that row inside the padded batch
     G1, _ = peg(rows[2:3])
     np.testing.assert_allclose(G1[0].numpy(), G[2].numpy(), atol=1e-6)
+
+
+def test_per_example_grads_follow_the_model_logits_when_the_head_is_not_plain():
+    """With a model that rescales its logits (its config looks plain), the gradients are those
+    of the model's own loss, as one-at-a-time autograd takes them; a plain model keeps the
+    output-layer shortcut."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = build_tokenizer()
+    torch.manual_seed(1)
+    pm = get_peft_model(scaled_logits_model(tok), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                             init_lora_weights=False, lora_dropout=0.0))
+    pm.eval()
+    rows = tokenize_examples(tok, sample_examples(4), max_length=64)
+    peg = PerExampleGrads(pm, tok.pad_token_id)
+    G, _ = peg(rows)
+    assert peg._fast is None
+    params = [m.weight for _, m in peg.mods]
+    for b, r in enumerate(rows):
+        np.testing.assert_allclose(G[b].numpy(), _one_at_a_time(pm, params, r).numpy(), atol=1e-5, rtol=0)
+    plain_pm, _ = _random_lora()
+    plain_peg = PerExampleGrads(plain_pm, tok.pad_token_id)
+    plain_peg(rows[:1])
+    assert plain_peg._fast is not None
 
 
 def test_peft_default_init_gives_zero_A_gradients():

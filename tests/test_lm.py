@@ -14,12 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill_after_shards,  # noqa: E402
-                         sample_examples, save_tiny)
+                         sample_examples, save_tiny, scaled_logits_model)
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.lm import (STATUS_OK, LMConfig, LMScorer, LossEngine, LossResult,  # noqa: E402
-                                  length_batches, load_causal_lm, model_fingerprint, resolve_model_spec,
-                                  tokenize_examples)
+                                  _decoder_and_head, length_batches, load_causal_lm, model_fingerprint,
+                                  resolve_model_spec, tokenize_examples, verified_decoder_and_head)
 from tasksift.methods.base import SelectionContext  # noqa: E402
 from tasksift.methods.registry import get_method  # noqa: E402
 
@@ -579,3 +579,28 @@ def test_engine_batch_defaults_follow_the_device(monkeypatch):
     # 600 rows of 20 tokens: the GPU default makes 2 batches (512 rows, then 88), not 10 of 64
     batches = lm.length_batches([20] * 600, gpu.batch_tokens, gpu.max_batch)
     assert [len(b) for b in batches] == [512, 88]
+
+
+def test_output_layer_shortcut_is_verified_against_the_model_logits(tiny):
+    """The engine runs the output layer on response positions only when that reproduces the
+    model's own logits; a model that rescales its logits (nothing in its config says so) gets
+    the full logits, and its losses are the cross-entropy of those."""
+    import torch.nn.functional as F
+
+    model, tok = tiny
+    rows = tokenize_examples(tok, sample_examples(4), max_length=64)
+    ids = torch.tensor([rows[0].ids])
+    att = torch.ones_like(ids)
+    assert verified_decoder_and_head(model, ids, att) is not None
+    scaled = scaled_logits_model(tok)
+    assert _decoder_and_head(scaled) is not None               # the config looks plain
+    assert verified_decoder_and_head(scaled, ids, att) is None
+    eng = LossEngine(scaled, tok, batch_tokens=400)
+    got = eng.score(rows)["loss"]
+    assert eng._fast is None
+    with torch.no_grad():
+        for j, r in enumerate(rows):
+            x = torch.tensor([r.ids])
+            m = torch.tensor(r.mask[1:])
+            ref = F.cross_entropy(scaled(input_ids=x).logits[0, :-1][m], x[0, 1:][m])
+            assert got[j] == pytest.approx(float(ref), abs=1e-5)

@@ -72,7 +72,7 @@ from ..data.example import Example
 from ..errors import ConfigError
 from ..memory import return_freed_memory
 from .cache import FeatureCache
-from .lm import (DEFAULT_LM, STATUS_OK, Rendered, _decoder_and_head, LazyLM, length_batches,
+from .lm import (DEFAULT_LM, STATUS_OK, Rendered, LazyLM, length_batches, verified_decoder_and_head,
                  model_fingerprint, resolve_device, resolve_dtype, set_cpu_threads, template_fingerprint,
                  tokenize_examples, unscorable_summary)
 
@@ -130,8 +130,9 @@ class PerExampleGrads:
         self.names = [f"{n}.weight" for n, _ in self.mods]
         self.sizes = [m.weight.numel() for _, m in self.mods]
         self.n_params = int(sum(self.sizes))
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._fast = _decoder_and_head(base)
+        self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._fast = None
+        self._checked = False      # the output-layer shortcut is verified on the first row seen
 
     @property
     def device(self):
@@ -177,6 +178,10 @@ class PerExampleGrads:
         import torch
 
         ids, att, msk = self._tensors(rows)
+        if not self._checked:
+            n = len(rows[0].ids)
+            self._fast = verified_decoder_and_head(self._base, ids[:1, :n], att[:1, :n])
+            self._checked = True
         saved: dict[int, list] = {}
         handles = []
 

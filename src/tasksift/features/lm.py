@@ -560,6 +560,33 @@ def _decoder_and_head(model):
     return dec, head
 
 
+def verified_decoder_and_head(model, ids, att):
+    """``(decoder, output layer)`` for running the output layer on chosen positions only, when
+    that gives the model's own logits; None when the full logits must be used.
+
+    Two checks: the config has no logit scaling or soft-capping (:func:`_decoder_and_head`),
+    and on the probe batch ``ids``/``att`` the output layer applied to the decoder's last
+    hidden state reproduces ``model(...).logits`` (to 1e-4 of the largest logit in float32,
+    2e-2 in lower precision). The second catches heads that transform the hidden state in ways
+    no config field announces. Used by the loss engine and the per-example gradients."""
+    import torch
+
+    dh = _decoder_and_head(model)
+    if dh is None:
+        return None
+    dec, head = dh
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=att).logits
+        fast = head(dec(input_ids=ids, attention_mask=att).last_hidden_state)
+    keep = att.bool()
+    if fast.shape != full.shape:
+        return None
+    a, b = fast[keep].float(), full[keep].float()
+    err = float((a - b).abs().max())
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return dh if math.isfinite(err) and err <= tol * max(1.0, float(b.abs().max())) else None
+
+
 class LossEngine:
     """Masked response losses (and optional mean-pooled hidden states) for a loaded model.
 
@@ -641,20 +668,12 @@ class LossEngine:
 
     def _self_check(self, row: Rendered) -> None:
         """Once per engine: the fast path (head on response positions only) must match the
-        model's own logits; otherwise fall back to full logits."""
-        import torch
-
+        model's own logits (:func:`verified_decoder_and_head`); otherwise full logits."""
         self._checked = True
         if self._fast is None:
             return
-        ids, att, msk = self._batch_tensors([row])
-        with torch.inference_mode():
-            s1, c1, _ = self._forward(ids, att, msk, False, True)
-            s2, c2, _ = self._forward(ids, att, msk, False, False)
-        a, b = float(s1[0] / c1[0]), float(s2[0] / c2[0])
-        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
-        if not math.isfinite(a) or abs(a - b) > tol * max(1.0, abs(b)):
-            self._fast = None
+        ids, att, _ = self._batch_tensors([row])
+        self._fast = verified_decoder_and_head(self.model, ids, att)
 
     def score(self, rendered: Sequence[Rendered], *, embed: bool = False,
               on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
