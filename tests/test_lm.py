@@ -286,6 +286,7 @@ def test_finetune_lora_reduces_loss_and_leaves_the_model_as_it_was(tiny, tmp_pat
     assert (out / "adapter_config.json").is_file()
     log = read_train_log(out)
     assert log["steps"] == 40 and np.mean(log["loss"][-5:]) < np.mean(log["loss"][:5])
+    assert log["output_layer_on_response_only"] is True      # a plain llama head: verified
     np.testing.assert_allclose(LossEngine(model, tok).score(rendered)["loss"], before, atol=1e-6)
     tuned = apply_adapter(copy.deepcopy(model), str(out))
     after = LossEngine(tuned, tok).score(rendered)["loss"]
@@ -317,11 +318,51 @@ def test_response_logits_equal_the_full_logits_at_response_positions(tiny):
     model, tok = tiny
     ids, att, sel = _response_batch(tok, 3)
     assert model.config.model_type == "llama" and sel.sum() < sel.numel()
+    head = verified_decoder_and_head(model, ids, att)
+    assert head is not None
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
-        fast = response_logits(model, ids, att, sel)
+        fast = response_logits(model, ids, att, sel, head=head)
     assert fast.shape == full.shape
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(response_logits(model, ids, att, sel), full)     # no head: the full logits
+
+
+def test_training_verifies_the_output_layer_shortcut_in_eval_mode(tiny, tmp_path):
+    """finetune_lora trains through the output-layer shortcut only where it is the model's own
+    logits: a model that rescales its logits (its config looks plain, its type is llama) trains
+    on the full logits, and its first step's loss is the cross-entropy of those."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tasksift.finetune import finetune_lora, read_train_log, training_head
+
+    model, tok = tiny
+    ids, att, _ = _response_batch(tok, 3)
+    plain_pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, lora_dropout=0.5,
+                                                               target_modules=["q_proj"]))
+    plain_pm.train()
+    assert training_head(plain_pm, ids, att) is not None      # dropout is off for the check
+    assert plain_pm.training                                  # and the mode is restored
+    scaled = scaled_logits_model(tok)
+    scaled_pm = get_peft_model(copy.deepcopy(scaled), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    assert training_head(scaled_pm, ids, att) is None
+    exs = sample_examples(2)
+    res = finetune_lora(scaled, exs, tokenizer=tok, steps=1, lr=1e-3, r=2, alpha=4, batch_size=2, max_length=64,
+                        seed=0, out_dir=tmp_path / "a", progress=False, target_modules=["q_proj"])
+    rows = tokenize_examples(tok, exs, max_length=64)
+    with torch.no_grad():
+        want = []
+        for r in rows:
+            x = torch.tensor([r.ids])
+            m = torch.tensor(r.mask[1:])
+            lp = torch.nn.functional.cross_entropy(scaled(input_ids=x).logits[0, :-1][m], x[0, 1:][m],
+                                                   reduction="sum")
+            want.append((float(lp), int(m.sum())))
+    log = read_train_log(res)
+    assert log["output_layer_on_response_only"] is False
+    first = log["loss"][0]
+    assert first == pytest.approx(sum(a for a, _ in want) / sum(c for _, c in want), rel=1e-5)
 
 
 def test_chunked_response_loss_equals_the_whole_loss_and_its_gradients(tiny):
@@ -343,14 +384,15 @@ def test_chunked_response_loss_equals_the_whole_loss_and_its_gradients(tiny):
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in params]
 
+    head = verified_decoder_and_head(model, ids, att)
     whole, g_whole = loss_and_grads(lambda: torch.nn.functional.cross_entropy(
         response_logits(model, ids, att, sel).float(), targets))
-    chunked, g_chunked = loss_and_grads(lambda: response_loss(model, ids, att, sel, targets, chunk=3))
+    chunked, g_chunked = loss_and_grads(lambda: response_loss(model, ids, att, sel, targets, head=head, chunk=3))
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
     for a, b in zip(g_chunked, g_whole):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with torch.no_grad():                     # no graph: plain chunked sum
-        torch.testing.assert_close(response_loss(model, ids, att, sel, targets, chunk=3), whole,
+        torch.testing.assert_close(response_loss(model, ids, att, sel, targets, head=head, chunk=3), whole,
                                    atol=1e-6, rtol=1e-6)
 
 

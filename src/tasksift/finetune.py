@@ -36,29 +36,30 @@ def _pick_target_modules(model, wanted: Sequence[str] | None) -> list[str] | str
     return hit or None   # None: peft's per-architecture default
 
 
-# Architectures whose logits are exactly lm_head(final hidden state): no scaling, soft-capping.
-_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
+def training_head(peft_model: Any, ids: Any, att: Any):
+    """``(decoder, output layer)`` of the model under ``peft_model`` when the output layer on
+    the decoder's hidden state gives the model's own logits, checked once on the probe batch
+    ``ids``/``att`` in eval mode (no dropout) by
+    :func:`tasksift.features.lm.verified_decoder_and_head`; None: train on the full logits."""
+    from .features.lm import verified_decoder_and_head
+
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        return verified_decoder_and_head(base, ids, att)
+    finally:
+        peft_model.train(was_training)
 
 
-def _decoder_and_plain_head(model: Any):
-    """(decoder, output layer) when the logits are exactly output_layer(decoder's last hidden
-    state), for running the output layer on chosen positions only; else None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    mtype = getattr(getattr(base, "config", None), "model_type", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if mtype in _PLAIN_HEAD_TYPES and hasattr(base, "get_decoder") and head is not None:
-        return base.get_decoder(), head
-    return None
-
-
-def response_logits(model: Any, ids: Any, att: Any, sel: Any) -> Any:
+def response_logits(model: Any, ids: Any, att: Any, sel: Any, head: Any = None) -> Any:
     """Next-token logits at the positions where ``sel`` (batch x length-1) is true, shape
-    (positions, vocabulary). For plain-head architectures the output layer runs on those
-    positions only; otherwise the model's full logits are sliced."""
-    plain = _decoder_and_plain_head(model)
-    if plain is not None:
-        decoder, head = plain
-        return head(decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel])
+    (positions, vocabulary). With ``head`` (a verified ``(decoder, output layer)``, see
+    :func:`training_head`) the output layer runs on those positions only; otherwise the
+    model's full logits are sliced."""
+    if head is not None:
+        decoder, out_layer = head
+        return out_layer(decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel])
     return model(input_ids=ids, attention_mask=att).logits[:, :-1][sel]
 
 
@@ -67,27 +68,27 @@ def response_logits(model: Any, ids: Any, att: Any, sel: Any) -> Any:
 LOSS_CHUNK_POSITIONS = 1024
 
 
-def response_loss(model: Any, ids: Any, att: Any, sel: Any, targets: Any,
+def response_loss(model: Any, ids: Any, att: Any, sel: Any, targets: Any, head: Any = None,
                   chunk: int = LOSS_CHUNK_POSITIONS) -> Any:
     """Mean next-token cross-entropy over the positions where ``sel`` is true (``targets``:
     the tokens there), the same value as ``cross_entropy(response_logits(...), targets)``.
 
-    For plain-head architectures the output layer and the loss run in chunks of ``chunk``
-    positions under activation checkpointing, so that at most one chunk's logits (chunk x
-    vocabulary, float32) are in memory, not all of them plus their log-softmax and gradient
-    (about 2.4 GB for 8 x 512 response tokens and a 49k vocabulary)."""
+    With ``head`` (a verified ``(decoder, output layer)``, see :func:`training_head`) the
+    output layer and the loss run in chunks of ``chunk`` positions under activation
+    checkpointing, so that at most one chunk's logits (chunk x vocabulary, float32) are in
+    memory, not all of them plus their log-softmax and gradient (about 2.4 GB for 8 x 512
+    response tokens and a 49k vocabulary)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    plain = _decoder_and_plain_head(model)
-    if plain is None:
+    if head is None:
         return F.cross_entropy(response_logits(model, ids, att, sel).float(), targets)
-    decoder, head = plain
+    decoder, out_layer = head
     hidden = decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][sel]
 
     def chunk_sum(h, t):
-        return F.cross_entropy(head(h).float(), t, reduction="sum")
+        return F.cross_entropy(out_layer(h).float(), t, reduction="sum")
 
     n = hidden.shape[0]
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -197,6 +198,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         return lr * max(0.0, (total - step) / max(1, total - warm))
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    probe = torch.tensor([usable[0].ids], dtype=torch.long, device=dev)
+    head = training_head(peft_model, probe, torch.ones_like(probe))
     order: list[int] = []
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -223,7 +226,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             shift_labels = labels[:, 1:]
             sel = shift_labels != -100          # only response positions: no full-vocab copies
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
-                loss = response_loss(peft_model, ids, att, sel, shift_labels[sel])
+                loss = response_loss(peft_model, ids, att, sel, shift_labels[sel], head=head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -251,6 +254,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         "truncated_examples": int(sum(x.truncated for x in usable)),
         "steps": total, "epochs": total / per_epoch, "lr": lr, "r": r, "alpha": alpha,
         "dropout": dropout, "gradient_checkpointing": gradient_checkpointing,
+        "output_layer_on_response_only": head is not None,
         "batch_size": batch_size, "max_length": max_length, "seed": seed,
         "warmup_steps": warm, "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str)
         else sorted(lcfg.target_modules or []), "loss": losses, "seconds": time.perf_counter() - t0,
