@@ -19,8 +19,9 @@ go to the cache, resumable), then run everything with ``--cold-json those.json``
 then gives those methods' cold-run time, memory and stages (their selections are checked to
 be the same), and the overlaps of all selections. Each row also names its top sources.
 
-``less`` (per-example LoRA gradients + the dense 8192-d Rademacher projection: ~2 rows/s in
-bfloat16 on 2 CPU cores, so ~3 hours for 20k rows) runs on a seeded sub-sample of
+``less`` (a 1,000-row LoRA warm-up, ~25 min, then per-example LoRA gradients + the dense
+8192-d Rademacher projection at ~1.5 rows/s in bfloat16 on 2 CPU cores: ~4 hours for 20k
+rows; resumable) runs on a seeded sub-sample of
 ``--less-rows`` pool rows (default 500; 0 = the whole sample) with the same ratio; its row
 says what it ran on and an extrapolated time for the whole sample (linear in rows).
 """
