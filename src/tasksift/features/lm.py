@@ -608,7 +608,7 @@ class LossEngine:
             max_batch = CPU_MAX_BATCH if self.device.type == "cpu" else GPU_MAX_BATCH
         self.max_batch = int(max_batch)
         self.head_chunk = int(head_chunk)
-        self._fast = _decoder_and_head(model)
+        self._fast = None          # the output-layer shortcut, verified on the first row scored
         self._checked = False
         #: re-choose the CPU thread count every 30 s of scoring (see set_cpu_threads)
         self.auto_threads = not any(os.environ.get(v, "").isdigit()
@@ -669,11 +669,9 @@ class LossEngine:
     def _self_check(self, row: Rendered) -> None:
         """Once per engine: the fast path (head on response positions only) must match the
         model's own logits (:func:`verified_decoder_and_head`); otherwise full logits."""
-        self._checked = True
-        if self._fast is None:
-            return
         ids, att, _ = self._batch_tensors([row])
         self._fast = verified_decoder_and_head(self.model, ids, att)
+        self._checked = True
 
     def score(self, rendered: Sequence[Rendered], *, embed: bool = False,
               on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
