@@ -28,20 +28,10 @@ from .features.cache import FeatureCache
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
-    """Connect to a Ray cluster (``address``, else ``$RAY_ADDRESS``), or start a local one."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'tasksift[ray]'") from None
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
-                                  "include_dashboard": False}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, **kwargs)
-    return ray
+    """Connect to a Ray cluster or start a local one (see :func:`tasksift.exec.ray.ray_init`)."""
+    from .exec.ray import ray_init as _init
+
+    return _init(address, num_cpus)
 
 
 # ---------------------------------------------------------------------------------------
@@ -60,25 +50,29 @@ class EmbedWorkerFactory:
         return emb.encode_texts
 
 
-def _make_worker_class(ray: Any, num_gpus: float):
-    @ray.remote(num_gpus=num_gpus, max_restarts=3, max_task_retries=3)
-    class FeatureWorker:
-        def __init__(self, factory: Callable[[], Callable[[list], Any]], cache_root: str, kind: str,
-                     config: dict) -> None:
-            self.compute = factory()
-            self.cache = FeatureCache(cache_root, kind, config)
+@dataclass(frozen=True)
+class CachingWorkerFactory:
+    """Wraps a worker factory so that each worker writes its block into the feature cache
+    itself (one atomic shard) and returns only the row count."""
 
-        def run(self, ids: list[str], items: list) -> int:
-            out = self.compute(items)
+    factory: Any
+    cache_root: str
+    kind: str
+    config: Any
+
+    def __call__(self) -> Callable[[tuple[list, list]], int]:
+        compute = self.factory()
+        cache = FeatureCache(self.cache_root, self.kind, self.config)
+
+        def run(block: tuple[list, list]) -> int:
+            ids, items = block
+            out = compute(items)
             if not isinstance(out, dict):
                 out = {"values": out}
-            self.cache.write_shard(ids, out)
+            cache.write_shard(ids, out)
             return len(ids)
 
-        def pid(self) -> int:
-            return os.getpid()
-
-    return FeatureWorker
+        return run
 
 
 def get_or_compute_ray(cache: FeatureCache, ids: Sequence[str], items: Sequence[Any],
@@ -98,25 +92,19 @@ def get_or_compute_ray(cache: FeatureCache, ids: Sequence[str], items: Sequence[
     uniq = list(first)
     todo = [first[uniq[i]] for i in cache.missing(uniq)]
     if todo:
-        ray = ray_init(address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        n = num_workers or (gpus if gpus else max(1, int(ray.cluster_resources().get("CPU", 1))))
-        Worker = _make_worker_class(ray, 1 if gpus else 0)
-        workers = [Worker.remote(factory, str(cache.root), cache.kind, cache.config) for _ in range(n)]
-        from ray.util import ActorPool
+        from .exec.ray import RayExecutor
 
-        pool = ActorPool(workers)
-        blocks = [todo[s:s + block_size] for s in range(0, len(todo), block_size)]
-        bar = tqdm(total=len(todo), desc=f"{desc} (ray x{n})", unit="row", disable=not progress,
+        ex = RayExecutor(workers=num_workers, address=address)
+        blocks = ((b, ([ids[p] for p in todo[s:s + block_size]], [items[p] for p in todo[s:s + block_size]]))
+                  for b, s in enumerate(range(0, len(todo), block_size)))
+        worker = CachingWorkerFactory(factory, str(cache.root), cache.kind, cache.config)
+        bar = tqdm(total=len(todo), desc=f"{desc} (ray)", unit="row", disable=not progress,
                    dynamic_ncols=True)
         try:
-            for done in pool.map_unordered(
-                    lambda w, blk: w.run.remote([ids[p] for p in blk], [items[p] for p in blk]), blocks):
+            for _, done in ex.map_blocks(worker, blocks, accelerator="gpu"):
                 bar.update(done)
         finally:
             bar.close()
-            for w in workers:
-                ray.kill(w)
         cache._index = None  # shards were written by other processes: re-read the folder
         cache._shard_data.clear()
     return cache.load(list(ids))
@@ -136,6 +124,10 @@ def _search_shard(query: np.ndarray, shard: Any, k: int, metric: str) -> tuple[n
     index = faiss.IndexFlatL2(x.shape[1]) if metric == "l2" else faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     return index.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(x)))
+
+
+def _search_shard_task(shard: Any, k: int, metric: str, *, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _search_shard(query, shard, k, metric)
 
 
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -172,12 +164,12 @@ def sharded_search(query: np.ndarray, candidates: "np.ndarray | str | os.PathLik
     if backend == "local":
         parts = [(*_search_shard(q, candidates[s:e], k, metric), s) for s, e in bounds]
     elif backend == "ray":
-        ray = ray_init(address)
-        task = ray.remote(_search_shard)
-        q_ref = ray.put(q)
-        futures = [task.remote(q_ref, (path, s, e) if path else np.asarray(candidates[s:e], dtype=np.float32),
-                               k, metric) for s, e in bounds]
-        parts = [(*ray.get(f), s) for f, (s, _) in zip(futures, bounds)]
+        from .exec.ray import RayExecutor
+
+        calls = ((s, ((path, s, e) if path else np.asarray(candidates[s:e], dtype=np.float32), k, metric))
+                 for s, e in bounds)
+        got = dict(RayExecutor(address=address).map_tasks(_search_shard_task, calls, shared={"query": q}))
+        parts = [(*got[s], s) for s, _ in bounds]
     else:
         raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
     return merge_topk(parts, k, metric)
@@ -330,54 +322,22 @@ def _tsds_kde_task(what: Any, sigma: float, kde_k: int, kill: str | None = None,
 
 
 class _Runner:
-    """Runs tasks on Ray (at most ``workers`` at a time, results handed back as they finish,
-    failed worker processes retried by Ray) or one after the other in this process."""
+    """Runs tasks on an executor (Ray: at most ``workers`` at a time, results handed back as
+    they finish, failed worker processes retried) and hands each result to a callback."""
 
     def __init__(self, backend: str, workers: int | None, address: str | None) -> None:
+        from .exec import make_executor
+
         self.backend = backend
-        if backend == "ray":
-            self.ray = ray_init(address)
-            self.workers = int(workers or max(1, int(self.ray.cluster_resources().get("CPU", 1))))
-        elif backend == "local":
-            self.ray, self.workers = None, 1
-        else:
-            raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
-        self._remote: dict[Callable, Any] = {}
+        self.executor = make_executor(backend, workers=workers, address=address)
+        self.workers = self.executor.workers
 
     def map(self, fn: Callable, calls: Any, on_result: Callable[[Any, Any], None],
             shared: dict[str, Any] | None = None) -> None:
         """``on_result(key, fn(*args, **shared))`` for each ``(key, args)`` of ``calls`` (an
         iterable, consumed lazily so that at most ``workers`` argument sets exist at once)."""
-        shared = dict(shared or {})
-        if self.ray is None:
-            for key, args in calls:
-                on_result(key, fn(*args, **shared))
-            return
-        ray = self.ray
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(fn)
-        task = self._remote[fn]
-        shared = {k: ray.put(v) for k, v in shared.items()}  # one copy in the object store
-        it = iter(calls)
-        pending: dict[Any, Any] = {}
-
-        def submit() -> bool:
-            try:
-                key, args = next(it)
-            except StopIteration:
-                return False
-            pending[task.remote(*args, **shared)] = key
-            return True
-
-        for _ in range(self.workers):
-            if not submit():
-                break
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                key = pending.pop(ref)
-                on_result(key, ray.get(ref))
-                submit()
+        for key, result in self.executor.map_tasks(fn, calls, shared=shared):
+            on_result(key, result)
 
 
 def _merge_sorted(best: tuple[np.ndarray, np.ndarray] | None, d: np.ndarray, ids: np.ndarray, k: int
