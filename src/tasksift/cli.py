@@ -164,21 +164,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
-    from .methods.registry import available_methods
-
-    infos = available_methods()
-    if args.json:
-        print(json.dumps([i.__dict__ for i in infos], indent=2))
-        return 0
-    w = max(len(i.name) for i in infos)
-    print(f"{'method':<{w}}  {'needs':<22} {'cost':<9} description")
-    for i in infos:
-        needs = ",".join(i.needs) or "-"
-        print(f"{i.name:<{w}}  {needs:<22} {i.cost:<9} {i.description}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from .data.demo import write_demo_data
 
@@ -208,9 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "columns, and manifest.json.")
     add_select_args(p)
     p.set_defaults(func=cmd_select)
-    p = sub.add_parser("methods", help="list the selection methods")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_methods)
     p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")
     p.add_argument("--out", default="demo-out", help="folder for demo data and selection (default demo-out)")
     p.add_argument("--method", default="tsds")
