@@ -6,6 +6,7 @@ Subcommands: ``select``, ``methods``, ``demo``, plus every module in
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -87,17 +88,64 @@ SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "f
                "workers", "ray_address")
 
 
+def _setting_table() -> dict[str, Any]:
+    """What each select setting accepts (flags and --config keys alike): checked before any
+    data is read, each failure one line naming the flag."""
+    from .methods.params import Choices, Interval, Option
+
+    table = {k: Option(None, "", str, None) for k in SELECT_KEYS}
+    table.update({
+        "method": Option(None, "", str, list, dict, None),
+        "ratio": Option(None, "", Interval(float, 0, 1, "right"), None),
+        "count": Option(None, "", Interval(int, 1), None),
+        "tokens": Option(None, "", Interval(int, 1), None),
+        "seed": Option(None, "", Interval(int, 0, 2**32 - 1), None),
+        "workers": Option(None, "", Interval(int, 1), None),
+        "embed_max_tokens": Option(None, "", Interval(int, 1), None),
+        "skip_bad": Option(None, "", bool, None),
+        "no_progress": Option(None, "", bool, None),
+        "quotas": Option(None, "", str, dict, None),
+        "fields": Option(None, "", str, dict, None),
+        "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
+        "backend": Option(None, "", Choices("local", "ray"), None),
+        "embed_text": Option(None, "", Choices("text", "prompt", "response"), None),
+        "target_fields": Option(None, "", str, dict, None),
+    })
+    return table
+
+
+def check_settings(s: dict[str, Any], from_file: set[str] = frozenset(), config_file: str | None = None) -> None:
+    """One ConfigError for the first setting of the wrong type or out of range, e.g.
+    ``--count must be an integer >= 1, got 'five'``; ``from_file`` names the keys that came
+    from ``config_file`` (the message then names the file)."""
+    for key, opt in _setting_table().items():
+        if key in s and not opt.allows(s[key]):
+            what = f"'{key}' in the config file" if key in from_file else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{what} must be {opt.describe().replace(' or null', '')}, got {s[key]!r}",
+                              file=config_file if key in from_file else None)
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags override the --config file; the file's 'options' feed the method."""
     cfg = _load_config_file(args.config)
-    unknown = set(cfg) - set(SELECT_KEYS) - {"options"}
+    unknown = set(cfg) - set(SELECT_KEYS) - {"options", "steps"}
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}", file=args.config)
+    if "options" in cfg and cfg["options"] is not None and not isinstance(cfg["options"], dict):
+        raise ConfigError(f"'options' must be a mapping of method options, got {cfg['options']!r}",
+                          file=args.config)
+    if "steps" in cfg:    # a recipe written at the top level, as the README shows
+        if cfg.get("method") is not None:
+            raise ConfigError("give the recipe as 'steps:' or as 'method:', not both", file=args.config)
+        cfg = {**{k: v for k, v in cfg.items() if k != "steps"}, "method": {"steps": cfg["steps"]}}
     s = {k: cfg.get(k) for k in SELECT_KEYS}
+    from_file = {k for k in SELECT_KEYS if cfg.get(k) is not None}
     for k in SELECT_KEYS:
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
+            from_file.discard(k)
+    check_settings(s, from_file, args.config)
     if sum(s.get(k) is not None for k in ("ratio", "count", "tokens")) > 1:
         raise ConfigError("give one of --ratio, --count, --tokens")
     s["options"] = {**(cfg.get("options") or {}), **_parse_options(args.option)}
@@ -117,11 +165,28 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
+def resolve_method(method: Any, options: dict[str, Any]) -> str:
+    """The method name or recipe as one readable string (``"dedup(threshold=0.9) -> tsds"``),
+    with the options checked against the (last) method's option table: a bad option fails
+    here, before any data is read."""
+    from .methods.registry import get_method
+    from .recipe import parse_recipe
+
+    if isinstance(method, str) and "->" not in method and not method.lower().endswith((".yaml", ".yml")):
+        get_method(method)(**options)
+        return method
+    recipe = parse_recipe(method)
+    last = recipe.steps[-1]
+    get_method(last.name)(**{**last.options, **options})
+    return recipe.describe() if len(recipe.steps) > 1 or last.options else last.name
+
+
 def run_select(s: dict[str, Any]) -> "Any":
     from .api import select
     from .data.writers import check_writable
     from .features.embed import EmbedConfig
 
+    s = {**s, "method": resolve_method(s["method"], dict(s.get("options") or {}))}
     check_writable(s["out"])
     embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
                         max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto")
@@ -158,9 +223,23 @@ def print_summary(sel: Any, path: Path, out=None) -> None:
     print(f"  wrote {path} and {Path(path).parent / 'manifest.json'}", file=out)
 
 
+def print_warnings(sel: Any, out=None) -> None:
+    """One ``tasksift: warning:`` line per warning the selection recorded (shortfall, target
+    examples in the pool); the manifest keeps them too."""
+    for line in sel.info.get("warnings", []):
+        print(f"tasksift: warning: {line}", file=out or sys.stderr)
+
+
 def cmd_select(args: argparse.Namespace) -> int:
-    sel, path = run_select(resolve_settings(args))
+    import warnings
+
+    from .api import SelectionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SelectionWarning)   # printed below as one line each
+        sel, path = run_select(resolve_settings(args))
     print_summary(sel, path)
+    print_warnings(sel)
     return 0
 
 
@@ -209,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Write failures that are the machine's state, not a bug: one line, exit 2.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -221,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TasksiftError as e:
         print(f"tasksift: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"tasksift: error: cannot write{where}: {e.strerror or os.strerror(e.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tasksift: interrupted (finished feature shards are cached; rerun to resume)", file=sys.stderr)
         return 130
