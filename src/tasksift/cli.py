@@ -58,7 +58,7 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--config", help="YAML file with any of these settings, plus method options under 'options:'")
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="method option, repeatable (e.g. -o alpha=0.3)")
+                   help="method option, repeatable (e.g. -o alpha=0.3); `tasksift methods NAME` lists a method's options")
     p.add_argument("--group-by", help="split the budget by this row field (or 'source'), quotas proportional")
     p.add_argument("--quotas", default=None, help="'proportional' (default), 'equal' or JSON {group: fraction|count}")
     p.add_argument("--layout", default=None, help="pool layout (default auto-detect)")
