@@ -300,7 +300,7 @@ def test_shortfall_is_a_warning_and_a_manifest_field(tmp_path, capsys, tiny_embe
 def test_target_examples_in_the_pool_are_counted_and_warned(tmp_path):
     pool = _rows(10)
     target = pool[:3] + _rows(2, "other")
-    with pytest.warns(tasksift.api.SelectionWarning, match="3 of 5 target examples also sit in the pool"):
+    with pytest.warns(tasksift.errors.SelectionWarning, match="3 of 5 target examples also sit in the pool"):
         sel = tasksift.select(pool, target, method="random", count=10, progress=False)
     assert sel.info["target_in_pool"] == {"target_examples": 3, "selected_pool_rows": 3}
     assert "shortfall" not in sel.info
@@ -325,3 +325,24 @@ def test_yaml_recipe_with_top_level_steps_and_a_readable_summary(tmp_path, capsy
     cfg.write_text(cfg.read_text() + "method: knn\n")
     assert main(["select", "--config", str(cfg)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_one_step_recipe_forms_run_as_their_method(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in _rows(8) + [{"instruction": "hi", "output": "yo"}]))
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps(_rows(1, "other")[0]) + "\n")
+    base = ["select", "--pool", str(pool), "--target", str(target), "--count", "2", "--no-progress"]
+    assert main(base + ["--method", "length(min_words=3)", "--out", str(tmp_path / "a")]) == 0
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["method"] == "length" and man["config"] == {"min_words": 3}
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("steps:\n  - length: {max_words: 1}\n")
+    assert main(base + ["--method", str(cfg), "--out", str(tmp_path / "b"), "-o", "order=first"]) == 2
+    assert "selected 0 of 9" in capsys.readouterr().err
+    cfg.write_text("steps:\n  - length: {max_words: 6}\n")
+    assert main(base + ["--method", str(cfg), "--out", str(tmp_path / "b"), "-o", "order=first"]) == 0
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["config"] == {"max_words": 6, "order": "first"}
+    assert main(base + ["--method", "length(min_words=x) -> random", "--out", str(tmp_path / "c")]) == 2
+    assert "option min_words must be an integer >= 0 or null, got 'x'" in capsys.readouterr().err

@@ -12,15 +12,11 @@ import numpy as np
 from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, max_rows_within
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, SelectionWarning
 from .features.embed import EmbedConfig
 from .manifest import manifest_dict, peak_memory_mb
 from .methods.base import MethodResult, SelectionContext
 from .methods.registry import get_method
-
-
-class SelectionWarning(UserWarning):
-    """A selection that ran but deserves a look: a shortfall, target examples in the pool."""
 
 
 @dataclass

@@ -12,11 +12,12 @@ import json
 import os
 import pkgutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, TasksiftError
+from .errors import ConfigError, SelectionWarning, TasksiftError
 
 
 def _load_config_file(path: str | None) -> dict[str, Any]:
@@ -165,20 +166,25 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
-def resolve_method(method: Any, options: dict[str, Any]) -> str:
-    """The method name or recipe as one readable string (``"dedup(threshold=0.9) -> tsds"``),
-    with the options checked against the (last) method's option table: a bad option fails
-    here, before any data is read."""
+def resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The method name or recipe as one readable string (``"dedup(threshold=0.9) -> tsds"``)
+    and the options for it, checked against the (last) method's option table: a bad option
+    fails here, before any data is read. A one-step recipe (``tsds(alpha=0.3)``, ``steps:
+    [knn]``) becomes its method name with the step's options merged under ``options``."""
     from .methods.registry import get_method
     from .recipe import parse_recipe
 
-    if isinstance(method, str) and "->" not in method and not method.lower().endswith((".yaml", ".yml")):
+    if isinstance(method, str) and not any(t in method for t in ("->", "(")) \
+            and not method.lower().endswith((".yaml", ".yml")):
         get_method(method)(**options)
-        return method
+        return method, options
     recipe = parse_recipe(method)
     last = recipe.steps[-1]
-    get_method(last.name)(**{**last.options, **options})
-    return recipe.describe() if len(recipe.steps) > 1 or last.options else last.name
+    merged = {**last.options, **options}
+    get_method(last.name)(**merged)
+    if len(recipe.steps) == 1:
+        return last.name, merged
+    return recipe.describe(), options
 
 
 def run_select(s: dict[str, Any]) -> "Any":
@@ -186,7 +192,8 @@ def run_select(s: dict[str, Any]) -> "Any":
     from .data.writers import check_writable
     from .features.embed import EmbedConfig
 
-    s = {**s, "method": resolve_method(s["method"], dict(s.get("options") or {}))}
+    method, options = resolve_method(s["method"], dict(s.get("options") or {}))
+    s = {**s, "method": method, "options": options}
     check_writable(s["out"])
     embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
                         max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto")
@@ -231,13 +238,7 @@ def print_warnings(sel: Any, out=None) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    import warnings
-
-    from .api import SelectionWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SelectionWarning)   # printed below as one line each
-        sel, path = run_select(resolve_settings(args))
+    sel, path = run_select(resolve_settings(args))
     print_summary(sel, path)
     print_warnings(sel)
     return 0
@@ -255,6 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
          "no_progress": args.no_progress, "embed_model": args.embed_model}
     sel, path = run_select(s)
     print_summary(sel, path)
+    print_warnings(sel)
     math_share = sum(1 for ex in sel.subset if ex.raw.get("task") == "math") / len(sel.indices)
     print(f"  share of selected rows that are math word problems: {100 * math_share:.0f}% "
           f"(random would give ~{100 * sum(1 for ex in sel.pool.examples if ex.raw.get('task') == 'math') / len(sel.pool):.0f}%)")
@@ -300,7 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # a selection's warnings are printed as one `tasksift: warning:` line each
+            warnings.simplefilter("ignore", SelectionWarning)
+            return int(args.func(args) or 0)
     except TasksiftError as e:
         print(f"tasksift: error: {e}", file=sys.stderr)
         return e.exit_code
