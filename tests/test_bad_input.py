@@ -339,3 +339,19 @@ def test_output_files_follow_the_umask(tmp_path, capsys, files, umask):
         os.umask(old)
     for name in ("selected.jsonl", "manifest.json"):
         assert (tmp_path / "o" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_cache_shards_follow_the_umask(tmp_path):
+    import numpy as np
+
+    from tasksift.features.cache import FeatureCache
+
+    old = os.umask(0o002)
+    try:
+        cache = FeatureCache(tmp_path / "c", "probe", {"v": 1})
+        cache.get_or_compute(["a", "b"], lambda pos: np.ones((len(pos), 2), dtype=np.float32))
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o664 for p in files), \
+        {p.name: oct(p.stat().st_mode & 0o777) for p in files}
