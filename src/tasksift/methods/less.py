@@ -52,12 +52,12 @@ from ..errors import ConfigError
 from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
 from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
-from .params import Choices, Interval, Option
+from .params import Choices, Interval, Option, PathLike
 from .registry import register
 
 LESS_PARAMETERS: dict[str, Option] = {
     "max_length": Option(512, "tokens per example (LESS used 2048; a gradient costs ~3x a loss)", Interval(int, 1)),
-    "warmup_adapter": Option(None, "a PEFT LoRA adapter folder to take gradients at (skips the warm-up)", str, None),
+    "warmup_adapter": Option(None, "a PEFT LoRA adapter folder to take gradients at (skips the warm-up)", PathLike(), None),
     "warmup_sample": Option(0.05, "pool rows for the warm-up: a fraction (< 1) or a count",
                             Interval(float, 0, None, "neither")),
     "warmup_max_rows": Option(1000, "at most this many warm-up rows", Interval(int, 1)),

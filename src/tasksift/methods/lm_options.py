@@ -4,14 +4,14 @@ engine's settings and the per-group budget settings. Defaults come from
 from __future__ import annotations
 
 from ..features.lm_select import GROUP_OPTION_DEFAULTS, LM_OPTION_DEFAULTS
-from .params import Choices, Interval, Option
+from .params import Choices, Interval, Option, PathLike
 
 _D, _G = LM_OPTION_DEFAULTS, GROUP_OPTION_DEFAULTS
 
 #: Settings of the language model that scores the rows.
 LM_PARAMETERS: dict[str, Option] = {
-    "model": Option(_D["model"], "LM: 'default' (bundled SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file", str),
-    "gguf_file": Option(_D["gguf_file"], "GGUF file inside a model folder", str, None),
+    "model": Option(_D["model"], "LM: 'default' (bundled SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file", PathLike()),
+    "gguf_file": Option(_D["gguf_file"], "GGUF file inside a model folder", PathLike(), None),
     "max_length": Option(_D["max_length"], "tokens per rendered example; longer rows are truncated",
                          Interval(int, 1)),
     "truncation": Option(_D["truncation"], "false: rows over max_length are unscorable instead of truncated", bool),

@@ -40,13 +40,13 @@ from ..features.lm import LMConfig, apply_adapter, lm_losses, model_fingerprint
 from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
 from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
-from .params import Choices, Interval, Option
+from .params import Choices, Interval, Option, PathLike
 from .registry import register
 
 REF_PARAMETERS: dict[str, Option] = {
-    "ref_model": Option(None, "a fine-tuned model (hub id, folder or .gguf) to use as the reference", str, None),
-    "ref_gguf_file": Option(None, "GGUF file inside the ref_model folder", str, None),
-    "ref_adapter": Option(None, "a PEFT adapter folder for the reference (on the base, or on ref_model)", str, None),
+    "ref_model": Option(None, "a fine-tuned model (hub id, folder or .gguf) to use as the reference", PathLike(), None),
+    "ref_gguf_file": Option(None, "GGUF file inside the ref_model folder", PathLike(), None),
+    "ref_adapter": Option(None, "a PEFT adapter folder for the reference (on the base, or on ref_model)", PathLike(), None),
     "ref_sample": Option(1000, "pool rows the reference LoRA is trained on", Interval(int, 1)),
     "ref_epochs": Option(1.0, "epochs of the reference fine-tune", Interval(float, 0, None, "neither")),
     "ref_steps": Option(None, "optimizer steps of the fine-tune (overrides ref_epochs)", Interval(int, 1), None),

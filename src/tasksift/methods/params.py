@@ -4,7 +4,7 @@
 
 A method declares ``parameters = {"alpha": Option(0.5, "weight of ...", Interval(float, 0, 1)), ...}``.
 An :class:`Option` accepts a value when any one of its constraints does; a constraint is an
-:class:`Interval`, a :class:`Choices`, ``None`` (null allowed) or one of the types ``bool``,
+:class:`Interval`, a :class:`Choices`, a :class:`PathLike`, ``None`` (null allowed) or one of the types ``bool``,
 ``str``, ``list``, ``dict``. :func:`validate_options` raises one standard
 :class:`~tasksift.errors.ConfigError` message for an unknown or a badly typed option.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -86,6 +87,20 @@ class Choices:
 
     def type_name(self) -> str:
         return "{" + ",".join(str(_yaml_word(v)) for v in self.values) + "}"
+
+
+@dataclass(frozen=True)
+class PathLike:
+    """A file or folder path, or a hub id: text or an ``os.PathLike``."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, (str, os.PathLike))
+
+    def describe(self) -> str:
+        return "a path or hub id"
+
+    def type_name(self) -> str:
+        return "path"
 
 
 @dataclass(frozen=True)
