@@ -180,3 +180,178 @@ def test_bad_recipe_files_name_the_file(tmp_path):
     for loader in (load_recipe, load_eval_recipe):
         with pytest.raises(ConfigError, match=r"r\.yaml.*malformed YAML, line"):
             loader(bad)
+
+
+# --------------------------------------------------------------------------- issue 17 cases
+@pytest.mark.parametrize("flags,needles", [
+    (["--layout", "sharegpt"], ["pool.jsonl", "row 1", "'conversations'", "missing field", "--layout", "--fields"]),
+    (["--layout", "messages"], ["pool.jsonl", "row 1", "'messages'", "missing field"]),
+    (["--target-layout", "messages"], ["target.jsonl", "row 1", "'messages'", "--target-layout", "--target-fields"]),
+    (["--layout", "messages", "--skip-bad"], ["pool is empty", "6 rows skipped"]),
+    (["--target-layout", "sharegpt", "--skip-bad"], ["target is empty", "1 rows skipped"]),
+])
+def test_forced_layout_that_does_not_fit_is_one_line(tmp_path, capsys, files, flags, needles):
+    rc, err = run_cli(capsys, "--pool", files[0], "--target", files[1], "--count", 1, "--out", tmp_path / "o",
+                      *flags)
+    assert rc == 2
+    assert_one_line(err, *needles)
+
+
+def test_target_errors_name_the_target_flags(tmp_path, capsys, files):
+    weird = _jsonl(tmp_path / "weird.jsonl", [{"foo": 1, "bar": 2}])
+    rc, err = run_cli(capsys, "--pool", files[0], "--target", weird, "--count", 1, "--out", tmp_path / "o")
+    assert rc == 2
+    assert_one_line(err, "weird.jsonl", "--target-fields", "--target-layout")
+    assert " --fields" not in err and " --layout" not in err
+    rc, err = run_cli(capsys, "--pool", files[0], "--target", files[1], "--count", 1, "--out", tmp_path / "o",
+                      "--target-fields", "bogus=x")
+    assert rc == 2
+    assert_one_line(err, "unknown --target-fields key")
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
+    (["--embed-max-tokens", "-4"], ["--embed-max-tokens must be an integer >= 1, got -4"]),
+    (["--workers", "0"], ["--workers must be an integer >= 1"]),
+    (["-o", "alpha=1"], ["method 'random' has no option(s) ['alpha']"]),
+])
+def test_bad_flag_values_are_one_line(tmp_path, capsys, files, flags, needles):
+    rc, err = run_cli(capsys, "--pool", files[0], "--target", files[1], "--count", 1, "--out", tmp_path / "o",
+                      *flags)
+    assert rc == 2
+    assert_one_line(err, *needles)
+    assert not (tmp_path / "o").exists()          # failed before the output folder was made
+
+
+@pytest.mark.parametrize("yaml_text,needles", [
+    ("count: five\n", ["cfg.yaml", "'count' in the config file must be an integer >= 1, got 'five'"]),
+    ("ratio: 2\n", ["'ratio' in the config file must be a number in (0, 1]"]),
+    ("seed: -3\n", ["'seed' in the config file must be an integer"]),
+    ("count: 2\nskip_bad: maybe\n", ["'skip_bad' in the config file must be true or false"]),
+    ("count: 2\nformat: xlsx\n", ["'format' in the config file must be one of"]),
+    ("count: 2\noptions: [1, 2]\n", ["'options' must be a mapping"]),
+    ("count: 2\nmethod: tsds\noptions: {alpha: high}\n", ["method 'tsds' option alpha must be a number in [0, 1]"]),
+])
+def test_wrong_types_in_the_config_file_are_one_line(tmp_path, capsys, files, yaml_text, needles):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"pool: {files[0]}\ntarget: {files[1]}\nout: {tmp_path / 'o'}\n" + yaml_text)
+    rc = main(["select", "--config", str(cfg), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert_one_line(err, *needles)
+
+
+def test_a_flag_overrides_a_bad_config_value(tmp_path, capsys, files):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"pool: {files[0]}\ntarget: {files[1]}\nout: {tmp_path / 'o'}\ncount: five\nmethod: random\n")
+    assert main(["select", "--config", str(cfg), "--count", "2", "--no-progress"]) == 0
+
+
+def test_full_disk_under_out_is_one_line(tmp_path, capsys, files, monkeypatch):
+    import errno
+
+    import tasksift.atomic as atomic
+
+    real = atomic.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("manifest.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    rc, err = run_cli(capsys, "--pool", files[0], "--target", files[1], "--count", 2, "--out", tmp_path / "o")
+    assert rc == 2
+    assert_one_line(err, "cannot write", "manifest.json", "No space left on device")
+
+
+def test_other_os_errors_still_show_their_traceback(tmp_path, files, monkeypatch):
+    """Only the machine's state (disk full, read-only, no permission) is one line: a bug stays loud."""
+    import errno
+
+    import tasksift.atomic as atomic
+
+    def broken(src, dst):
+        raise OSError(errno.EINVAL, "invalid argument")
+
+    monkeypatch.setattr(atomic.os, "replace", broken)
+    with pytest.raises(OSError):
+        main(["select", "--method", "random", "--no-progress", "--pool", str(files[0]), "--target",
+              str(files[1]), "--count", "2", "--out", str(tmp_path / "o")])
+
+
+def test_csv_header_repeating_a_name_is_one_line(tmp_path, capsys, files):
+    p = tmp_path / "dup.csv"
+    p.write_text("prompt,prompt,response\na,b,c\nd,e,f\n")
+    rc, err = run_cli(capsys, "--pool", p, "--target", files[1], "--count", 1, "--out", tmp_path / "o")
+    assert rc == 2
+    assert_one_line(err, "dup.csv", "row 1", "header repeats column name 'prompt' (columns 1 and 2)")
+
+
+def test_csv_header_detection_by_hand(tmp_path):
+    from tasksift.data.readers import looks_like_header
+
+    assert looks_like_header(["prompt", "response"])
+    assert not looks_like_header(["What is 2+2?", "4"])
+    with pytest.raises(Exception, match="repeats column name 'q'"):
+        looks_like_header(["q", " q", "a"])
+
+
+def test_mixed_layout_file_is_read_row_by_row(tmp_path, capsys, files):
+    rows = [{"instruction": "Add 1 and 2.", "output": "3"},
+            {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+            {"prompt": "Capital of France?", "response": "Paris."},
+            {"conversations": [{"from": "human", "value": "Yes?"}, {"from": "gpt", "value": "No."}]}] * 3
+    p = _jsonl(tmp_path / "mixed.jsonl", [dict(r, n=i) if "instruction" in r else r for i, r in enumerate(rows)])
+    from tasksift.data.loading import load_examples
+
+    data = load_examples(p)
+    assert len(data) == 12 and data.layout == "mixed" and not data.skipped
+    assert [ex.layout for ex in data.examples[:4]] == ["alpaca", "messages", "prompt_response", "sharegpt"]
+    assert data.examples[2].response == "Paris."
+    # a row that fits no layout keeps the file's layout in its error
+    bad = _jsonl(tmp_path / "bad.jsonl", [rows[0], {"instruction": "no output here"}])
+    rc, err = run_cli(capsys, "--pool", bad, "--target", files[1], "--count", 1, "--out", tmp_path / "o")
+    assert rc == 2
+    assert_one_line(err, "bad.jsonl", "row 2", "'output'", "layout alpaca")
+
+
+def test_numbers_read_as_text_booleans_only_as_responses(tmp_path, capsys, files):
+    from tasksift.data.loading import load_examples
+
+    ok = load_examples(_jsonl(tmp_path / "n.jsonl", [{"question": 12, "answer": True},
+                                                     {"question": "Is 2 even?", "answer": 42}]))
+    assert ok.examples[0].prompt == "12" and ok.examples[0].response == "True"
+    assert ok.examples[1].response == "42"
+    bad = _jsonl(tmp_path / "b.jsonl", [{"instruction": True, "output": "x"}])
+    rc, err = run_cli(capsys, "--pool", bad, "--target", files[1], "--count", 1, "--out", tmp_path / "o")
+    assert rc == 2
+    assert_one_line(err, "b.jsonl", "row 1", "'instruction'", "expected text, got a boolean")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_output_files_follow_the_umask(tmp_path, capsys, files, umask):
+    old = os.umask(umask)
+    try:
+        assert main(["select", "--method", "random", "--no-progress", "--pool", str(files[0]), "--target",
+                     str(files[1]), "--count", "2", "--out", str(tmp_path / "o")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("selected.jsonl", "manifest.json"):
+        assert (tmp_path / "o" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_cache_shards_follow_the_umask(tmp_path):
+    import numpy as np
+
+    from tasksift.features.cache import FeatureCache
+
+    old = os.umask(0o002)
+    try:
+        cache = FeatureCache(tmp_path / "c", "probe", {"v": 1})
+        cache.get_or_compute(["a", "b"], lambda pos: np.ones((len(pos), 2), dtype=np.float32))
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o664 for p in files), \
+        {p.name: oct(p.stat().st_mode & 0o777) for p in files}

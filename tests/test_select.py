@@ -221,3 +221,128 @@ def test_demo_command_knn_picks_math(tmp_path, tiny_embed_model, capsys):
 def test_demo_command_tsds_real_model(tmp_path, capsys):
     """The README's first command as it runs: TSDS with the bundled MiniLM (measured: 97% math)."""
     assert _run_demo(tmp_path, capsys, "tsds", None) > 0.8
+
+
+# ------------------------------------------------------------------ methods command (issue 17)
+def test_methods_name_shows_every_option_with_type_default_and_help(capsys):
+    assert main(["methods", "tsds"]) == 0
+    out = capsys.readouterr().out
+    lines = {l.split()[0]: l for l in out.splitlines() if l.startswith("  ")}
+    assert set(lines) == set(get_method("tsds").parameters)
+    assert "float[0,1]" in lines["alpha"] and "0.5" in lines["alpha"]
+    assert "{without_replacement,with_replacement,top}" in lines["sampling"] and "draw order" in lines["sampling"]
+    assert main(["methods", "random"]) == 0 and "options: none" in capsys.readouterr().out
+
+
+def test_methods_json_is_the_option_table(capsys):
+    assert main(["methods", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in recs] == [m.name for m in available_methods()]
+    dsir = next(r for r in recs if r["name"] == "dsir")
+    opt = {o["name"]: o for o in dsir["options"]}
+    assert opt["smoothing"] == {"name": "smoothing", "type": "float>=0", "default": 1.0,
+                                "accepts": "a number >= 0", "help": "additive smoothing of the bucket counts"}
+    assert main(["methods", "knn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["options"] == []
+
+
+def test_methods_unknown_name_is_one_line(capsys):
+    assert main(["methods", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_method_options_doc_is_generated_from_the_tables(capsys):
+    from pathlib import Path
+
+    assert main(["methods", "--markdown"]) == 0
+    doc = Path(__file__).resolve().parents[1] / "docs" / "METHOD_OPTIONS.md"
+    assert doc.read_text() == capsys.readouterr().out, "rerun: tasksift methods --markdown > docs/METHOD_OPTIONS.md"
+
+
+# ------------------------------------------------------- empty and short results (issue 17)
+def _rows(n, prefix="row"):
+    return [{"instruction": f"{prefix} {i} asks a question", "output": f"answer {i}"} for i in range(n)]
+
+
+def test_zero_selected_rows_is_an_error(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in _rows(8)))
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps(_rows(1, "other")[0]) + "\n")
+    rc = main(["select", "--pool", str(pool), "--target", str(target), "--method", "length(min_words=50) -> random",
+               "--count", "3", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "selected 0 of 8 pool rows (the filters left 0 rows" in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_shortfall_is_a_warning_and_a_manifest_field(tmp_path, capsys, tiny_embed_model):
+    """dedup -> random --count 5 on a pool of one row repeated: 1 row, said so."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text((json.dumps(_rows(1)[0]) + "\n") * 6)
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps(_rows(1, "other")[0]) + "\n")
+    rc = main(["select", "--pool", str(pool), "--target", str(target), "--method", "dedup -> random",
+               "--count", "5", "--out", str(tmp_path / "o"), "--no-progress", "--embed-model", tiny_embed_model,
+               "--cache-dir", str(tmp_path / "c")])
+    cap = capsys.readouterr()
+    assert rc == 0
+    warn = [l for l in cap.err.splitlines() if l.startswith("tasksift: warning:")]
+    assert warn == ["tasksift: warning: selected 1 rows, 4 fewer than the budget of 5 "
+                    "(the filters left 1 rows, fewer than the budget of 5)"]
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["info"]["shortfall"] == {"budget_rows": 5, "selected": 1, "missing": 4,
+                                        "reason": "the filters left 1 rows, fewer than the budget of 5"}
+    assert man["counts"]["selected"] == 1
+
+
+def test_target_examples_in_the_pool_are_counted_and_warned(tmp_path):
+    pool = _rows(10)
+    target = pool[:3] + _rows(2, "other")
+    with pytest.warns(tasksift.errors.SelectionWarning, match="3 of 5 target examples also sit in the pool"):
+        sel = tasksift.select(pool, target, method="random", count=10, progress=False)
+    assert sel.info["target_in_pool"] == {"target_examples": 3, "selected_pool_rows": 3}
+    assert "shortfall" not in sel.info
+    sel.save(tmp_path / "o")
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["info"]["target_in_pool"]["target_examples"] == 3 and len(man["info"]["warnings"]) == 1
+
+
+def test_yaml_recipe_with_top_level_steps_and_a_readable_summary(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in _rows(8) + [{"instruction": "hi", "output": "yo"}]))
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps(_rows(1, "other")[0]) + "\n")
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(f"pool: {pool}\ntarget: {target}\nout: {tmp_path / 'o'}\ncount: 3\nno_progress: true\n"
+                   "steps:\n  - length(min_words=3)\n  - method: random\n")
+    assert main(["select", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tasksift length(min_words=3) -> random: selected 3 of 9")
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["method"] == "length(min_words=3) -> random" and man["info"]["candidates"] == 8
+    cfg.write_text(cfg.read_text() + "method: knn\n")
+    assert main(["select", "--config", str(cfg)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_one_step_recipe_forms_run_as_their_method(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in _rows(8) + [{"instruction": "hi", "output": "yo"}]))
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps(_rows(1, "other")[0]) + "\n")
+    base = ["select", "--pool", str(pool), "--target", str(target), "--count", "2", "--no-progress"]
+    assert main(base + ["--method", "length(min_words=3)", "--out", str(tmp_path / "a")]) == 0
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["method"] == "length" and man["config"] == {"min_words": 3}
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("steps:\n  - length: {max_words: 1}\n")
+    assert main(base + ["--method", str(cfg), "--out", str(tmp_path / "b"), "-o", "order=first"]) == 2
+    assert "selected 0 of 9" in capsys.readouterr().err
+    cfg.write_text("steps:\n  - length: {max_words: 6}\n")
+    assert main(base + ["--method", str(cfg), "--out", str(tmp_path / "b"), "-o", "order=first"]) == 0
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["config"] == {"max_words": 6, "order": "first"}
+    assert main(base + ["--method", "length(min_words=x) -> random", "--out", str(tmp_path / "c")]) == 2
+    assert "option min_words must be an integer >= 0 or null, got 'x'" in capsys.readouterr().err

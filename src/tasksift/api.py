@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -11,7 +12,7 @@ import numpy as np
 from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, max_rows_within
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
-from .errors import ConfigError
+from .errors import ConfigError, DataError, SelectionWarning
 from .features.embed import EmbedConfig
 from .manifest import manifest_dict, peak_memory_mb
 from .methods.base import MethodResult, SelectionContext
@@ -107,7 +108,7 @@ def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split)
 
         raw = RawRows(rows=list(data), row_numbers=list(range(1, len(data) + 1)), format="jsonl",
                       path=f"<{role} rows>")
-        exs, lay = normalise(raw, layout, fields, skip_bad=skip_bad)
+        exs, lay = normalise(raw, layout, fields, skip_bad=skip_bad, role=role)
         return LoadedData(examples=exs, path=raw.path, format="jsonl", layout=lay, skipped=raw.skipped,
                           sources={raw.path: raw}, layouts={raw.path: lay})
     if isinstance(data, (list, tuple)) and not data:
@@ -243,11 +244,53 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     idx = np.asarray(result.indices, dtype=np.int64)
     if len(np.unique(idx)) != len(idx):
         raise RuntimeError(f"method {name} returned duplicate indices")
+    check_result_size(idx, k, len(pool_d), info, counted_in_tokens=n_tok is not None)
+    note_targets_in_pool(pool_d.examples, target_d.examples, idx, info)
     timings["total"] = time.perf_counter() - t0
     return Selection(indices=idx, ids=[pool_d.examples[i].id for i in idx], scores=result.scores,
                      columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
                      config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
                      timings=timings)
+
+
+def _warn(info: dict[str, Any], message: str) -> None:
+    """Record a warning line (the CLI prints each one; the manifest keeps them)."""
+    info.setdefault("warnings", []).append(message)
+    warnings.warn(message, SelectionWarning, stacklevel=4)   # at the caller of select()
+
+
+def check_result_size(indices: np.ndarray, k: int, n_pool: int, info: dict[str, Any], *,
+                      counted_in_tokens: bool = False) -> None:
+    """The rule for empty and short results: zero selected rows is an error (nothing to train
+    on, exit 2); fewer rows than the budget asked for is a warning and ``info["shortfall"]``
+    (budget rows, selected, missing, and the method's reason when it gave one). A token budget
+    is cut in tokens, so only the empty case applies to it."""
+    reason = info.get("short") or (info.get("selector") or {}).get("short")
+    if len(indices) == 0:
+        why = f" ({reason})" if reason else ""
+        raise DataError(f"selected 0 of {n_pool} pool rows{why}: nothing to write; loosen the filters "
+                        f"or check the method's options")
+    if counted_in_tokens or len(indices) >= k:
+        return
+    info["shortfall"] = {"budget_rows": int(k), "selected": int(len(indices)),
+                         "missing": int(k - len(indices)), "reason": reason}
+    _warn(info, f"selected {len(indices)} rows, {k - len(indices)} fewer than the budget of {k}"
+                + (f" ({reason})" if reason else ""))
+
+
+def note_targets_in_pool(pool: Sequence[Example], target: Sequence[Example], indices: np.ndarray,
+                         info: dict[str, Any]) -> None:
+    """Target examples whose content also sits in the pool (same example id) make a selection
+    look better on them than it is: count them (and how many were selected) in
+    ``info["target_in_pool"]`` with one warning line."""
+    target_ids = {ex.id for ex in target}
+    in_pool = target_ids & {ex.id for ex in pool}
+    if not in_pool:
+        return
+    picked = sum(1 for i in indices if pool[int(i)].id in in_pool)
+    info["target_in_pool"] = {"target_examples": len(in_pool), "selected_pool_rows": int(picked)}
+    _warn(info, f"{len(in_pool)} of {len(target_ids)} target examples also sit in the pool "
+                f"({picked} of the selected rows are copies of them)")
 
 
 def _group_of(ex: Example, field_name: str) -> str:

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary file beside the target, fsync, then rename.
 
 A crash or Ctrl-C at any point leaves either the old file or the new one, never half of one.
+The file gets the mode a plain ``open()`` would give it (0666 less the umask).
 """
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``os.umask`` sets
+    it, so another thread creating a file meanwhile would get the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -22,7 +38,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())   # mkstemp makes 0600; a plain open() honours the umask
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -6,16 +6,18 @@ Subcommands: ``select``, ``methods``, ``demo``, plus every module in
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
 import pkgutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, TasksiftError
+from .errors import ConfigError, SelectionWarning, TasksiftError
 
 
 def _load_config_file(path: str | None) -> dict[str, Any]:
@@ -57,7 +59,7 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--config", help="YAML file with any of these settings, plus method options under 'options:'")
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="method option, repeatable (e.g. -o alpha=0.3)")
+                   help="method option, repeatable (e.g. -o alpha=0.3); `tasksift methods NAME` lists a method's options")
     p.add_argument("--group-by", help="split the budget by this row field (or 'source'), quotas proportional")
     p.add_argument("--quotas", default=None, help="'proportional' (default), 'equal' or JSON {group: fraction|count}")
     p.add_argument("--layout", default=None, help="pool layout (default auto-detect)")
@@ -87,17 +89,64 @@ SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "f
                "workers", "ray_address")
 
 
+def _setting_table() -> dict[str, Any]:
+    """What each select setting accepts (flags and --config keys alike): checked before any
+    data is read, each failure one line naming the flag."""
+    from .methods.params import Choices, Interval, Option
+
+    table = {k: Option(None, "", str, None) for k in SELECT_KEYS}
+    table.update({
+        "method": Option(None, "", str, list, dict, None),
+        "ratio": Option(None, "", Interval(float, 0, 1, "right"), None),
+        "count": Option(None, "", Interval(int, 1), None),
+        "tokens": Option(None, "", Interval(int, 1), None),
+        "seed": Option(None, "", Interval(int, 0, 2**32 - 1), None),
+        "workers": Option(None, "", Interval(int, 1), None),
+        "embed_max_tokens": Option(None, "", Interval(int, 1), None),
+        "skip_bad": Option(None, "", bool, None),
+        "no_progress": Option(None, "", bool, None),
+        "quotas": Option(None, "", str, dict, None),
+        "fields": Option(None, "", str, dict, None),
+        "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
+        "backend": Option(None, "", Choices("local", "ray"), None),
+        "embed_text": Option(None, "", Choices("text", "prompt", "response"), None),
+        "target_fields": Option(None, "", str, dict, None),
+    })
+    return table
+
+
+def check_settings(s: dict[str, Any], from_file: set[str] = frozenset(), config_file: str | None = None) -> None:
+    """One ConfigError for the first setting of the wrong type or out of range, e.g.
+    ``--count must be an integer >= 1, got 'five'``; ``from_file`` names the keys that came
+    from ``config_file`` (the message then names the file)."""
+    for key, opt in _setting_table().items():
+        if key in s and not opt.allows(s[key]):
+            what = f"'{key}' in the config file" if key in from_file else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{what} must be {opt.describe().replace(' or null', '')}, got {s[key]!r}",
+                              file=config_file if key in from_file else None)
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags override the --config file; the file's 'options' feed the method."""
     cfg = _load_config_file(args.config)
-    unknown = set(cfg) - set(SELECT_KEYS) - {"options"}
+    unknown = set(cfg) - set(SELECT_KEYS) - {"options", "steps"}
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}", file=args.config)
+    if "options" in cfg and cfg["options"] is not None and not isinstance(cfg["options"], dict):
+        raise ConfigError(f"'options' must be a mapping of method options, got {cfg['options']!r}",
+                          file=args.config)
+    if "steps" in cfg:    # a recipe written at the top level, as the README shows
+        if cfg.get("method") is not None:
+            raise ConfigError("give the recipe as 'steps:' or as 'method:', not both", file=args.config)
+        cfg = {**{k: v for k, v in cfg.items() if k != "steps"}, "method": {"steps": cfg["steps"]}}
     s = {k: cfg.get(k) for k in SELECT_KEYS}
+    from_file = {k for k in SELECT_KEYS if cfg.get(k) is not None}
     for k in SELECT_KEYS:
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
+            from_file.discard(k)
+    check_settings(s, from_file, args.config)
     if sum(s.get(k) is not None for k in ("ratio", "count", "tokens")) > 1:
         raise ConfigError("give one of --ratio, --count, --tokens")
     s["options"] = {**(cfg.get("options") or {}), **_parse_options(args.option)}
@@ -117,11 +166,34 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
+def resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The method name or recipe as one readable string (``"dedup(threshold=0.9) -> tsds"``)
+    and the options for it, checked against the (last) method's option table: a bad option
+    fails here, before any data is read. A one-step recipe (``tsds(alpha=0.3)``, ``steps:
+    [knn]``) becomes its method name with the step's options merged under ``options``."""
+    from .methods.registry import get_method
+    from .recipe import parse_recipe
+
+    if isinstance(method, str) and not any(t in method for t in ("->", "(")) \
+            and not method.lower().endswith((".yaml", ".yml")):
+        get_method(method)(**options)
+        return method, options
+    recipe = parse_recipe(method)
+    last = recipe.steps[-1]
+    merged = {**last.options, **options}
+    get_method(last.name)(**merged)
+    if len(recipe.steps) == 1:
+        return last.name, merged
+    return recipe.describe(), options
+
+
 def run_select(s: dict[str, Any]) -> "Any":
     from .api import select
     from .data.writers import check_writable
     from .features.embed import EmbedConfig
 
+    method, options = resolve_method(s["method"], dict(s.get("options") or {}))
+    s = {**s, "method": method, "options": options}
     check_writable(s["out"])
     embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
                         max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto")
@@ -158,24 +230,17 @@ def print_summary(sel: Any, path: Path, out=None) -> None:
     print(f"  wrote {path} and {Path(path).parent / 'manifest.json'}", file=out)
 
 
+def print_warnings(sel: Any, out=None) -> None:
+    """One ``tasksift: warning:`` line per warning the selection recorded (shortfall, target
+    examples in the pool); the manifest keeps them too."""
+    for line in sel.info.get("warnings", []):
+        print(f"tasksift: warning: {line}", file=out or sys.stderr)
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     sel, path = run_select(resolve_settings(args))
     print_summary(sel, path)
-    return 0
-
-
-def cmd_methods(args: argparse.Namespace) -> int:
-    from .methods.registry import available_methods
-
-    infos = available_methods()
-    if args.json:
-        print(json.dumps([i.__dict__ for i in infos], indent=2))
-        return 0
-    w = max(len(i.name) for i in infos)
-    print(f"{'method':<{w}}  {'needs':<22} {'cost':<9} description")
-    for i in infos:
-        needs = ",".join(i.needs) or "-"
-        print(f"{i.name:<{w}}  {needs:<22} {i.cost:<9} {i.description}")
+    print_warnings(sel)
     return 0
 
 
@@ -191,6 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
          "no_progress": args.no_progress, "embed_model": args.embed_model}
     sel, path = run_select(s)
     print_summary(sel, path)
+    print_warnings(sel)
     math_share = sum(1 for ex in sel.subset if ex.raw.get("task") == "math") / len(sel.indices)
     print(f"  share of selected rows that are math word problems: {100 * math_share:.0f}% "
           f"(random would give ~{100 * sum(1 for ex in sel.pool.examples if ex.raw.get('task') == 'math') / len(sel.pool):.0f}%)")
@@ -208,9 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "columns, and manifest.json.")
     add_select_args(p)
     p.set_defaults(func=cmd_select)
-    p = sub.add_parser("methods", help="list the selection methods")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_methods)
     p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")
     p.add_argument("--out", default="demo-out", help="folder for demo data and selection (default demo-out)")
     p.add_argument("--method", default="tsds")
@@ -227,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Write failures that are the machine's state, not a bug: one line, exit 2.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -235,10 +302,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # a selection's warnings are printed as one `tasksift: warning:` line each
+            warnings.simplefilter("ignore", SelectionWarning)
+            return int(args.func(args) or 0)
     except TasksiftError as e:
         print(f"tasksift: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"tasksift: error: cannot write{where}: {e.strerror or os.strerror(e.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tasksift: interrupted (finished feature shards are cached; rerun to resume)", file=sys.stderr)
         return 130

@@ -34,3 +34,8 @@ class DataError(TasksiftError):
 
 class ConfigError(TasksiftError):
     """A method name, budget or option is invalid."""
+
+
+class SelectionWarning(UserWarning):
+    """A selection that ran but deserves a look (fewer rows than the budget, target examples
+    that also sit in the pool). The CLI prints each as one ``tasksift: warning:`` line."""

@@ -43,12 +43,16 @@ def _get(row: Mapping, path: str) -> Any:
     return cur
 
 
-def _str(row: Mapping, key: str, *, required: bool = True) -> str:
+def _str(row: Mapping, key: str, *, required: bool = True, response: bool = False) -> str:
+    """The text of ``row[key]``. A number reads as its decimal text (``"answer": 42``); a
+    boolean only as a response (``"answer": true``, BoolQ): a boolean prompt is a mistake."""
     if key not in row or row[key] is None:
         if required:
             raise RowError(key, "missing field")
         return ""
     v = row[key]
+    if isinstance(v, bool) and not response:
+        raise RowError(key, "expected text, got a boolean")
     if isinstance(v, (int, float, bool)):
         return str(v)
     if not isinstance(v, str):
@@ -101,10 +105,14 @@ def _turns(turns: Any, field: str, role_key: str, content_key: str) -> list[dict
 
 
 def _messages(row, fields):
+    if "messages" not in row:
+        raise RowError("messages", "missing field")
     return _turns(row["messages"], "messages", "role", "content")
 
 
 def _sharegpt(row, fields):
+    if "conversations" not in row:
+        raise RowError("conversations", "missing field")
     return _turns(row["conversations"], "conversations", "from", "value")
 
 
@@ -123,7 +131,7 @@ def _alpaca(row, fields):
         if not isinstance(turn, (list, tuple)) or len(turn) != 2:
             raise RowError(f"history[{i}]", "expected a [question, answer] pair")
         msgs += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]
-    return msgs + _pair(prompt, _str(row, resp_key))
+    return msgs + _pair(prompt, _str(row, resp_key, response=True))
 
 
 def _self_instruct(row, fields):
@@ -139,15 +147,15 @@ _EOT = re.compile(r"\s*<\|endoftext\|>\s*$")
 
 
 def _prompt_completion(row, fields):
-    return _pair(_str(row, "prompt"), _EOT.sub("", _str(row, "completion")).strip())
+    return _pair(_str(row, "prompt"), _EOT.sub("", _str(row, "completion", response=True)).strip())
 
 
 def _prompt_response(row, fields):
-    return _pair(_str(row, "prompt"), _str(row, "response"))
+    return _pair(_str(row, "prompt"), _str(row, "response", response=True))
 
 
 def _question_answer(row, fields):
-    return _pair(_str(row, "question"), _str(row, "answer"))
+    return _pair(_str(row, "question"), _str(row, "answer", response=True))
 
 
 def _input_target(row, fields):
@@ -233,7 +241,13 @@ def layout_names() -> list[str]:
     return [*LAYOUTS, "fields"]
 
 
-def parse_fields(spec: str | Mapping | None) -> dict[str, str]:
+def flag(role: str, name: str) -> str:
+    """The command-line flag that sets ``name`` ("fields", "layout") for the input ``role``:
+    ``--target-fields`` for the target, ``--fields`` for the pool."""
+    return f"--target-{name}" if role == "target" else f"--{name}"
+
+
+def parse_fields(spec: str | Mapping | None, role: str = "pool") -> dict[str, str]:
     """``"prompt=question,response=answer"`` or a mapping -> validated dict."""
     if not spec:
         return {}
@@ -241,29 +255,40 @@ def parse_fields(spec: str | Mapping | None) -> dict[str, str]:
         out = {}
         for part in spec.split(","):
             if "=" not in part:
-                raise DataError(f"bad --fields entry {part!r}: expected key=field, keys {FIELD_KEYS}")
+                raise DataError(f"bad {flag(role, 'fields')} entry {part!r}: expected key=field, keys {FIELD_KEYS}")
             k, v = part.split("=", 1)
             out[k.strip()] = v.strip()
         spec = out
+    if not isinstance(spec, Mapping):
+        raise DataError(f"{flag(role, 'fields')} must be key=field pairs, got {spec!r}")
     bad = set(spec) - set(FIELD_KEYS)
     if bad:
-        raise DataError(f"unknown --fields key(s) {sorted(bad)}; use {', '.join(FIELD_KEYS)}")
+        raise DataError(f"unknown {flag(role, 'fields')} key(s) {sorted(bad)}; use {', '.join(FIELD_KEYS)}")
     return dict(spec)
 
 
-def detect_layout(raw: RawRows, fields: Mapping[str, str] | None = None) -> str:
+def row_layout(keys: set) -> str | None:
+    """The first layout whose detector accepts a row with these keys (None: no layout does)."""
+    for name, (detect, _) in LAYOUTS.items():
+        if detect(keys):
+            return name
+    return None
+
+
+def detect_layout(raw: RawRows, fields: Mapping[str, str] | None = None, role: str = "pool") -> str:
+    """The layout of the file's first row (see :func:`normalise` for rows that differ)."""
     if fields:
         return "fields"
     first = next((r for r in raw.rows if isinstance(r, Mapping)), None)
     if first is None:
         raise DataError("rows are not objects: cannot detect a layout", file=raw.path, row=raw.row_numbers[0] if raw.row_numbers else None)
     keys = set(first)
-    for name, (detect, _) in LAYOUTS.items():
-        if detect(keys):
-            return name
+    name = row_layout(keys)
+    if name is not None:
+        return name
     raise DataError(f"unknown layout (fields: {', '.join(sorted(map(str, keys))[:12])}); "
-                    f"name the fields, e.g. --fields prompt=<field>,response=<field>, or pass --layout "
-                    f"({', '.join(layout_names())})", file=raw.path)
+                    f"name the fields, e.g. {flag(role, 'fields')} prompt=<field>,response=<field>, or pass "
+                    f"{flag(role, 'layout')} ({', '.join(layout_names())})", file=raw.path)
 
 
 def _oasst_examples(raw: RawRows, source: str | None, skipped: list) -> list[Example]:
@@ -293,38 +318,56 @@ def _oasst_examples(raw: RawRows, source: str | None, skipped: list) -> list[Exa
     return out
 
 
+def _row_converter(row: Any, layout: str, detected: bool) -> tuple[str, Callable]:
+    """The layout and converter for one row. A forced layout (``detected`` False) applies to
+    every row. A detected one is the first row's; a later row whose keys fit another layout
+    better (a file mixing alpaca, messages, ... rows) is read with its own. A row that fits
+    no layout keeps the file's, so its error names the field it lacks."""
+    if detected and isinstance(row, Mapping) and layout in LAYOUTS and not LAYOUTS[layout][0](set(row)):
+        own = row_layout(set(row))
+        if own is not None and LAYOUTS[own][1] is not None:
+            return own, LAYOUTS[own][1]
+    return layout, (_fields if layout == "fields" else LAYOUTS[layout][1])
+
+
 def normalise(raw: RawRows, layout: str = "auto", fields: Mapping[str, str] | None = None, *,
-              source: str | None = None, skip_bad: bool = False) -> tuple[list[Example], str]:
-    """Examples from raw rows, and the layout used. Skipped rows go to ``raw.skipped``."""
-    fields = parse_fields(fields)
+              source: str | None = None, skip_bad: bool = False, role: str = "pool") -> tuple[list[Example], str]:
+    """Examples from raw rows, and the layout used ("mixed" when detected rows differ).
+    Skipped rows go to ``raw.skipped``. ``role`` ("pool"/"target") picks the flags that
+    error messages suggest."""
+    fields = parse_fields(fields, role)
     if not raw.rows:
         return [], layout
-    if layout == "auto":
-        layout = detect_layout(raw, fields)
+    detected = layout == "auto"
+    if detected:
+        layout = detect_layout(raw, fields, role)
     elif layout != "fields" and layout not in LAYOUTS:
-        raise DataError(f"unknown layout '{layout}'; choose from {', '.join(layout_names())}")
+        raise DataError(f"unknown {flag(role, 'layout')} '{layout}'; choose from {', '.join(layout_names())}")
     if layout == "fields" and not fields:
-        raise DataError("layout 'fields' needs --fields, e.g. prompt=question,response=answer")
+        raise DataError(f"layout 'fields' needs {flag(role, 'fields')}, e.g. prompt=question,response=answer")
     if layout == "oasst_tree":
         return _oasst_examples(raw, source, raw.skipped), layout
-    convert = _fields if layout == "fields" else LAYOUTS[layout][1]
-    out = []
+    hint = f"; set {flag(role, 'layout')} or {flag(role, 'fields')}" if not detected else ""
+    out, used = [], set()
     for r, n in zip(raw.rows, raw.row_numbers):
+        row_lay, convert = _row_converter(r, layout, detected)
         try:
             if not isinstance(r, Mapping):
                 raise RowError(None, f"expected an object, got {type(r).__name__}")
             msgs = convert(r, fields)
         except RowError as e:
-            msg = e.message if layout == "fields" else f"{e.message} (layout {layout})"
+            msg = e.message if row_lay == "fields" else f"{e.message} (layout {row_lay}{hint})"
             if not skip_bad:
                 raise DataError(msg, file=raw.path, row=n, field=e.field) from None
             where = f"field '{e.field}': " if e.field else ""
             raw.skipped.append({"file": raw.path, "row": n, "reason": where + e.message})
             continue
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as e:
             if not skip_bad:
-                raise DataError(f"cannot read row ({e})", file=raw.path, row=n) from None
-            raw.skipped.append({"file": raw.path, "row": n, "reason": str(e)})
+                raise DataError(f"cannot read row as layout {row_lay} ({type(e).__name__}: {e}){hint}",
+                                file=raw.path, row=n) from None
+            raw.skipped.append({"file": raw.path, "row": n, "reason": f"{type(e).__name__}: {e}"})
             continue
-        out.append(Example(messages=msgs, raw=r, row=n, source=source, layout=layout))
-    return out, layout
+        used.add(row_lay)
+        out.append(Example(messages=msgs, raw=r, row=n, source=source, layout=row_lay))
+    return out, (used.pop() if len(used) == 1 else "mixed" if used else layout)

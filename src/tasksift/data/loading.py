@@ -91,7 +91,7 @@ def load_examples(source: Any, *, layout: str = "auto", fields: Mapping[str, str
     layouts: dict[str, str] = {}
     multi = len(raws) > 1 or (Path(name).is_dir() and not is_hf_folder(Path(name)))
     for rel, raw in raws.items():
-        exs, lay = normalise(raw, layout, fields, source=rel if multi else None, skip_bad=skip_bad)
+        exs, lay = normalise(raw, layout, fields, source=rel if multi else None, skip_bad=skip_bad, role=role)
         layouts[rel] = lay
         skipped.extend(raw.skipped)
         examples.extend(exs)

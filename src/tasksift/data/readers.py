@@ -129,6 +129,22 @@ def read_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl") -> Raw
 _HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .\-/]{0,63}$")
 
 
+def looks_like_header(first: list[str], path: Path | str = "") -> bool:
+    """Whether a CSV/TSV's first line is a header: every cell a short identifier. A header
+    that repeats a name is still a header, but rows could not keep both columns, so it is a
+    one-line DataError naming the name (before, it was read as a data row)."""
+    names = [c.strip() for c in first]
+    if not all(_HEADER_CELL.match(n) for n in names):
+        return False
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names, start=1):
+        if n in seen:
+            raise DataError(f"header repeats column name '{n}' (columns {seen[n]} and {i}); "
+                            f"rename one of them", file=str(path), row=1)
+        seen[n] = i
+    return True
+
+
 def read_delimited(path: Path, delimiter: str, header: bool | None = None) -> RawRows:
     """CSV/TSV. ``header=None`` guesses: a first line whose cells are all short, distinct
     identifiers is a header; otherwise columns are named ``column_1``, ``column_2``, ..."""
@@ -145,7 +161,7 @@ def read_delimited(path: Path, delimiter: str, header: bool | None = None) -> Ra
         raise DataError("file is empty", file=str(path))
     first = table[0]
     if header is None:
-        header = len(set(first)) == len(first) and all(_HEADER_CELL.match(c.strip()) for c in first)
+        header = looks_like_header(first, path)
     cols = [c.strip() for c in first] if header else [f"column_{i + 1}" for i in range(len(first))]
     body = table[1:] if header else table
     rows, numbers = [], []

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import ConfigError
+from .params import Option, defaults_of, validate_options
 from .registry import MethodInfo
 
 
@@ -123,19 +124,30 @@ class SelectionContext:
 
 
 class SelectionMethod(abc.ABC):
-    """Base class of selection methods. Subclasses set defaults in ``defaults`` and
-    implement :meth:`select`. Unknown config keys are a ConfigError."""
+    """Base class of selection methods.
+
+    A subclass declares its options once, in ``parameters`` (name -> :class:`Option`: default,
+    one-line help, accepted values); ``defaults`` is derived from it. The constructor
+    validates the given options against that table (unknown name or badly typed value: one
+    :class:`ConfigError`), so a bad option fails before any feature is computed.
+    Subclasses implement :meth:`select`.
+    """
 
     info: ClassVar[MethodInfo]
+    parameters: ClassVar[dict[str, Option]] = {}
     defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "parameters" in cls.__dict__:
+            cls.defaults = defaults_of(cls.parameters)
+        elif "defaults" in cls.__dict__:   # an older method that lists defaults only: any value
+            cls.parameters = {k: Option(v, "") for k, v in cls.defaults.items()}
+
     def __init__(self, **config: Any) -> None:
-        unknown = set(config) - set(self.defaults)
-        if unknown:
-            name = getattr(self, "info", None).name if hasattr(self, "info") else type(self).__name__
-            raise ConfigError(f"method '{name}' has no option(s) {sorted(unknown)}; "
-                              f"options: {sorted(self.defaults) or 'none'}")
-        self.config = {**self.defaults, **config}
+        name = self.info.name if hasattr(self, "info") else type(self).__name__
+        validate_options(name, self.parameters, config)
+        self.config = {**defaults_of(self.parameters), **config}
 
     @abc.abstractmethod
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:

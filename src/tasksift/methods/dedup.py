@@ -32,6 +32,7 @@ import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 from ..errors import ConfigError
 from .base import MethodResult, SelectionContext, SelectionMethod
 from .diversity import normalize_rows
+from .params import Choices, Interval, Option
 from .registry import register
 
 
@@ -160,8 +161,18 @@ class FilterMethod(SelectionMethod):
 @register("dedup", description="drop exact (same id) and near-duplicate rows (cosine >= threshold); a filter",
           needs=("embeddings",), cost="cheap", stochastic=True)
 class DedupFilter(FilterMethod):
-    defaults: dict = {"threshold": 0.95, "mode": "greedy", "search": "auto", "neighbors": 10,
-                      "index": "auto", "order": "random"}
+    parameters = {
+        "threshold": Option(0.95, "cosine at or above which a row is a near-duplicate (null: exact duplicates only)",
+                            Interval(float, -1, 1), None),
+        "mode": Option("greedy", "'greedy': drop a row close to an earlier kept row; 'cluster': keep one per "
+                       "connected group", Choices("greedy", "cluster")),
+        "search": Option("auto", "pair search: 'range' (exact), 'knn' (neighbours only) or 'auto' (by pool size)",
+                         Choices("auto", "range", "knn")),
+        "neighbors": Option(10, "neighbours per row with search=knn", Interval(int, 1)),
+        "index": Option("auto", "neighbour index with search=knn: auto, flat, hnsw, ...", str),
+        "order": Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
+                        Choices("random", "first")),
+    }
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
         """True for rows that survive exact and near-duplicate removal."""
@@ -199,8 +210,15 @@ class DedupFilter(FilterMethod):
 @register("length", description="keep rows whose length (words or characters) lies in a band; a filter",
           needs=(), cost="cheap", stochastic=True)
 class LengthFilter(FilterMethod):
-    defaults: dict = {"min_words": None, "max_words": None, "min_chars": None, "max_chars": None,
-                      "field": "text", "order": "random"}
+    parameters = {
+        "min_words": Option(None, "fewest whitespace-separated words kept (inclusive)", Interval(int, 0), None),
+        "max_words": Option(None, "most words kept (inclusive)", Interval(int, 0), None),
+        "min_chars": Option(None, "fewest characters kept (inclusive)", Interval(int, 0), None),
+        "max_chars": Option(None, "most characters kept (inclusive)", Interval(int, 0), None),
+        "field": Option("text", "what is measured", Choices("text", "prompt", "response")),
+        "order": Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
+                        Choices("random", "first")),
+    }
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
         """True for rows within every given bound (inclusive)."""

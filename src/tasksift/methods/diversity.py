@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from ..errors import ConfigError
 from .base import MethodResult, SelectionContext, SelectionMethod
+from .params import Choices, Interval, Option
 from .registry import get_method, register
 
 
@@ -69,7 +70,10 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int) -> tuple[np.ndarray, np.nd
 @register("kcenter", description="greedy k-center (farthest-first) on embeddings: maximal coverage of the pool",
           needs=("embeddings",), cost="cheap", stochastic=False)
 class KCenterSelection(SelectionMethod):
-    defaults: dict = {"init": "target"}
+    parameters = {
+        "init": Option("target", "first center: the row nearest the target centroid, or a seeded random row",
+                       Choices("target", "random")),
+    }
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         init = self.config["init"]
@@ -192,7 +196,10 @@ def facility_location_value(sim: sp.spmatrix | np.ndarray, picks: np.ndarray) ->
 @register("facility-location", description="facility location on a sparse cosine k-NN graph, exact lazy greedy: "
           "representative rows", needs=("embeddings",), cost="moderate", stochastic=False)
 class FacilityLocationSelection(SelectionMethod):
-    defaults: dict = {"neighbors": 10, "index": "auto"}
+    parameters = {
+        "neighbors": Option(10, "neighbours per row in the similarity graph", Interval(int, 1)),
+        "index": Option("auto", "neighbour index: auto, flat, hnsw, ...", str),
+    }
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         c = self.config
@@ -279,7 +286,13 @@ def resolve_scores(ctx: SelectionContext, score: str, score_options: Mapping[str
 @register("score-then-diverse", description="DEITA-style: walk a score ranking, skip rows too similar to ones taken",
           needs=("embeddings",), cost="cheap", stochastic=False)
 class ScoreThenDiverseSelection(SelectionMethod):
-    defaults: dict = {"score": "knn", "score_options": {}, "threshold": 0.9, "fill": True}
+    parameters = {
+        "score": Option("knn", "ranking: 'knn' (max cosine to the target), a method name or a numeric row field", str),
+        "score_options": Option({}, "options of the scoring method", dict),
+        "threshold": Option(0.9, "cosine to a taken row above which a row is skipped as redundant",
+                            Interval(float, -1, 1)),
+        "fill": Option(True, "top up with the best skipped rows when the walk finds fewer than k", bool),
+    }
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         c = self.config

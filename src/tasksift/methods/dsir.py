@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from ..errors import ConfigError
 from ..features.ngram import NgramConfig, example_ngram_counts
 from .base import MethodResult, SelectionContext, SelectionMethod, top_k
+from .params import Choices, Interval, Option
 from .registry import register
 
 
@@ -66,8 +67,16 @@ def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> n
 @register("dsir", description="hashed n-gram importance resampling towards the target (DSIR, Xie et al. 2023)",
           needs=("ngrams",), cost="cheap", stochastic=True)
 class DSIRSelection(SelectionMethod):
-    defaults: dict = {"num_buckets": 10_000, "ngrams": [1, 2], "smoothing": 1.0, "text": "text",
-                      "max_chars": 20_000, "sampling": "gumbel", "length_normalize": False}
+    parameters = {
+        "num_buckets": Option(10_000, "hash buckets of the n-gram features", Interval(int, 1)),
+        "ngrams": Option([1, 2], "n-gram orders counted (a list, or one integer)", list, Interval(int, 1)),
+        "smoothing": Option(1.0, "additive smoothing of the bucket counts", Interval(float, 0, None)),
+        "text": Option("text", "what is hashed", Choices("text", "prompt", "response")),
+        "max_chars": Option(20_000, "characters of each row read (null: all)", Interval(int, 1), None),
+        "sampling": Option("gumbel", "'gumbel': importance resampling without replacement; 'top': highest weights",
+                           Choices("gumbel", "top")),
+        "length_normalize": Option(False, "divide each row's log-weight by its n-gram count", bool),
+    }
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         c = self.config

@@ -16,8 +16,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..features.lm import STATUS_OK, LMConfig, lm_losses, unscorable_summary
-from ..features.lm_select import GROUP_OPTION_DEFAULTS, LM_OPTION_DEFAULTS, cache_dir_for, group_labels, select_top
+from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
+from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
+from .params import Interval, Option
 from .registry import register
 
 
@@ -34,7 +36,9 @@ def ifd_scores(cond_loss: np.ndarray, uncond_loss: np.ndarray) -> np.ndarray:
 @register("ifd", description="instruction-following difficulty L(A|Q)/L(A) (Cherry LLM), drop IFD > 1, top-k",
           needs=("lm",), cost="moderate")
 class IFDSelection(SelectionMethod):
-    defaults: dict = {**LM_OPTION_DEFAULTS, **GROUP_OPTION_DEFAULTS, "max_ifd": 1.0}
+    parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS,
+                  "max_ifd": Option(1.0, "rows with IFD above this are dropped (null: keep all)",
+                                    Interval(float), None)}
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         c = self.config

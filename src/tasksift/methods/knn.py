@@ -66,7 +66,7 @@ def round_robin(neigh: np.ndarray, k: int) -> list[int]:
 @register("knn", description="nearest pool rows to each target example by cosine, round-robin",
           needs=("embeddings",), cost="cheap")
 class KNNSelection(SelectionMethod):
-    defaults: dict = {}
+    parameters: dict = {}
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         x = ctx.embeddings("pool")

@@ -49,34 +49,40 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..features.lm_select import (GROUP_OPTION_DEFAULTS, LM_OPTION_DEFAULTS, cache_dir_for, group_labels,
-                                  select_top)
+from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
+from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
+from .params import Choices, Interval, Option, PathLike
 from .registry import register
 
-LESS_DEFAULTS: dict[str, Any] = {
-    "max_length": 512,           # tokens per example (LESS: 2048; gradients cost ~3x a loss)
-    "warmup_adapter": None,      # a PEFT LoRA adapter folder to take gradients at (skips the warm-up)
-    "warmup_sample": 0.05,       # rows of the pool for the warm-up: a fraction (< 1) or a count
-    "warmup_max_rows": 1000,
-    "warmup_epochs": 1.0,
-    "warmup_steps": None,        # optimizer steps (overrides warmup_epochs)
-    "warmup_lr": 2e-4,
-    "warmup_batch_size": 8,
-    "warmup_gradient_checkpointing": "auto",   # recompute activations in the warm-up's backward;
-                                               # "auto" = on for CPU (memory), off for GPU
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_modules": "q_proj,v_proj",
-    "candidate_grad": "auto",    # "auto" | "adam" | "sgd"  (targets: always sgd)
-    "proj_dim": 8192,
-    "proj_type": "rademacher",   # "rademacher" | "gaussian" | "countsketch" (fast on CPU)
-    "proj_seed": 0,
-    "proj_batch": None,          # rows projected together; None = as many as fit in proj_buffer_mb
-    "proj_buffer_mb": 512,       # gradient rows buffered per projection (rows x LoRA params x 4 bytes)
-    "proj_cache_mb": 256,        # generated projection blocks kept in memory (64 MB each for 8192-d)
-    "aggregate": "max",          # "max" | "mean" over target examples
-    "flush_every": 256,          # rows per cache shard (resume granularity; also caps proj_batch)
+LESS_PARAMETERS: dict[str, Option] = {
+    "max_length": Option(512, "tokens per example (LESS used 2048; a gradient costs ~3x a loss)", Interval(int, 1)),
+    "warmup_adapter": Option(None, "a PEFT LoRA adapter folder to take gradients at (skips the warm-up)", PathLike(), None),
+    "warmup_sample": Option(0.05, "pool rows for the warm-up: a fraction (< 1) or a count",
+                            Interval(float, 0, None, "neither")),
+    "warmup_max_rows": Option(1000, "at most this many warm-up rows", Interval(int, 1)),
+    "warmup_epochs": Option(1.0, "epochs of the warm-up", Interval(float, 0, None, "neither")),
+    "warmup_steps": Option(None, "optimizer steps of the warm-up (overrides warmup_epochs)", Interval(int, 1), None),
+    "warmup_lr": Option(2e-4, "learning rate of the warm-up", Interval(float, 0, None, "neither")),
+    "warmup_batch_size": Option(8, "rows per warm-up batch", Interval(int, 1)),
+    "warmup_gradient_checkpointing": Option("auto", "recompute activations in the warm-up's backward "
+                                            "('auto': on for CPU, off for GPU)", Choices("auto"), bool),
+    "lora_r": Option(8, "LoRA rank", Interval(int, 1)),
+    "lora_alpha": Option(16, "LoRA alpha", Interval(int, 1)),
+    "lora_modules": Option("q_proj,v_proj", "modules given LoRA weights (comma-separated or a list)", str, list),
+    "candidate_grad": Option("auto", "pool-row gradient: Adam-preconditioned or plain SGD (targets: always SGD)",
+                             Choices("auto", "adam", "sgd")),
+    "proj_dim": Option(8192, "dimension of the random projection", Interval(int, 1)),
+    "proj_type": Option("rademacher", "random projection kind (countsketch is fast on CPU)",
+                        Choices("rademacher", "gaussian", "countsketch")),
+    "proj_seed": Option(0, "seed of the projection", Interval(int, 0)),
+    "proj_batch": Option(None, "rows projected together (null: as many as fit in proj_buffer_mb)",
+                         Interval(int, 1), None),
+    "proj_buffer_mb": Option(512, "MB of gradient rows buffered per projection", Interval(float, 0, None, "neither")),
+    "proj_cache_mb": Option(256, "MB of generated projection blocks kept in memory",
+                            Interval(float, 0, None, "neither")),
+    "aggregate": Option("max", "how the similarities to the target examples combine", Choices("max", "mean")),
+    "flush_every": Option(256, "rows per cache shard (resume granularity)", Interval(int, 1)),
 }
 
 
@@ -117,7 +123,7 @@ def aggregate_similarity(cand: np.ndarray, targ: np.ndarray, how: str = "max", c
           "LoRA warm-up) to the target examples' gradients, top-k", needs=("lm", "gradients"),
           cost="expensive", stochastic=True)
 class LESSSelection(SelectionMethod):
-    defaults: dict = {**LM_OPTION_DEFAULTS, **GROUP_OPTION_DEFAULTS, **LESS_DEFAULTS}
+    parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS, **LESS_PARAMETERS}
 
     # -- options ---------------------------------------------------------------------------
     def _validate(self) -> None:

@@ -37,25 +37,26 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..features.lm import LMConfig, apply_adapter, lm_losses, model_fingerprint
-from ..features.lm_select import (GROUP_OPTION_DEFAULTS, LM_OPTION_DEFAULTS, cache_dir_for, group_labels,
-                                  select_top)
+from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
+from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
+from .params import Choices, Interval, Option, PathLike
 from .registry import register
 
-REF_DEFAULTS: dict[str, Any] = {
-    "ref_model": None,          # a fine-tuned model (id/folder/.gguf) to use as reference
-    "ref_gguf_file": None,
-    "ref_adapter": None,        # a PEFT adapter folder (on the base, or on ref_model)
-    "ref_sample": 1000,         # rows of the pool the reference LoRA is trained on
-    "ref_epochs": 1.0,
-    "ref_steps": None,          # optimizer steps (overrides ref_epochs)
-    "ref_lr": 2e-4,
-    "ref_r": 8,
-    "ref_alpha": 16,
-    "ref_batch_size": 8,
-    "ref_max_length": 512,
-    "ref_gradient_checkpointing": "auto",  # recompute activations in the fine-tune's backward ("auto" = on
-                                           # CPU: same numbers, ~1/3 more compute, a fraction of the memory)
+REF_PARAMETERS: dict[str, Option] = {
+    "ref_model": Option(None, "a fine-tuned model (hub id, folder or .gguf) to use as the reference", PathLike(), None),
+    "ref_gguf_file": Option(None, "GGUF file inside the ref_model folder", PathLike(), None),
+    "ref_adapter": Option(None, "a PEFT adapter folder for the reference (on the base, or on ref_model)", PathLike(), None),
+    "ref_sample": Option(1000, "pool rows the reference LoRA is trained on", Interval(int, 1)),
+    "ref_epochs": Option(1.0, "epochs of the reference fine-tune", Interval(float, 0, None, "neither")),
+    "ref_steps": Option(None, "optimizer steps of the fine-tune (overrides ref_epochs)", Interval(int, 1), None),
+    "ref_lr": Option(2e-4, "learning rate of the fine-tune", Interval(float, 0, None, "neither")),
+    "ref_r": Option(8, "LoRA rank", Interval(int, 1)),
+    "ref_alpha": Option(16, "LoRA alpha", Interval(int, 1)),
+    "ref_batch_size": Option(8, "rows per fine-tune batch", Interval(int, 1)),
+    "ref_max_length": Option(512, "tokens per row in the fine-tune", Interval(int, 1)),
+    "ref_gradient_checkpointing": Option("auto", "recompute activations in the fine-tune's backward "
+                                         "('auto': on for CPU, to save memory)", Choices("auto"), bool),
 }
 
 
@@ -72,7 +73,7 @@ def learnability(loss_base: np.ndarray, loss_ref: np.ndarray) -> np.ndarray:
 @register("lobass", description="learnability 1 - L_ref/L_base of base vs a pool-fine-tuned reference "
           "(LoBaSS/DavIR), top-k", needs=("lm",), cost="expensive", stochastic=True)
 class LoBaSSSelection(SelectionMethod):
-    defaults: dict = {**LM_OPTION_DEFAULTS, **GROUP_OPTION_DEFAULTS, **REF_DEFAULTS}
+    parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS, **REF_PARAMETERS}
 
     def _reference(self, ctx: SelectionContext, base_cfg: LMConfig, base_scorer, cache_dir) -> tuple[LMConfig, Any, dict]:
         """(ref LMConfig, model factory or None, manifest info)."""

@@ -11,8 +11,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..features.lm import LMConfig, lm_losses
-from ..features.lm_select import GROUP_OPTION_DEFAULTS, LM_OPTION_DEFAULTS, cache_dir_for, group_labels, select_top
+from ..features.lm_select import cache_dir_for, group_labels, select_top
 from .base import MethodResult, SelectionContext, SelectionMethod
+from .lm_options import GROUP_PARAMETERS, LM_PARAMETERS
+from .params import Choices, Interval, Option
 from .registry import register
 
 KEEP_CHOICES = ("middle", "low", "high")
@@ -39,8 +41,10 @@ def perplexity_scores(loss: np.ndarray, keep: str) -> np.ndarray:
 @register("perplexity", description="response perplexity under the base LM: a middle band, or the lowest/highest",
           needs=("lm",), cost="moderate")
 class PerplexitySelection(SelectionMethod):
-    defaults: dict = {**LM_OPTION_DEFAULTS, **GROUP_OPTION_DEFAULTS, "keep": "middle",
-                      "low_quantile": None, "high_quantile": None}
+    parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS,
+                  "keep": Option("middle", "which perplexities rank first", Choices(*KEEP_CHOICES)),
+                  "low_quantile": Option(None, "drop rows below this loss quantile", Interval(float, 0, 1), None),
+                  "high_quantile": Option(None, "drop rows above this loss quantile", Interval(float, 0, 1), None)}
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         c = self.config

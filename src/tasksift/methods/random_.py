@@ -10,7 +10,7 @@ from .registry import register
 @register("random", description="uniform random subset (seeded): the baseline to beat",
           needs=(), cost="cheap", stochastic=True)
 class RandomSelection(SelectionMethod):
-    defaults: dict = {}
+    parameters: dict = {}
 
     def select(self, ctx: SelectionContext, k: int) -> MethodResult:
         idx = ctx.rng.choice(len(ctx.pool), size=k, replace=False)

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .base import MethodResult, SelectionContext, SelectionMethod, top_k
+from .params import Choices, Interval, Option
 from .registry import register
 
 SAMPLING_MODES = ("without_replacement", "with_replacement", "top")
@@ -649,7 +650,22 @@ class TSDSSelection(SelectionMethod):
     candidates per shard when the context's backend is ``ray``, see
     :func:`tasksift.distributed.tsds_ray`)."""
 
-    defaults: dict = dict(DEFAULTS)
+    parameters = {
+        "alpha": Option(DEFAULTS["alpha"], "weight of alignment to the target (1) against diversity (0)",
+                        Interval(float, 0, 1)),
+        "C": Option(DEFAULTS["C"], "distance scale of the transport cost", Interval(float, 0, None, "neither")),
+        "sigma": Option(DEFAULTS["sigma"], "KDE kernel width for the near-duplicate penalty (0 = KNN-Uniform)",
+                        Interval(float, 0, None)),
+        "max_k": Option(DEFAULTS["max_k"], "neighbours prefetched per target example", Interval(int, 1)),
+        "kde_k": Option(DEFAULTS["kde_k"], "neighbours per pool row in the density estimate", Interval(int, 1)),
+        "index": Option(DEFAULTS["index"], "neighbour index: auto, exact, flat, ivf, hnsw or a faiss factory string",
+                        str),
+        "sampling": Option(DEFAULTS["sampling"], "how k rows are drawn from the probabilities "
+                           "(tasksift_rank is the draw order; 'top' = highest probability first)",
+                           Choices(*SAMPLING_MODES)),
+        "normalize": Option(DEFAULTS["normalize"], "L2-normalise the embeddings first", bool),
+        "shard_rows": Option(DEFAULTS["shard_rows"], "pool rows per shard with --backend ray", Interval(int, 1)),
+    }
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
