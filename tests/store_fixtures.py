@@ -54,3 +54,19 @@ class ToyFeaturizer:
 def logged_rows(log) -> list[int]:
     p = Path(log)
     return sorted(int(x) for x in p.read_text().split()) if p.exists() else []
+
+
+def corrupt_file(path: Path, how: str) -> None:
+    """Damage a segment file: ``truncated`` (half of it), ``empty``, ``bitflip`` (one bit in the
+    data region) or ``header`` (one bit in the header)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "bitflip":
+        data[-5] ^= 0x10                      # inside the data region, header intact
+        path.write_bytes(bytes(data))
+    elif how == "header":
+        data[30] ^= 0x01
+        path.write_bytes(bytes(data))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store_fixtures import ToyFeaturizer, logged_rows, toy_values
+from store_fixtures import ToyFeaturizer, corrupt_file, logged_rows, toy_values
 from tasksift.errors import ConfigError
 from tasksift.exec import LocalExecutor
 from tasksift.features.pipeline import compute_features, open_store
@@ -55,8 +55,6 @@ def test_progress_bar_says_how_many_rows_came_from_the_cache(tmp_path, capsys):
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "bitflip"])
 def test_corrupt_segment_is_recomputed_and_equals_a_clean_run(tmp_path, capsys, how):
-    from test_store import _corrupt
-
     log = tmp_path / "log"
     f = ToyFeaturizer(log=str(log))
     rows = list(range(12))
@@ -64,7 +62,7 @@ def test_corrupt_segment_is_recomputed_and_equals_a_clean_run(tmp_path, capsys, 
     st = open_store(f, tmp_path / "c")
     _run(f, rows, tmp_path / "c", block_rows=4)
     victim = st.dir / st.index.lookup(["r5"])["r5"][0]
-    _corrupt(victim, how)
+    corrupt_file(victim, how)
     log.unlink()
     capsys.readouterr()
     store_mod._VERIFIED.clear()                               # as a new process

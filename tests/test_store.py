@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store_fixtures import toy_values
+from store_fixtures import corrupt_file, toy_values
 from tasksift.errors import ConfigError
 from tasksift.store import FeatureStore
 from tasksift.store import store as store_mod
@@ -67,26 +67,12 @@ def test_reading_three_ids_touches_only_their_segment(tmp_path, monkeypatch):
     assert len(verified) == 1
 
 
-def _corrupt(path: Path, how: str) -> None:
-    data = bytearray(path.read_bytes())
-    if how == "truncated":
-        path.write_bytes(bytes(data[: len(data) // 2]))
-    elif how == "empty":
-        path.write_bytes(b"")
-    elif how == "bitflip":
-        data[-5] ^= 0x10                      # inside the data region, header intact
-        path.write_bytes(bytes(data))
-    elif how == "header":
-        data[30] ^= 0x01
-        path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("how", ["truncated", "empty", "bitflip", "header"])
 def test_corrupt_segment_is_reported_once_moved_aside_and_its_rows_missing(tmp_path, capsys, how):
     st = FeatureStore(tmp_path, "toy", {"v": 1})
     _fill(st, n_segments=3, rows=4)
     victim = st.dir / st.index.lookup(["r4"])["r4"][0]          # holds r4..r7
-    _corrupt(victim, how)
+    corrupt_file(victim, how)
     capsys.readouterr()
     fresh = _fresh(tmp_path)
     assert fresh.missing([f"r{i}" for i in range(12)]) == [4, 5, 6, 7]
@@ -141,7 +127,7 @@ def test_previous_npz_cache_is_migrated(tmp_path, capsys):
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from store_fixtures import toy_values
+    from store_fixtures import corrupt_file, toy_values
     from tasksift.store import FeatureStore
     st = FeatureStore({root!r}, "toy", {{"v": 1}})
     start = int(sys.argv[1])
