@@ -115,7 +115,7 @@ def sample_examples(n: int = 12) -> list[Example]:
 
 def run_and_kill_after_shards(script, cache, shards: int = 2, timeout: float = 60.0) -> int:
     """Run the Python file ``script`` in a subprocess, SIGKILL it once ``cache`` holds
-    ``shards`` shard files, and return how many rows those shards hold (the rows a rerun
+    ``shards`` feature-store segments, and return how many rows those segments hold (the rows a rerun
     must not compute again). Fails if the script exits on its own first."""
     import os
     import signal
@@ -123,13 +123,13 @@ def run_and_kill_after_shards(script, cache, shards: int = 2, timeout: float = 6
     import sys
     import time
 
-    import numpy as np
+    from tasksift.store.segment import read_header
 
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:
         deadline = time.time() + timeout
-        while time.time() < deadline and len(list(Path(cache).rglob("shard-*.npz"))) < shards:
+        while time.time() < deadline and len(list(Path(cache).rglob("seg-*.seg"))) < shards:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -138,4 +138,4 @@ def run_and_kill_after_shards(script, cache, shards: int = 2, timeout: float = 6
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, "the script was not killed"
-    return sum(len(np.load(s)["__ids__"]) for s in Path(cache).rglob("shard-*.npz"))
+    return sum(read_header(s).rows for s in Path(cache).rglob("seg-*.seg"))

@@ -1,4 +1,5 @@
-"""Feature cache: hits, atomic shards, and resume after a run killed mid-way."""
+"""Embeddings through the feature store: hits, a cache key per rendering, resume after a run
+killed mid-way, and the store's folder layout (the store itself: tests/test_store.py)."""
 from __future__ import annotations
 
 import os
@@ -12,44 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from tasksift.data.example import Example
-from tasksift.features.cache import FeatureCache
 from tasksift.features.embed import EmbedConfig, Embedder
+from tasksift.store.segment import read_field, read_header
 
 
 def _examples(n: int) -> list[Example]:
     return [Example(messages=[{"role": "user", "content": f"how many apples {i}"},
                               {"role": "assistant", "content": f"the answer is {i * 7}"}], raw={}, row=i + 1)
             for i in range(n)]
-
-
-def test_cache_computes_only_missing_and_keeps_order(tmp_path):
-    cache = FeatureCache(tmp_path, "toy", {"v": 1})
-    calls = []
-
-    def compute(pos):
-        calls.append(list(pos))
-        return {"a": np.array([[p, p] for p in pos], float), "b": np.array(pos) * 10}
-
-    ids = [f"id{i}" for i in range(10)]
-    out = cache.get_or_compute(ids, compute, flush_every=4, progress=False)
-    assert [len(c) for c in calls] == [4, 4, 2]
-    assert out["b"].tolist() == [i * 10 for i in range(10)]
-    calls.clear()
-    fresh = FeatureCache(tmp_path, "toy", {"v": 1})
-    out = fresh.get_or_compute(ids[::-1] + ["new"], compute, flush_every=4, progress=False)
-    assert calls == [[10]]  # only the new id
-    assert out["b"].tolist() == [i * 10 for i in range(9, -1, -1)] + [100]
-    # another config is another cache
-    assert len(FeatureCache(tmp_path, "toy", {"v": 2})) == 0
-    assert not list(Path(tmp_path).rglob("*.tmp*"))
-
-
-def test_duplicate_ids_computed_once(tmp_path):
-    cache = FeatureCache(tmp_path, "toy", {})
-    seen = []
-    out = cache.get_or_compute(["x", "y", "x"], lambda pos: (seen.extend(pos), np.array(pos, float))[1],
-                               progress=False)
-    assert seen == [0, 1] and out["values"].tolist() == [0.0, 1.0, 0.0]
 
 
 def test_embedder_second_run_computes_nothing(tmp_path, tiny_embed_model):
@@ -92,12 +63,12 @@ def test_resume_after_kill(tmp_path, tiny_embed_model):
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.rglob("shard-*.npz"))) < 3:
+    while time.time() < deadline and len(list(cache.rglob("seg-*.seg"))) < 3:
         time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(cache.rglob("shard-*.npz")))
+    done = len(list(cache.rglob("seg-*.seg")))
     assert 3 <= done < 8, "the run was not killed mid-way"
     # A fresh run computes only the rest and gives the same numbers as an uninterrupted run.
     e = Embedder(EmbedConfig(model=tiny_embed_model), cache_dir=cache, progress=False)
@@ -108,7 +79,7 @@ def test_resume_after_kill(tmp_path, tiny_embed_model):
     assert sum(computed) == 40 - 5 * done
     clean = Embedder(EmbedConfig(model=tiny_embed_model), cache_dir=tmp_path / "clean", progress=False)
     assert np.allclose(resumed, clean.embed(_examples(40)), atol=1e-6)
-    # every shard the killed run left is complete (written to a temp file, then renamed)
-    for shard in cache.rglob("shard-*.npz"):
-        with np.load(shard) as z:
-            assert len(z["__ids__"]) == len(z["values"]) == 5
+    # every segment the killed run left is complete (written to a temp file, then renamed)
+    for seg in cache.rglob("seg-*.seg"):
+        h = read_header(seg)
+        assert h.rows == 5 and read_field(h, "values").shape == (5, 32)

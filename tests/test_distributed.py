@@ -1,5 +1,5 @@
-"""Ray backend: features equal the in-process backend's, a killed worker is retried, and
-sharded neighbour search equals one exact index."""
+"""Ray backend: features (through the feature pipeline) equal the in-process backend's, a
+killed worker is retried, and sharded neighbour search equals one exact index."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tasksift.data.example import Example  # noqa: E402
-from tasksift.distributed import (get_or_compute_ray, merge_topk,  # noqa: E402
-                                  sharded_search)
-from tasksift.features.cache import FeatureCache  # noqa: E402
+from store_fixtures import ToyFeaturizer, logged_rows, toy_values  # noqa: E402
+from tasksift.distributed import merge_topk, sharded_search  # noqa: E402
+from tasksift.exec import LocalExecutor, make_executor  # noqa: E402
 from tasksift.features.embed import EmbedConfig, Embedder  # noqa: E402
+from tasksift.features.pipeline import compute_features, open_store  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,62 +37,43 @@ def test_ray_embeddings_equal_local(tmp_path, tiny_embed_model, local_ray):
     exs = _examples(30)
     cfg = EmbedConfig(model=tiny_embed_model)
     local = Embedder(cfg, cache_dir=tmp_path / "a", progress=False).embed(exs)
-    remote = Embedder(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray", num_workers=2)
+    remote = Embedder(cfg, cache_dir=tmp_path / "b", progress=False, executor=make_executor("ray", workers=2))
     got = remote.embed(exs, flush_every=7)
+    assert remote._model is None                      # the workers embedded, not the driver
     assert got.shape == local.shape
     np.testing.assert_allclose(got, local, atol=1e-6)
-    assert len(list((tmp_path / "b").rglob("shard-*.npz"))) == 5  # ceil(30 / 7) blocks, one shard each
+    assert len(list((tmp_path / "b").rglob("seg-*.seg"))) == 5  # ceil(30 / 7) blocks, one segment each
     # cached now: a second ray run computes nothing (no actors are even started)
-    again = Embedder(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray")
+    again = Embedder(cfg, cache_dir=tmp_path / "b", progress=False, executor=make_executor("ray"))
     again.encode_texts = None
     np.testing.assert_array_equal(again.embed(exs), got)
 
 
-class DieOnceFactory:
-    """A worker function that kills its own process the first time it sees block 2."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __call__(self):
-        def compute(items):
-            if 2 in [int(x) for x in items] and not os.path.exists(self.marker):
-                Path(self.marker).write_text("died")
-                os._exit(1)
-            return np.array([[float(x), float(x) ** 2] for x in items])
-
-        return compute
-
-
-def test_killed_worker_is_retried_and_result_complete(tmp_path, local_ray):
-    cache = FeatureCache(tmp_path / "c", "toy", {"v": 1})
-    ids = [f"r{i}" for i in range(10)]
-    marker = tmp_path / "died"
-    out = get_or_compute_ray(cache, ids, list(range(10)), DieOnceFactory(str(marker)), block_size=3,
-                             num_workers=2, progress=False)
-    assert marker.exists()  # a worker really died mid-run
-    np.testing.assert_array_equal(out["values"], np.array([[i, i * i] for i in range(10)], float))
-    # the cache holds every row exactly once per finished block
-    assert len(FeatureCache(tmp_path / "c", "toy", {"v": 1})) == 10
+def test_ray_features_equal_local_and_a_killed_worker_is_retried(tmp_path, local_ray):
+    marker, log = tmp_path / "died", tmp_path / "log"
+    f = ToyFeaturizer(log=str(log), die_on=4, marker=str(marker))
+    rows = list(range(20))
+    res = compute_features(f, rows, open_store(f, tmp_path / "c"), make_executor("ray", workers=2),
+                           block_rows=3, progress=False)
+    assert marker.exists()                            # a worker really died mid-run
+    local = compute_features(ToyFeaturizer(), rows, open_store(f, tmp_path / "local"), LocalExecutor(),
+                             block_rows=3, progress=False)
+    for k, v in toy_values(rows).items():
+        np.testing.assert_array_equal(res.values[k], v)
+        np.testing.assert_array_equal(local.values[k], v)
+    assert res.rows_computed == 20 and len(open_store(f, tmp_path / "c")) == 20
+    # the block that died was computed again (and logged once: the dying worker logged nothing)
+    assert logged_rows(log) == rows
 
 
 def test_driver_rerun_computes_only_missing(tmp_path, local_ray):
-    cache = FeatureCache(tmp_path / "c", "toy", {})
-    cache.write_shard(["r0", "r1"], {"values": np.array([[0.0, 0.0], [1.0, 1.0]])})  # a previous run's
-    seen = tmp_path / "seen"
-
-    class Recording:
-        def __call__(self):
-            def compute(items):
-                with open(seen, "a") as f:
-                    f.write("".join(f"{x}\n" for x in items))
-                return np.array([[float(x), float(x) ** 2] for x in items])
-            return compute
-
-    out = get_or_compute_ray(cache, [f"r{i}" for i in range(5)], list(range(5)), Recording(), block_size=2,
-                             progress=False)
-    assert sorted(int(x) for x in seen.read_text().split()) == [2, 3, 4]
-    assert out["values"][:, 0].tolist() == [0, 1, 2, 3, 4]
+    log = tmp_path / "log"
+    f = ToyFeaturizer(log=str(log))
+    open_store(f, tmp_path / "c").write(["r0", "r1"], toy_values([0, 1]))   # a previous run's
+    res = compute_features(f, list(range(5)), open_store(f, tmp_path / "c"), make_executor("ray"),
+                           block_rows=2, progress=False)
+    assert logged_rows(log) == [2, 3, 4] and res.rows_cached == 2
+    assert res.values["n"].tolist() == [0, 3, 6, 9, 12]
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
@@ -189,7 +171,7 @@ def test_tsds_method_uses_ray_backend(tsds_data, local_ray):
     targets = _examples(len(q))
     out = {}
     for backend in ("local", "ray"):
-        ctx = SelectionContext(exs, targets, seed=3, progress=False, backend=backend, num_workers=2)
+        ctx = SelectionContext(exs, targets, seed=3, progress=False, executor=make_executor(backend, workers=2))
         ctx.set_embeddings("pool", x)
         ctx.set_embeddings("target", q)
         out[backend] = get_method("tsds")(max_k=300, kde_k=100, shard_rows=1000).select(ctx, 50)
@@ -205,27 +187,29 @@ def test_ray_lm_losses_equal_local(tmp_path, local_ray):
     pytest.importorskip("transformers")
     from lm_fixtures import sample_examples, save_tiny
 
-    from tasksift.features.lm import LMConfig, LMScorer, LMWorkerFactory
+    from tasksift.features.lm import LMConfig, LMFeaturizer, LMScorer
 
     model_dir = save_tiny(tmp_path / "tiny-llama")
     cfg = LMConfig(model=str(model_dir), max_length=48, device="cpu")
     exs = sample_examples(14)
     local = LMScorer(cfg, cache_dir=tmp_path / "a", progress=False).losses(exs, unconditional=True)
-    remote = LMScorer(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray", num_workers=2)
+    remote = LMScorer(cfg, cache_dir=tmp_path / "b", progress=False, executor=make_executor("ray", workers=2))
     got = remote.losses(exs, unconditional=True, flush_every=4)
     assert remote.computed_rows == 2 * len(exs)
     np.testing.assert_allclose(got.loss, local.loss, rtol=0, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(got.uncond_loss, local.uncond_loss, rtol=0, atol=1e-6, equal_nan=True)
     for f in ("n_response_tokens", "n_tokens", "truncated", "status"):
         np.testing.assert_array_equal(getattr(got, f), getattr(local, f))
-    assert len(list((tmp_path / "b").rglob("shard-*.npz"))) == 2 * 4  # ceil(14 / 4) blocks per feature
+    assert not remote._lm.loaded                      # the workers scored, not the driver
+    assert len(list((tmp_path / "b").rglob("seg-*.seg"))) == 2 * 4  # ceil(14 / 4) blocks per feature
     # the same row-level cache: a local scorer now finds every row there
     again = LMScorer(cfg, cache_dir=tmp_path / "b", progress=False)
     np.testing.assert_array_equal(again.losses(exs).loss, got.loss)
     assert again.computed_rows == 0
     import pickle
 
-    assert pickle.loads(pickle.dumps(LMWorkerFactory(cfg, "uncond"))) == LMWorkerFactory(cfg, "uncond")
+    shipped = pickle.loads(pickle.dumps(LMFeaturizer(cfg, "uncond", scorer=again)))
+    assert shipped == LMFeaturizer(cfg, "uncond") and shipped._scorer is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,12 +231,12 @@ def test_ray_gradient_features_equal_local(tmp_path, local_ray):
     cfg = GradConfig(model=str(model_dir), adapter=str(adapter), max_length=64, proj_dim=64, device="cpu")
     exs = sample_examples(10)
     local = GradScorer(cfg, cache_dir=tmp_path / "a", progress=False).features(exs)
-    remote = GradScorer(cfg, cache_dir=tmp_path / "b", progress=False, backend="ray", num_workers=2)
+    remote = GradScorer(cfg, cache_dir=tmp_path / "b", progress=False, executor=make_executor("ray", workers=2))
     got = remote.features(exs, flush_every=4)
     assert np.isfinite(local.features).all() and (local.grad_norm > 0).all()
     np.testing.assert_allclose(got.features, local.features, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got.status, local.status)
-    assert len(list((tmp_path / "b").rglob("shard-*.npz"))) == 3            # ceil(10 / 4) blocks
+    assert len(list((tmp_path / "b").rglob("seg-*.seg"))) == 3              # ceil(10 / 4) blocks
     again = GradScorer(cfg, cache_dir=tmp_path / "b", progress=False)
     np.testing.assert_array_equal(again.features(exs).features, got.features)
     assert again.computed_rows == 0

@@ -17,7 +17,7 @@ from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.grads import (OPTIMIZER_STATE_FILE, BlockProjector, GradConfig, GradScorer,  # noqa: E402
-                                     GradWorkerFactory, PerExampleGrads, adam_precondition, load_optimizer_state)
+                                     GradFeaturizer, PerExampleGrads, adam_precondition, load_optimizer_state)
 from tasksift.features.lm import tokenize_examples  # noqa: E402
 from tasksift.methods.base import SelectionContext  # noqa: E402
 from tasksift.methods.registry import available_methods, get_method  # noqa: E402
@@ -244,11 +244,12 @@ def test_scorer_caches_and_matches_direct_computation(tiny_dir, tiny_adapter, tm
         s3.features(exs[:2])
         s3.close()
         assert s3.computed_rows == 2, change
-    # a Ray-style worker (built from a picklable factory) computes the same features
+    # the featurizer shipped to a worker (pickled: its loaded scorer left behind) computes the same
     import pickle
 
-    fn = pickle.loads(pickle.dumps(GradWorkerFactory(cfg)))()
-    out = fn([list(ex.messages) for ex in exs[:4]])
+    shipped = pickle.loads(pickle.dumps(GradFeaturizer(cfg, scorer=s2)))
+    assert shipped == GradFeaturizer(cfg) and shipped._scorer is None
+    out = shipped.compute_block([list(ex.messages) for ex in exs[:4]])
     # within float32 BLAS rounding (the thread count picked per process may differ)
     np.testing.assert_allclose(out["features"], a.features[:4], rtol=1e-5, atol=1e-6 * np.abs(a.features[:4]).max())
 

@@ -18,7 +18,7 @@ from lm_fixtures import (build_model, build_tokenizer, chat, plain, run_and_kill
 
 from tasksift.errors import ConfigError  # noqa: E402
 from tasksift.features.lm import (STATUS_OK, LMConfig, LMScorer, LossEngine, LossResult,  # noqa: E402
-                                  _decoder_and_head, length_batches, load_causal_lm, model_fingerprint,
+                                  decoder_and_head, length_batches, load_causal_lm, model_fingerprint,
                                   resolve_model_spec, tokenize_examples, verified_decoder_and_head)
 from tasksift.methods.base import SelectionContext  # noqa: E402
 from tasksift.methods.registry import get_method  # noqa: E402
@@ -635,7 +635,7 @@ def test_output_layer_shortcut_is_verified_against_the_model_logits(tiny):
     att = torch.ones_like(ids)
     assert verified_decoder_and_head(model, ids, att) is not None
     scaled = scaled_logits_model(tok)
-    assert _decoder_and_head(scaled) is not None               # the config looks plain
+    assert decoder_and_head(scaled) is not None               # the config looks plain
     assert verified_decoder_and_head(scaled, ids, att) is None
     eng = LossEngine(scaled, tok, batch_tokens=400)
     got = eng.score(rows)["loss"]

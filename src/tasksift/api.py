@@ -13,6 +13,7 @@ from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_token
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
 from .errors import ConfigError, DataError, SelectionWarning
+from .exec import make_executor
 from .features.embed import EmbedConfig
 from .manifest import manifest_dict, peak_memory_mb
 from .methods.base import MethodResult, SelectionContext
@@ -171,11 +172,13 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         ("proportional", "equal" or a mapping group -> fraction or count); the method runs
         within each group.
     seed: every random choice derives from it; equal inputs and seed give equal output.
-    backend: "local" (in-process) or "ray" (features computed by Ray actors, ``num_workers``
+    backend: "local" (in-process), "ray" (features computed by Ray actors, ``num_workers``
         of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one; TSDS
-        also runs its neighbour search and KDE as Ray tasks over shards of the pool).
+        also runs its neighbour search and KDE as Ray tasks over shards of the pool), or an
+        :class:`~tasksift.exec.Executor` already built (see :func:`tasksift.exec.make_executor`).
     """
     t0 = time.perf_counter()
+    executor = make_executor(backend, workers=num_workers, address=ray_address)
     timings: dict[str, float] = {}
     pool_d = _as_loaded(pool, "pool", pool_layout, pool_fields, skip_bad, split)
     target_d = _as_loaded(target, "target", target_layout, target_fields, skip_bad, split)
@@ -190,10 +193,9 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     if isinstance(method, str) and "->" not in method:
         get_method(method)(**config)  # validate options before any expensive work
     ctx = SelectionContext(pool_d.examples, target_d.examples, seed=seed, cache_dir=cache_dir,
-                           progress=progress, embed_config=embed, backend=backend,
-                           num_workers=num_workers, ray_address=ray_address)
+                           progress=progress, embed_config=embed, executor=executor)
     ctx.timings = timings
-    info: dict[str, Any] = {"backend": backend}
+    info: dict[str, Any] = {"backend": executor.name}
     if group_by:
         groups = [_group_of(ex, group_by) for ex in pool_d.examples]
         garr = np.asarray([str(g) for g in groups])

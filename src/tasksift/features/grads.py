@@ -70,11 +70,14 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import ConfigError
+from ..exec import Executor
 from ..memory import return_freed_memory
-from .cache import FeatureCache
+from .device import accelerator_for, resolve_device
+from .fingerprint import file_digest
 from .lm import (DEFAULT_LM, STATUS_OK, Rendered, LazyLM, length_batches, verified_decoder_and_head,
-                 model_fingerprint, resolve_device, resolve_dtype, set_cpu_threads, template_fingerprint,
+                 model_fingerprint, resolve_dtype, set_cpu_threads, template_fingerprint,
                  tokenize_examples, unscorable_summary)
+from .pipeline import compute_features, open_store
 
 #: Parameter rows per generated block of the projection matrix (part of the cache key).
 PROJ_BLOCK_ROWS = 2048
@@ -459,16 +462,15 @@ class GradScorer:
 
     The base model is loaded (or ``model``/``tokenizer`` reused) only when rows are missing
     from the cache; the adapter is applied unmerged on top, and removed again by
-    :meth:`close` (so a caller's model is left as it was).
+    :meth:`close` (so a caller's model is left as it was). ``executor``: where missing blocks
+    are computed (default: this process; on Ray each worker loads the model from the config).
     """
 
     def __init__(self, config: GradConfig, cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                 model=None, tokenizer=None, fingerprint: str | None = None, backend: str = "local",
-                 num_workers: int | None = None, ray_address: str | None = None,
+                 model=None, tokenizer=None, fingerprint: str | None = None, executor: Executor | None = None,
                  model_factory=None) -> None:
         config.validate()
-        if backend not in ("local", "ray"):
-            raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+        self.executor = executor
         self.config = config
         self.cache_dir = cache_dir
         self.progress = progress
@@ -478,7 +480,6 @@ class GradScorer:
         self._setup_seconds = 0.0
         self._fingerprint = fingerprint
         self._full_fp: str | None = None
-        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
         self._peft = None
         self._grads: PerExampleGrads | None = None
         self._proj: BlockProjector | None = None
@@ -620,39 +621,22 @@ class GradScorer:
 
     def features(self, examples: Sequence[Example], *, flush_every: int = 128, desc: str = "gradients") -> GradResult:
         """Projected gradient features of ``examples``, from the cache where possible."""
-        from tqdm.auto import tqdm
-
         n = len(examples)
         c = self.config
         if n == 0:
             z = np.zeros(0)
             return GradResult(np.zeros((0, c.proj_dim), np.float32), z.astype(np.int64), z.astype(np.int64), z,
                               z.astype(bool))
-        cache = FeatureCache(self.cache_dir, "grads", self.cache_key())
-        ids = [ex.id for ex in examples]
-        n_missing = len(cache.missing(list(dict.fromkeys(ids))))
         t0 = time.perf_counter()
-        if self.backend == "ray" and n_missing:
-            from ..distributed import get_or_compute_ray
-
-            f = get_or_compute_ray(cache, ids, [list(ex.messages) for ex in examples], GradWorkerFactory(c),
-                                   block_size=flush_every, num_workers=self.num_workers,
-                                   progress=self.progress, desc=desc, address=self.ray_address)
-            self.computed_rows += n_missing
-        else:
-            bar = tqdm(total=n_missing, desc=desc, unit="row", disable=not self.progress or n_missing == 0,
-                       dynamic_ncols=True)
-            try:
-                f = cache.get_or_compute(ids, lambda pos: self.compute_rows([examples[p] for p in pos],
-                                                                            on_rows=bar.update),
-                                         flush_every=flush_every, progress=False, desc=desc)
-            finally:
-                bar.close()
+        featurizer = GradFeaturizer(c, scorer=self)
+        out = compute_features(featurizer, examples, open_store(featurizer, self.cache_dir), self.executor,
+                               block_rows=flush_every, progress=self.progress, desc=desc)
+        f = out.values
         elapsed = time.perf_counter() - t0
         res = GradResult(features=f["features"], status=f["status"].astype(np.int64),
                          n_response_tokens=f["n_response_tokens"], grad_norm=f["grad_norm"],
                          truncated=f["truncated"].astype(bool))
-        computed = min(n, n_missing)
+        computed = out.rows_computed
         res.info = {
             "grad_type": c.grad_type, "proj_type": c.proj_type, "proj_dim": c.proj_dim, "proj_seed": c.proj_seed,
             "max_length": c.max_length, "n_truncated": int(res.truncated.sum()),
@@ -666,24 +650,53 @@ class GradScorer:
         return res
 
 
-@dataclass(frozen=True)
-class GradWorkerFactory:
-    """Builds, inside a Ray worker, the function items (message lists) -> feature arrays, for
-    :func:`tasksift.distributed.get_or_compute_ray`. Picklable: holds only the config."""
+class GradFeaturizer:
+    """The gradient featurizer of :func:`tasksift.features.pipeline.compute_features`: one
+    block of message lists -> :meth:`GradScorer.compute_rows`. Pickled (shipped to a worker)
+    it carries only the :class:`GradConfig`; the worker builds its own scorer."""
 
-    config: GradConfig
+    kind = "grads"
 
-    def __call__(self):
-        scorer = GradScorer(self.config, cache_dir=None, progress=False)
-        return scorer.compute_rows
+    def __init__(self, config: GradConfig, *, scorer: "GradScorer | None" = None) -> None:
+        self.config = config
+        self._scorer = scorer
+
+    @property
+    def accelerator(self) -> str | None:
+        return accelerator_for(self.config.device)
+
+    @property
+    def scorer(self) -> "GradScorer":
+        if self._scorer is None:
+            self._scorer = GradScorer(self.config, cache_dir=None, progress=False)
+        return self._scorer
+
+    def cache_key(self) -> dict:
+        return self.scorer.cache_key()
+
+    def row_id(self, ex: Example) -> str:
+        return ex.id
+
+    def block_item(self, ex: Example) -> list:
+        return list(ex.messages)
+
+    def compute_block(self, items: list) -> dict[str, np.ndarray]:
+        return self.scorer.compute_rows(items)
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "_scorer": None}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GradFeaturizer) and self.config == other.config
+
+    def __hash__(self) -> int:
+        return hash(self.config)
 
 
 def adapter_fingerprint(adapter: str | os.PathLike) -> str:
     """Digest of an adapter folder's weight and config files."""
-    from .lm import _file_digest
-
     a = Path(adapter)
-    parts = [f"{f.name}:{_file_digest(f)}" for f in sorted(a.glob("*"))
+    parts = [f"{f.name}:{file_digest(f)}" for f in sorted(a.glob("*"))
              if f.is_file() and f.suffix in {".safetensors", ".bin", ".json"} and f.name != "train_log.json"
              and f.name != OPTIMIZER_STATE_FILE]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
@@ -693,5 +706,5 @@ def config_dict(cfg: GradConfig) -> dict:
     return asdict(cfg)
 
 
-__all__ = ["BlockProjector", "GradConfig", "GradResult", "GradScorer", "GradWorkerFactory", "PerExampleGrads",
+__all__ = ["BlockProjector", "GradConfig", "GradResult", "GradFeaturizer", "GradScorer", "PerExampleGrads",
            "adam_precondition", "adapter_fingerprint", "lora_linears", "load_optimizer_state", "proj_batch_rows"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..data.example import Example
 from ..errors import ConfigError
+from ..exec import Executor, LocalExecutor
 from .params import Option, defaults_of, validate_options
 from .registry import MethodInfo
 
@@ -41,14 +42,13 @@ class SelectionContext:
 
     Attributes: ``pool`` and ``target`` (lists of :class:`Example`), ``seed``, ``rng`` (a
     seeded ``numpy.random.Generator``), ``cache_dir``, ``progress``, ``embed_config``,
-    ``backend`` ("local" or "ray", with ``num_workers`` and ``ray_address``),
-    ``timings`` (seconds per stage, filled as features are computed) and ``info``.
+    ``executor`` (where feature blocks and search shards run, see :mod:`tasksift.exec`;
+    default: this process), ``timings`` (seconds per stage, filled as features are computed) and ``info``.
     """
 
     def __init__(self, pool: Sequence[Example], target: Sequence[Example], *, seed: int = 0,
                  cache_dir=None, progress: bool = True, embed_config=None,
-                 options: dict[str, Any] | None = None, backend: str = "local",
-                 num_workers: int | None = None, ray_address: str | None = None) -> None:
+                 options: dict[str, Any] | None = None, executor: Executor | None = None) -> None:
         from ..features.embed import EmbedConfig
 
         self.pool = list(pool)
@@ -59,7 +59,7 @@ class SelectionContext:
         self.progress = progress
         self.embed_config = embed_config or EmbedConfig()
         self.options = dict(options or {})
-        self.backend, self.num_workers, self.ray_address = backend, num_workers, ray_address
+        self.executor: Executor = executor if executor is not None else LocalExecutor()
         self.timings: dict[str, float] = {}
         self.info: dict[str, Any] = {}
         self._embedder = None
@@ -84,9 +84,13 @@ class SelectionContext:
             from ..features.embed import Embedder
 
             self._embedder = Embedder(self.embed_config, cache_dir=self.cache_dir,
-                                      progress=self.progress, backend=self.backend,
-                                      num_workers=self.num_workers, ray_address=self.ray_address)
+                                      progress=self.progress, executor=self.executor)
         return self._embedder
+
+    @property
+    def backend(self) -> str:
+        """The executor's name (``"local"`` or ``"ray"``), for code that reports it."""
+        return self.executor.name
 
     def embeddings(self, which: str) -> np.ndarray:
         """Embeddings of ``"pool"`` or ``"target"`` examples, (n, d) float32."""
@@ -105,8 +109,7 @@ class SelectionContext:
         sub = SelectionContext([self.pool[i] for i in idx], self.target, seed=self.seed,
                                cache_dir=self.cache_dir, progress=self.progress,
                                embed_config=self.embed_config, options=self.options,
-                               backend=self.backend, num_workers=self.num_workers,
-                               ray_address=self.ray_address)
+                               executor=self.executor)
         sub._embedder = self._embedder
         if "pool" in self._emb:
             sub._emb["pool"] = self._emb["pool"][idx]

@@ -159,7 +159,7 @@ class LESSSelection(SelectionMethod):
 
     # -- warm-up ---------------------------------------------------------------------------
     def _warmup(self, ctx: SelectionContext, base_fp: str, loader, cache_dir) -> tuple[str, dict]:
-        from ..features.cache import default_cache_root
+        from ..store import default_cache_root
         from ..finetune import adapter_ready, finetune_lora, publish_adapter, read_train_log
 
         c = self.config
@@ -249,8 +249,7 @@ class LESSSelection(SelectionMethod):
                              proj_cache_mb=float(c["proj_cache_mb"]), device=c["device"],
                              dtype=c["dtype"])
             return GradScorer(cfg, cache_dir=cache_dir, progress=ctx.progress, tokenizer=tok, fingerprint=base_fp,
-                              model_factory=lambda: loader()[0], backend=ctx.backend,
-                              num_workers=ctx.num_workers, ray_address=ctx.ray_address)
+                              model_factory=lambda: loader()[0], executor=ctx.executor)
 
         results = {}
         n_params = None

@@ -97,7 +97,7 @@ class LoBaSSSelection(SelectionMethod):
         return lambda: apply_adapter(base_scorer.model, adapter, merge=True)
 
     def _finetune_reference(self, ctx: SelectionContext, base_cfg: LMConfig, base_scorer, cache_dir):
-        from ..features.cache import default_cache_root
+        from ..store import default_cache_root
         from ..finetune import adapter_ready, finetune_lora, publish_adapter, read_train_log
 
         c = self.config

@@ -1,0 +1,137 @@
+"""The one feature pipeline: ids -> missing rows -> blocks -> executor -> store -> features.
+
+:func:`compute_features` is how embeddings, LM losses and LESS gradients are computed. A
+featurizer only says what its rows are called in the store (:meth:`Featurizer.row_id`), what
+keys its store (:meth:`Featurizer.cache_key`), which accelerator a worker needs
+(:attr:`Featurizer.accelerator`) and how to compute one block (:meth:`Featurizer.compute_block`);
+the pipeline dedupes ids, finds what the store lacks, checks the store is writable before
+computing anything, cuts the missing rows into blocks and hands them to the executor, whose
+workers compute each block and write it into the store themselves (so a crash loses at most
+the blocks in flight, and a rerun computes only what is missing). The features of every row are
+then read back from the store.
+
+A featurizer is shipped to worker processes by pickling: it must drop whatever it loaded in
+this process (a model) when pickled and load it again on first use there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..exec import Executor, LocalExecutor
+from ..store import FeatureStore, StoreSpec
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """What :func:`compute_features` needs from a featurizer."""
+
+    #: names the store folder (``<kind>-<hash of cache_key()>``)
+    kind: str
+    #: ``"gpu"``: a worker wants one GPU where the cluster has them; None: CPU only
+    accelerator: str | None
+
+    def cache_key(self) -> dict:
+        """Everything that changes the features (model fingerprint, rendering, ...)."""
+        ...
+
+    def row_id(self, row: Any) -> str:
+        """The store id of one input row."""
+        ...
+
+    def block_item(self, row: Any) -> Any:
+        """What :meth:`compute_block` needs of one row (picklable, e.g. its text)."""
+        ...
+
+    def compute_block(self, items: list) -> Mapping[str, np.ndarray]:
+        """Row-aligned arrays (NaN rows allowed) for one block of items."""
+        ...
+
+
+@dataclass
+class FeatureResult:
+    """Features of every input row (``values``: field -> array, row-aligned with the rows),
+    and how many distinct rows were computed now or came from the store."""
+
+    values: dict[str, np.ndarray]
+    rows_computed: int
+    rows_cached: int
+
+
+def open_store(featurizer: Featurizer, cache_dir: str | os.PathLike | None) -> FeatureStore:
+    """The store of ``featurizer``'s current configuration under ``cache_dir`` (None: the
+    default cache root)."""
+    return FeatureStore(cache_dir, featurizer.kind, featurizer.cache_key())
+
+
+@dataclass(frozen=True, eq=False)
+class StoreWriter:
+    """Worker factory: builds, in the worker, the function that computes one block
+    ``(ids, items)`` with ``featurizer`` and writes it into the store ``spec`` names; it
+    returns the block's row count. Unhashable on purpose: an in-process executor must not keep
+    it (and the model its featurizer holds) after the run."""
+
+    featurizer: Any
+    spec: StoreSpec
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self) -> Callable[[tuple[list, list]], int]:
+        featurizer, store = self.featurizer, self.spec.open()
+
+        def run(block: tuple[list, list]) -> int:
+            ids, items = block
+            store.write(ids, featurizer.compute_block(list(items)))
+            return len(ids)
+
+        return run
+
+
+def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: FeatureStore,
+                     executor: Executor | None = None, *, block_rows: int = 1024, progress: bool = True,
+                     desc: str | None = None) -> FeatureResult:
+    """Features of ``rows``, computing (through ``executor``, default in-process) and storing
+    only the rows ``store`` lacks, ``block_rows`` per block. Duplicate ids are computed once.
+    The store's folder must be writable when anything is missing (a one-line ConfigError
+    before any computing otherwise)."""
+    from tqdm.auto import tqdm
+
+    executor = executor if executor is not None else LocalExecutor()
+    ids = [featurizer.row_id(r) for r in rows]
+    first: dict[str, int] = {}
+    for pos, i in enumerate(ids):
+        first.setdefault(i, pos)
+    uniq = list(first)
+    todo = [first[uniq[p]] for p in store.missing(uniq)]
+    cached = len(uniq) - len(todo)
+    computed = 0
+    if todo:
+        store.check_writable()
+        bar = tqdm(total=len(uniq), initial=cached, desc=desc or f"{featurizer.kind} features", unit="row",
+                   disable=not progress, dynamic_ncols=True)
+        bar.set_postfix_str(f"{cached} from cache")
+        worker = StoreWriter(featurizer, store.spec)
+        try:
+            # a segment may vanish under us (another run moved it aside as corrupt): retry those rows
+            for _ in range(3):
+                for _, n in executor.map_blocks(worker, _blocks(todo, ids, rows, featurizer, block_rows),
+                                                accelerator=featurizer.accelerator):
+                    computed += n
+                    bar.update(n)
+                todo = [first[uniq[p]] for p in store.missing(uniq)]
+                if not todo:
+                    break
+        finally:
+            bar.close()
+    values = store.read(ids) if ids else {}
+    return FeatureResult(values, rows_computed=computed, rows_cached=cached)
+
+
+def _blocks(todo: list[int], ids: Sequence[str], rows: Sequence[Any], featurizer: Featurizer,
+            block_rows: int) -> Iterator[tuple[int, tuple[list, list]]]:
+    """``(block number, (ids, items))`` for the positions ``todo``, made as they are asked for."""
+    for b, s in enumerate(range(0, len(todo), max(1, int(block_rows)))):
+        part = todo[s:s + block_rows]
+        yield b, ([ids[p] for p in part], [featurizer.block_item(rows[p]) for p in part])
