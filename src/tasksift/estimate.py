@@ -25,6 +25,7 @@ from .data.loading import LoadedData, load_examples
 from .errors import ConfigError
 from .features.cache import FeatureCache
 from .features.embed import EmbedConfig, Embedder, example_texts
+from .features.embed_models import StaticEncoder
 from .manifest import peak_memory_mb
 
 EMBEDDING_NEEDS = {"embeddings"}
@@ -131,7 +132,7 @@ def time_transformer(model: Any, texts: list[str], batch_size: int) -> tuple[flo
     tokens = []
 
     def run(batch: list[str]) -> None:
-        feats = model.tokenize(batch)
+        feats = (getattr(model, "preprocess", None) or model.tokenize)(batch)
         tokens.extend(feats["attention_mask"].sum(1).tolist())
         feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in feats.items()}
         with torch.inference_mode():
@@ -162,7 +163,7 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
         model = embedder.model
         load_s = time.perf_counter() - t0
         rng = np.random.default_rng(seed)
-        static = not hasattr(model, "tokenize")
+        static = isinstance(model, StaticEncoder)
         k = min(n, sample * (16 if static else 1))
         pick = rng.choice(n, size=k, replace=False)
         texts = [texts_all[i] for i in pick]
@@ -181,7 +182,7 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
                 else chars[pick].sum() / max(1.0, tok.sum())
             measured = {"per_token": secs / max(1.0, tok.sum()), "chars_per_token": float(ratio),
                         "max_len": max_len, "static": False, "load_s": load_s,
-                        "dim": int(model.get_sentence_embedding_dimension()), "sample": k}
+                        "dim": model_dim(model), "sample": k}
     if measured["static"]:
         secs = float(chars.sum() * measured["per_char"])
         how = f"{measured['sample']}-row sample, static model"
@@ -210,10 +211,10 @@ def estimate_method(method: Any, config: Mapping[str, Any], n_pool: int, n_targe
         v = rng.standard_normal((rows, dim)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    pool = [Example(messages=[{"role": "user", "content": f"row {i}"}, {"role": "assistant", "content": "."}])
-            for i in range(m)]
-    target = [Example(messages=[{"role": "user", "content": f"target {i}"}, {"role": "assistant", "content": "."}])
-              for i in range(n_target)]
+    pool = [Example(messages=[{"role": "user", "content": f"row {i}"}, {"role": "assistant", "content": "."}],
+                    raw={}, row=i) for i in range(m)]
+    target = [Example(messages=[{"role": "user", "content": f"target {i}"}, {"role": "assistant", "content": "."}],
+                      raw={}, row=i) for i in range(n_target)]
     ctx = SelectionContext(pool, target, seed=seed, progress=False)
     ctx.set_embeddings("pool", unit(m))
     ctx.set_embeddings("target", unit(n_target))
@@ -275,7 +276,12 @@ def estimate_select(pool: Any, target: Any, method: str | Sequence | Mapping = "
 
 def embed_dim(embedder: Embedder) -> int:
     """Width of the embedder's vectors (loads the model)."""
-    model = embedder.model
-    if hasattr(model, "get_sentence_embedding_dimension"):
-        return int(model.get_sentence_embedding_dimension())
-    return int(model.model.dim)
+    return model_dim(embedder.model)
+
+
+def model_dim(model: Any) -> int:
+    """Width of a SentenceTransformer's or StaticEncoder's vectors."""
+    if isinstance(model, StaticEncoder):
+        return int(model.model.dim)
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
