@@ -198,13 +198,14 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
 
 
 def estimate_method(method: Any, config: Mapping[str, Any], n_pool: int, n_target: int, k: int, dim: int,
-                    *, seed: int, method_sample: int) -> StageEstimate:
-    """A trial of an embeddings-only method on at most ``method_sample`` rows of random unit
-    vectors, scaled linearly to ``n_pool`` rows."""
+                    *, seed: int, method_sample: int, target_sample: int = 256) -> StageEstimate:
+    """A trial of an embeddings-only method on at most ``method_sample`` pool rows and
+    ``target_sample`` target rows of random unit vectors, scaled linearly in both."""
     from .api import run_method
     from .methods.base import SelectionContext
 
     m = min(n_pool, method_sample)
+    t_rows = min(n_target, target_sample)
     rng = np.random.default_rng(seed)
 
     def unit(rows: int) -> np.ndarray:
@@ -214,24 +215,24 @@ def estimate_method(method: Any, config: Mapping[str, Any], n_pool: int, n_targe
     pool = [Example(messages=[{"role": "user", "content": f"row {i}"}, {"role": "assistant", "content": "."}],
                     raw={}, row=i) for i in range(m)]
     target = [Example(messages=[{"role": "user", "content": f"target {i}"}, {"role": "assistant", "content": "."}],
-                      raw={}, row=i) for i in range(n_target)]
+                      raw={}, row=i) for i in range(t_rows)]
     ctx = SelectionContext(pool, target, seed=seed, progress=False)
     ctx.set_embeddings("pool", unit(m))
-    ctx.set_embeddings("target", unit(n_target))
+    ctx.set_embeddings("target", unit(t_rows))
     km = max(1, min(m, round(k * m / max(1, n_pool))))
     base = peak_memory_mb()
     t = time.perf_counter()
     run_method(method, config, ctx, km)
     secs = time.perf_counter() - t
-    scale = n_pool / m
-    return StageEstimate(str(method), n_pool, secs * scale, base + (peak_memory_mb() - base) * scale,
-                         f"{m:,}-row trial on random vectors, x{scale:.1f}")
+    scale = n_pool / m * (n_target / t_rows)
+    return StageEstimate(str(method), n_pool, secs * scale, base + (peak_memory_mb() - base) * n_pool / m,
+                         f"trial: {m:,} pool x {t_rows:,} target rows of random vectors, time x{scale:.1f}")
 
 
 def estimate_select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds", *,
                     k: int | None = None, ratio: float | None = None, config: Mapping[str, Any] | None = None,
                     embed: EmbedConfig | None = None, cache_dir: Any = None, seed: int = 0,
-                    sample: int = 64, method_sample: int = 4000, load_kwargs: Mapping[str, Any] | None = None,
+                    sample: int = 64, method_sample: int = 2000, load_kwargs: Mapping[str, Any] | None = None,
                     target_load_kwargs: Mapping[str, Any] | None = None) -> Estimate:
     """Estimate a ``select`` run: row counts (all, unique, cached) and per-stage time and
     memory from samples (see the module doc). Writes nothing to the cache."""
