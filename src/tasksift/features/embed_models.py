@@ -212,6 +212,29 @@ class StaticEncoder:
         return emb
 
 
+class ReducedPrecisionEncoder:
+    """A SentenceTransformer run in bfloat16/float16 whose vectors come back as float32 and
+    are L2-normalised in float32 (a norm taken in bfloat16 is off by ~1e-3)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:   # tokenize, max_seq_length, device, ...
+        return getattr(self.model, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def encode(self, sentences: Sequence[str], batch_size: int = CPU_BATCH_SIZE, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False, **kw: Any) -> np.ndarray:
+        emb = self.model.encode(list(sentences), batch_size=int(batch_size), show_progress_bar=show_progress_bar,
+                                convert_to_tensor=True, normalize_embeddings=False, **kw)
+        emb = emb.float().cpu().numpy()
+        if normalize_embeddings:
+            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb
+
+
 def load_static_model(model: str, default_path: str, cache_root: str | os.PathLike,
                       source_fingerprint: str, max_tokens: int | None = None) -> StaticEncoder:
     """``static`` (distilled from ``default_path`` on first use, cached under
@@ -291,10 +314,12 @@ def load_transformer_model(path: str, device: str, dtype: str, runtime: str = "t
         set_cpu_threads(threads)
     if runtime == "torch":
         m = SentenceTransformer(path, device=device)
+        if max_tokens:
+            m.max_seq_length = int(max_tokens)
         if dtype in ("bfloat16", "float16"):
             import torch
 
-            m = m.to(getattr(torch, dtype))
+            m = ReducedPrecisionEncoder(m.to(getattr(torch, dtype)))
         elif dtype == "int8":
             import warnings
 
@@ -315,8 +340,8 @@ def load_transformer_model(path: str, device: str, dtype: str, runtime: str = "t
             path = str(dest)
         m = SentenceTransformer(path, device="cpu" if runtime == "onnx" and device == "auto" else device,
                                 backend=runtime, **kw)
-    if max_tokens:
-        m.max_seq_length = int(max_tokens)
+        if max_tokens:
+            m.max_seq_length = int(max_tokens)
     return m
 
 
