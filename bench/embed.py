@@ -2,6 +2,7 @@
 
     python bench/embed.py [--rows 20000] [--modes float32,bfloat16,int8,static] [--cache-dir DIR]
                           [--speed-rows 256] [--rounds 3] [--million 0] [--data ../shared/data]
+                          [--no-estimate-check]
 
 Pool: the first ``--rows`` rows of bench/methods.py's seeded 20k sample of the real pool;
 target: the first 50 GSM8K train examples (as bench/methods.py builds them).
@@ -20,7 +21,8 @@ model distilled from the default model):
   FLAN's gsm8k (the on-task rows), and kNN-10 overlap (the 10 nearest pool rows of each
   target row, and of 500 sampled pool rows).
 
-``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
+Last column: ``select --estimate``'s pool-embedding time (empty cache) against the measured
+cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
 model through the cache (a temporary cache folder) and prints rows/s and peak RSS.
 Exits cleanly (code 0, with a message) when the shared data is absent.
 """
@@ -115,6 +117,25 @@ def speed_rounds(modes: list[str], configs: dict, texts: list[str], rounds: int,
     return out
 
 
+def estimate_vs_measured(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Example],
+                         record: dict, cache: Path) -> str:
+    """``select --estimate``'s pool-embedding time with no cached embeddings (the distilled
+    static model is reused, as the measured run did) against the measured cold run."""
+    from tasksift.data.loading import LoadedData
+    from tasksift.estimate import estimate_select
+
+    if mode not in record:
+        return "-"
+    with tempfile.TemporaryDirectory() as empty:
+        if (cache / "models").is_dir():
+            (Path(empty) / "models").symlink_to((cache / "models").resolve())
+        est = estimate_select(LoadedData(examples=pool, path="<sample>", format="jsonl", layout="mixed"),
+                              LoadedData(examples=target, path="<target>", format="jsonl", layout="mixed"),
+                              "tsds", ratio=0.01, embed=cfg, cache_dir=empty)
+    secs = next(s.seconds for s in est.stages if s.stage == "embed pool")
+    return f"{secs:,.0f} s / {record[mode]['seconds']:,.0f} s"
+
+
 def million(n: int, pool: list[Example], device: str) -> str:
     base = [ex.text[:4000] for ex in pool]
     rows = [Example(messages=[{"role": "user", "content": f"{base[i % len(base)]} #{i}"}], raw={}, row=i)
@@ -141,6 +162,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--million", type=int, default=0, help="also embed this many generated rows with the static model")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-estimate-check", dest="estimate_check", action="store_false",
+                    help="skip comparing select --estimate with each mode's measured cold run")
     ap.add_argument("--data", default=None, help="shared data folder (default ../shared/data beside the repo)")
     args = ap.parse_args()
     if args.data:
@@ -180,8 +203,9 @@ def main() -> int:
           f"TSDS selects {k} ({100 * args.ratio:g}%); device {args.device}; cold runs: one each, under the load of "
           f"the moment; speed: {args.rounds} alternating rounds on {len(texts)} rows")
     print("| mode | dim | cold rows/s | cold peak RSS MiB | speed rows/s (median) | vs float32 (median) "
-          "| TSDS Jaccard vs float32 | gsm8k share | kNN-10 target->pool | kNN-10 pool->pool |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| TSDS Jaccard vs float32 | gsm8k share | kNN-10 target->pool | kNN-10 pool->pool "
+          "| --estimate / measured cold |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in modes:
         pe, te = embs[m]
         pick = tsds_pick(pool, target, pe, te, k)
@@ -198,7 +222,9 @@ def main() -> int:
             sp, rt = f"{med:,.1f}", f"{ratio:.2f}x"
         else:
             sp = rt = "-"
-        print(f"| {m} | {pe.shape[1]} | {cold} | {peak} | {sp} | {rt} | {jac:.3f} | {share:.3f} | {kt:.3f} | {kp:.3f} |")
+        ev = estimate_vs_measured(m, configs[m], pool, target, record, cache) if args.estimate_check else "-"
+        print(f"| {m} | {pe.shape[1]} | {cold} | {peak} | {sp} | {rt} | {jac:.3f} | {share:.3f} | {kt:.3f} "
+              f"| {kp:.3f} | {ev} |")
     if args.million:
         print(million(args.million, pool, args.device))
     return 0

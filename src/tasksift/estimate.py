@@ -193,6 +193,7 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
                f"{1 / measured['per_token']:,.0f} tokens/s, {est_tok.mean():.0f} tokens/row")
     if stage == "embed pool":
         secs += measured["load_s"]
+        how += f", model load {measured['load_s']:.0f} s"
     mem = peak_memory_mb() + 2 * n * measured["dim"] * 4 / 2 ** 20
     return StageEstimate(stage, n, secs, mem, how), measured
 
