@@ -21,8 +21,8 @@ model distilled from the default model):
   FLAN's gsm8k (the on-task rows), and kNN-10 overlap (the 10 nearest pool rows of each
   target row, and of 500 sampled pool rows).
 
-Last column: ``select --estimate``'s pool-embedding time (empty cache) against the measured
-cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
+Last column: ``select --estimate``'s pool-embedding time (empty cache; scaled to the rows of
+the recorded run) against the measured cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
 model through the cache (a temporary cache folder) and prints rows/s and peak RSS.
 Exits cleanly (code 0, with a message) when the shared data is absent.
 """
@@ -132,7 +132,7 @@ def estimate_vs_measured(mode: str, cfg: EmbedConfig, pool: list[Example], targe
         est = estimate_select(LoadedData(examples=pool, path="<sample>", format="jsonl", layout="mixed"),
                               LoadedData(examples=target, path="<target>", format="jsonl", layout="mixed"),
                               "tsds", ratio=0.01, embed=cfg, cache_dir=empty)
-    secs = next(s.seconds for s in est.stages if s.stage == "embed pool")
+    secs = next(s.seconds for s in est.stages if s.stage == "embed pool") * record[mode]["rows"] / est.unique_rows
     return f"{secs:,.0f} s / {record[mode]['seconds']:,.0f} s"
 
 
