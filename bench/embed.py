@@ -68,7 +68,8 @@ def cold_run(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Exam
     already holds it (with the cache still complete)."""
     e = Embedder(cfg, cache_dir=cache, progress=True)
     ids = list(dict.fromkeys(ex.id + ":" + cfg.text for ex in pool))
-    if not e.cache.missing(ids):                      # cached by an earlier run: its timing, if recorded
+    todo = len(e.cache.missing(ids))
+    if not todo:                                      # cached by an earlier run: its timing, if recorded
         emb = e.embed(pool, desc=f"{mode} (cached)")
     else:
         _ = e.model                                   # load (and distil) outside the timing
@@ -76,7 +77,8 @@ def cold_run(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Exam
             t = time.perf_counter()
             emb = e.embed(pool, desc=f"{mode} pool")
             secs = time.perf_counter() - t
-        record[mode] = {"rows": len(ids), "seconds": secs, "peak_rss_mb": mem.peak / 2 ** 20,
+        # rows: those computed (rows already cached by a smaller run are reused, not timed)
+        record[mode] = {"rows": todo, "seconds": secs, "peak_rss_mb": mem.peak / 2 ** 20,
                         "above_base_mb": mem.above_base_mb, "cache": e.cache.dir.name,
                         "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     return emb, e.embed(target, desc=f"{mode} target")
