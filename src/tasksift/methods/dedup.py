@@ -158,7 +158,7 @@ class FilterMethod(SelectionMethod):
 
 
 @register("dedup", description="drop exact (same id) and near-duplicate rows (cosine >= threshold); a filter",
-          needs=("embeddings",), cost="cheap", stochastic=True)
+          needs=("embeddings",), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=2))
 class DedupFilter(FilterMethod):
     defaults: dict = {"threshold": 0.95, "mode": "greedy", "search": "auto", "neighbors": 10,
                       "index": "auto", "order": "random"}
@@ -197,7 +197,7 @@ class DedupFilter(FilterMethod):
 
 
 @register("length", description="keep rows whose length (words or characters) lies in a band; a filter",
-          needs=(), cost="cheap", stochastic=True)
+          needs=(), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=1))
 class LengthFilter(FilterMethod):
     defaults: dict = {"min_words": None, "max_words": None, "min_chars": None, "max_chars": None,
                       "field": "text", "order": "random"}

@@ -64,7 +64,7 @@ def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> n
 
 
 @register("dsir", description="hashed n-gram importance resampling towards the target (DSIR, Xie et al. 2023)",
-          needs=("ngrams",), cost="cheap", stochastic=True)
+          needs=("ngrams",), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=3))
 class DSIRSelection(SelectionMethod):
     defaults: dict = {"num_buckets": 10_000, "ngrams": [1, 2], "smoothing": 1.0, "text": "text",
                       "max_chars": 20_000, "sampling": "gumbel", "length_normalize": False}

@@ -37,7 +37,7 @@ def perplexity_scores(loss: np.ndarray, keep: str) -> np.ndarray:
 
 
 @register("perplexity", description="response perplexity under the base LM: a middle band, or the lowest/highest",
-          needs=("lm",), cost="moderate")
+          needs=("lm",), cost="moderate", survey=dict(llms_trained=0, steps=2, model_dependent=True))
 class PerplexitySelection(SelectionMethod):
     defaults: dict = {**LM_OPTION_DEFAULTS, **GROUP_OPTION_DEFAULTS, "keep": "middle",
                       "low_quantile": None, "high_quantile": None}
