@@ -152,3 +152,12 @@ def test_dtype_option_validated_and_fingerprint_kept():
     with pytest.raises(ConfigError, match="dtype"):
         recipe_from_dict({**d, "scoring": {"dtype": "float16"}})
     assert "loss_answer" in recipe_from_dict({**d, "scorers": ["loss_answer"]}).scorers
+
+
+def test_cli_seeds_override(seed_dirs, tmp_path, capsys):
+    work, _ = seed_dirs
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(json.dumps(_recipe(work, 0, seeds=[0, 1, 2]).to_dict()))
+    assert main(["evaluate", str(rfile), "--seeds", "2", "--plan", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "seed=2" in out and "seed=0" not in out and "seed=1" not in out

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress messages")
     p.add_argument("--plan", action="store_true",
                    help="validate the recipe and list its arms (marking finished ones in --out), run nothing")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="run only these seeds instead of the recipe's (one out dir per seed; combine with --summarize)")
     p.add_argument("--estimate", action="store_true",
                    help="time a few LoRA steps and test items, print the whole run's estimated duration, run nothing")
     p.add_argument("--no-estimate", action="store_true", help="skip the up-front estimate before a run")
@@ -54,6 +56,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         recipe = load_recipe(args.recipe)
         out = Path(args.out or recipe.out or f"eval-out/{recipe.name}")
+    if args.seeds:
+        from ..evaluate import recipe_from_dict
+
+        recipe = recipe_from_dict({**recipe.to_dict(), "seeds": list(args.seeds)}, source="--seeds")
     if args.plan:
         from ..evaluate.runner import RESULTS, plan_arms, read_results, validate_methods
 
