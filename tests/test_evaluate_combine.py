@@ -161,3 +161,29 @@ def test_cli_seeds_override(seed_dirs, tmp_path, capsys):
     assert main(["evaluate", str(rfile), "--seeds", "2", "--plan", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "seed=2" in out and "seed=0" not in out and "seed=1" not in out
+
+
+def test_run_prints_the_estimate_before_the_first_arm(seed_dirs, tmp_path, monkeypatch, capsys):
+    import tasksift.evaluate.estimate as E
+    from tasksift.evaluate import runner as R
+
+    work, _ = seed_dirs
+    calls = []
+    fake = {"seconds_per_step": 1.0, "seconds_per_item": {"loss": 0.5}, "score_seconds_per_arm": 6.0, "n_test": 12,
+            "arms": [{"arm": "a", "steps": 3, "seconds": 9.0}], "n_arms_todo": 1, "total_seconds": 9.0,
+            "sample_steps": 2, "sample_items": 4, "excludes": "selection time"}
+    monkeypatch.setattr(E, "estimate_run", lambda ev: calls.append("estimate") or fake)
+
+    def first_arm(self, arm):
+        calls.append("arm")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R.Evaluation, "run_arm", first_arm)
+    with pytest.raises(KeyboardInterrupt):
+        R.Evaluation(_recipe(work, 0), tmp_path / "o", progress=True).run()
+    assert calls == ["estimate", "arm"]
+    assert "about 0m09s" in capsys.readouterr().err
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        R.Evaluation(_recipe(work, 0), tmp_path / "o", progress=True).run(estimate=False)
+    assert calls == ["arm"]

@@ -215,7 +215,9 @@ def test_publishable_drops_matches_and_machine_data():
     summary = {"name": "t", "table": [{"method": "knn", "peak_rss_mb": 5, "sdf": 0.01}],
                "pool": {"rows": 10, "contamination_before_drop": {"exact": 1, "near": 0, "checked": 10,
                                                                   "matches": [{"pool_id": "x", "test_id": "y"}]}},
-               "report": "/abs/report.html", "arms_run": ["a"], "recipe": {"seeds": [0]}}
+               "report": "/abs/report.html", "arms_run": ["a"],
+               "recipe": {"seeds": [0], "cache_dir": "/work/x/cache", "out": "/o"}}
     pub = publishable(summary)
     assert "matches" not in str(pub) and "report" not in pub and "arms_run" not in pub
+    assert pub["recipe"] == {"seeds": [0]}
     assert pub["table"] == [{"method": "knn", "sdf": 0.01}] and pub["pool"]["contamination_before_drop"]["exact"] == 1

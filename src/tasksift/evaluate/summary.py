@@ -153,8 +153,11 @@ def publishable(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The summary as it may be committed (``bench/results/<task>.json``): scores, paired
     differences with their intervals, SDF/PIR/efficiency/feasibility (ours and the survey's),
     answer style, the recipe and pool/test *counts*; no pool rows, test items, ids or texts
-    (contamination matches, generated outputs) and no absolute paths of this machine's data."""
+    (contamination matches, generated outputs); the recipe without its output and cache
+    folders (data paths stay as the recipe gave them)."""
     out = {k: summary[k] for k in PUBLIC_KEYS if k in summary}
+    if isinstance(out.get("recipe"), dict):
+        out["recipe"] = {k: v for k, v in out["recipe"].items() if k not in ("out", "cache_dir")}
     pool = summary.get("pool") or {}
     cb = pool.get("contamination_before_drop") or {}
     out["pool"] = {"rows": pool.get("rows"), "rows_before_drop": pool.get("rows_before_drop"),
