@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     for b, L, dt, ck, th in settings:
         r = run_one(model, tok, rows, batch=b, length=L, dtype=dt, ckpt=ck, threads=th, steps=args.steps)
         res.append(r)
-        print(f"  done {b}x{L} {dt} ckpt={ck} threads={th}: {r['s_per_step']:.2f} s/step", file=sys.stderr, flush=True)
+        print(f"  done {b}x{L} {dt} ckpt={ck} threads={th}: {r['s_per_step']:.2f} s/step, losses "
+              f"{[round(x, 5) for x in r['loss']]}", file=sys.stderr, flush=True)
     ref = {(r["batch"], r["length"], r["threads"], r["ckpt"]): r for r in res if r["dtype"] == "float32"}
     print(f"LoRA step cost, SmolLM2-135M-Instruct, {args.steps} steps each, {ncpu} CPU(s) available")
     print(f"{'batch':>5} {'tokens':>6} {'dtype':>9} {'ckpt':>5} {'thr':>3} {'s/step':>7} {'tok/s':>7} "
