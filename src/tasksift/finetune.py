@@ -119,7 +119,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
                   gguf_file: str | None = None, progress: bool = True, tokenizer=None,
                   target_modules: Sequence[str] | None = None, device: str = "auto",
                   warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0,
-                  save_optimizer_state: bool = False, gradient_checkpointing: bool = False) -> Path:
+                  save_optimizer_state: bool = False, gradient_checkpointing: bool = False,
+                  dtype: str = "float32") -> Path:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``; returns that path.
 
     ``model_name_or_path``: ``"default"``, a hub id, a local path or ``.gguf`` file, or an
@@ -137,6 +138,9 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     (no batch x length x vocabulary logits); ``gradient_checkpointing`` recomputes each
     layer's activations in the backward pass instead of keeping them (about a third more
     compute, activation memory of one layer instead of all; same numbers).
+    ``dtype="bfloat16"`` runs the forward pass under bfloat16 autocast (weights, LoRA
+    parameters, optimizer state and the loss stay float32); ``"float32"`` (default) does not
+    (a bfloat16/float16 model on a GPU is autocast either way).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -150,6 +154,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if steps is None and not epochs > 0:
         raise ConfigError(f"epochs must be > 0, got {epochs}")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if batch_size < 1 or r < 1 or lr <= 0:
         raise ConfigError("batch_size and r must be >= 1 and lr > 0")
     out = Path(out_dir)
@@ -225,7 +231,8 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
                 g["lr"] = lr_at(step)
             shift_labels = labels[:, 1:]
             sel = shift_labels != -100          # only response positions: no full-vocab copies
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=low_precision and dev.type == "cuda"):
+            autocast = dtype == "bfloat16" or (low_precision and dev.type == "cuda")
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = response_loss(peft_model, ids, att, sel, shift_labels[sel], head=head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -253,7 +260,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         "trained_examples": n, "skipped_examples": len(examples) - n,
         "truncated_examples": int(sum(x.truncated for x in usable)),
         "steps": total, "epochs": total / per_epoch, "lr": lr, "r": r, "alpha": alpha,
-        "dropout": dropout, "gradient_checkpointing": gradient_checkpointing,
+        "dropout": dropout, "gradient_checkpointing": gradient_checkpointing, "dtype": dtype,
         "output_layer_on_response_only": head is not None,
         "batch_size": batch_size, "max_length": max_length, "seed": seed,
         "warmup_steps": warm, "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str)

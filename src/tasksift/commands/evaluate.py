@@ -28,12 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress messages")
     p.add_argument("--plan", action="store_true",
                    help="validate the recipe and list its arms (marking finished ones in --out), run nothing")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="run only these seeds instead of the recipe's (one out dir per seed; combine with --summarize)")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few LoRA steps and test items, print the whole run's estimated duration, run nothing")
+    p.add_argument("--no-estimate", action="store_true", help="skip the up-front estimate before a run")
+    p.add_argument("--summarize", nargs="+", metavar="DIR",
+                   help="combine out dirs of one recipe differing only in seeds into --out "
+                        "(results.jsonl, summary.json, report.html, published.json); no recipe needed")
+    p.add_argument("--publish", metavar="FILE",
+                   help="with --summarize: also write the publishable summary here (e.g. bench/results/<task>.json)")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import load_recipe, preset_recipe, run_evaluation
 
+    if args.summarize:
+        return _summarize(args)
+    if args.publish:
+        raise ConfigError("--publish goes with --summarize DIR [DIR ...]")
     if bool(args.recipe) == bool(args.preset):
         raise ConfigError("give a recipe file or --preset smoke|cpu|gpu (one of them)")
     if args.preset:
@@ -42,6 +56,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         recipe = load_recipe(args.recipe)
         out = Path(args.out or recipe.out or f"eval-out/{recipe.name}")
+    if args.seeds:
+        from ..evaluate import recipe_from_dict
+
+        recipe = recipe_from_dict({**recipe.to_dict(), "seeds": list(args.seeds)}, source="--seeds")
     if args.plan:
         from ..evaluate.runner import RESULTS, plan_arms, read_results, validate_methods
 
@@ -53,8 +71,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for a in arms:
             print(f"  {'done' if a['id'] in done else 'todo'}  {a['id']}")
         return 0
+    if args.estimate:
+        from ..evaluate.estimate import estimate_run, format_estimate
+        from ..evaluate.runner import Evaluation
+
+        ev = Evaluation(recipe, out, resume=True, progress=not args.no_progress, cache_dir=args.cache_dir)
+        ev.prepare()
+        print(f"tasksift evaluate {recipe.name}: {format_estimate(estimate_run(ev))}")
+        return 0
     summary = run_evaluation(recipe, out, resume=args.resume, progress=False if args.no_progress else None,
-                             cache_dir=args.cache_dir)
+                             cache_dir=args.cache_dir, estimate=not args.no_estimate)
     primary = summary["primary_scorer"]
     print(f"tasksift evaluate {summary['name']}: {summary['n_arms']} arms "
           f"({len(summary['arms_skipped'])} resumed), primary score {primary}")
@@ -68,4 +94,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{f(e.get(primary + '_mean'), 4):>12} {f(e.get('pir')):>7} {f(e.get('efficiency')):>7} "
               f"{e.get('feasibility_rank', '-'):>4}")
     print(f"  wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {summary['report']}", file=sys.stdout)
+    _print_paired(summary)
+    return 0
+
+
+def _print_paired(summary: dict) -> None:
+    """The paired differences to random (95% bootstrap interval) and the base model at chance."""
+    rows = summary.get("paired") or []
+    if rows:
+        print("  paired difference to random at the same budget (method - random, seeds pooled per item):")
+        for c in rows:
+            print(f"    {c['method'][:22]:<22} {c['budget']:<12} {c['scorer']:<11} {c['diff']:+.4f} "
+                  f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]  MDE {c['mde']:.4f}  n={c['n_items']}  {c['verdict']}")
+    for k, v in (summary.get("base_chance") or {}).items():
+        print(f"  base model multiple choice on {k}: {v['accuracy']:.3f} vs chance {v['chance']:.3f} "
+              f"(distance {v['distance']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}])"
+              f"{' -- AT CHANCE: lean on the loss scorer' if v['at_chance'] else ''}")
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from ..evaluate.combine import summarize_dirs
+
+    if not args.out:
+        raise ConfigError("--summarize needs --out DIR for the combined summary")
+    summary = summarize_dirs(args.summarize, args.out, publish=args.publish)
+    print(f"tasksift evaluate --summarize: {len(args.summarize)} dirs, {summary['n_arms']} arms, seeds "
+          f"{summary['recipe'].get('seeds')} -> {args.out}" + (f" and {args.publish}" if args.publish else ""))
+    missing = summary.get("missing_fields") or {}
+    if missing:
+        print("  fields missing in rows from older runs: " + ", ".join(f"{k} ({len(v)} arms)" for k, v in missing.items()))
+    _print_paired(summary)
     return 0

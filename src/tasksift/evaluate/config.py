@@ -21,12 +21,16 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
     gguf_file: null
     device: auto
     finetune: {steps: 60, lr: 2.0e-4, r: 8, alpha: 16, batch_size: 8, max_length: 512,
-               gradient_checkpointing: false}   # true: less memory, ~1/3 more compute
-    scorers: [loss, mc, em]            # loss = target-test NLL, mc = multiple choice, em = exact match
+               gradient_checkpointing: false,   # true: less memory, ~1/3 more compute
+               dtype: float32}                  # bfloat16: autocast (weights stay float32)
+    scorers: [loss, mc, em]            # loss = target-test NLL of the gold answer as the target
+                                       # examples write it, loss_answer = of the bare final answer
+                                       # (GSM8K), mc = multiple choice, em = exact match
     primary_scorer: mc                 # the score PIR and efficiency use (default: first scorer)
     generation: {max_new_tokens: 256, batch_size: 8}
     contamination: {drop_contaminated: true, ngram: 5, near_threshold: 0.5, min_shared: 3,
                     char_ngram: 5, jaccard_threshold: 0.8}
+    scoring: {max_length: 1024, batch_tokens: 4096, dtype: float32}
     embed_model: default               # sentence-transformers model for embedding methods
     cache_dir: null                    # feature cache (default: <out>/cache)
 
@@ -47,16 +51,17 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
-SCORERS = ("loss", "mc", "em")
+SCORERS = ("loss", "loss_answer", "mc", "em")
+DTYPES = ("float32", "bfloat16")
 TASK_KINDS = ("gsm8k", "bbh", "csqa", "xcopa", "strategyqa", "jsonl")
 
 FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "epochs": None, "lr": 2e-4, "r": 8, "alpha": 16,
                                      "dropout": 0.05, "batch_size": 8, "max_length": 512,
-                                     "warmup_ratio": 0.03, "gradient_checkpointing": False}
+                                     "warmup_ratio": 0.03, "gradient_checkpointing": False, "dtype": "float32"}
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "batch_size": 8}
 CONTAMINATION_DEFAULTS: dict[str, Any] = {"drop_contaminated": False, "ngram": 5, "near_threshold": 0.5,
                                           "char_ngram": 5, "jaccard_threshold": 0.8, "min_shared": 3}
-SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096}
+SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096, "dtype": "float32"}
 
 _TOP_KEYS = {"name", "pool", "pool_sample", "pool_layout", "pool_fields", "task", "methods", "method_options",
              "budgets", "seeds", "full", "base_model", "gguf_file", "device", "finetune", "scorers",
@@ -113,6 +118,9 @@ class EvalRecipe:
         for k in ("out", "progress", "keep_adapters", "cache_dir"):
             d.pop(k, None)
         d["finetune"] = {k: v for k, v in d["finetune"].items() if k != "gradient_checkpointing"}  # same numbers
+        for part in ("finetune", "scoring"):   # a default dtype keeps the fingerprint of runs from before the option
+            if d[part].get("dtype") == "float32":
+                d[part].pop("dtype")
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -195,6 +203,10 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         ft["steps"] = None
     if ft["steps"] is None and ft["epochs"] is None:
         raise ConfigError("finetune needs 'steps' (same for every arm) or 'epochs'", file=source)
+    sc = _merge(SCORING_DEFAULTS, d.get("scoring"), "scoring")
+    for part, where in ((ft, "finetune"), (sc, "scoring")):
+        if part["dtype"] not in DTYPES:
+            raise ConfigError(f"{where}.dtype must be one of {', '.join(DTYPES)}, got {part['dtype']!r}", file=source)
     ps = d.get("pool_sample")
     if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 1):
         raise ConfigError(f"pool_sample must be a positive integer, got {ps!r}", file=source)
@@ -207,7 +219,7 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         scorers=list(dict.fromkeys(scorers)), primary_scorer=primary,
         generation=_merge(GENERATION_DEFAULTS, d.get("generation"), "generation"),
         contamination=_merge(CONTAMINATION_DEFAULTS, d.get("contamination"), "contamination"),
-        scoring=_merge(SCORING_DEFAULTS, d.get("scoring"), "scoring"),
+        scoring=sc,
         embed_model=str(d.get("embed_model") or "default"), cache_dir=d.get("cache_dir"),
         out=d.get("out"), keep_adapters=bool(d.get("keep_adapters", False)),
         progress=bool(d.get("progress", True)))

@@ -22,6 +22,7 @@ import numpy as np
 from ..atomic import write_text
 
 SCORER_TITLES = {"loss": "target-test loss (NLL/token, lower is better)",
+                 "loss_answer": "bare-answer loss (NLL/token, lower is better)",
                  "mc": "multiple-choice accuracy", "em": "exact match"}
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
@@ -268,6 +269,113 @@ def _table(summary: dict, scorers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _paired_table(summary: dict) -> str:
+    """Paired per-item differences to random at the same budget, one row per method x budget x scorer."""
+    rows = summary.get("paired") or []
+    if not rows:
+        return "<p>No paired comparison (no per-item scores, or no random arm at a method's budget).</p>"
+    head = ["method", "budget", "scorer", "Δ (method − random)", "95% bootstrap CI", "permutation p", "paired t p",
+            "paired SD", "n items", "MDE (80% power)", "seeds (method / random)", "verdict"]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for c in rows:
+        cls = {"better": "good", "worse": "bad"}.get(c["verdict"], "")
+        cells = [html.escape(c["method"]), html.escape(c["budget"]), html.escape(c["scorer"]), _fmt(c["diff"], 4),
+                 f"[{_fmt(c['ci_low'], 4)}, {_fmt(c['ci_high'], 4)}]", _fmt(c.get("permutation_p")),
+                 _fmt(c.get("t_p")), _fmt(c.get("paired_sd"), 4), str(c["n_items"]), _fmt(c.get("mde"), 4),
+                 f"{len(c.get('seeds_method') or [])} / {len(c.get('seeds_random') or [])}", html.escape(c["verdict"])]
+        out.append(f"<tr class='{cls}'>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _chance_block(summary: dict) -> str:
+    ch = summary.get("base_chance") or {}
+    if not ch:
+        return "<p>No multiple-choice scores with known option counts: distance from chance not computed.</p>"
+    out = ["<table><tr><th>test set</th><th>base accuracy</th><th>chance</th><th>distance</th>"
+           "<th>95% Wilson CI of the distance</th><th>n</th><th>at chance</th></tr>"]
+    for k, v in ch.items():
+        out.append("<tr>" + "".join(f"<td>{x}</td>" for x in [
+            html.escape(k), _fmt(v["accuracy"]), _fmt(v["chance"]), _fmt(v["distance"]),
+            f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]", str(v["n_items"]), _fmt(v["at_chance"])]) + "</tr>")
+    out.append("</table>")
+    at = summary.get("base_at_chance") or []
+    if at:
+        out.append(f"<p><b>The base model is at chance on {html.escape(', '.join(at))}</b>: multiple-choice differences "
+                   "there say little; lean on the loss scorer.</p>")
+    return "\n".join(out)
+
+
+def _style_block(summary: dict) -> str:
+    st = summary.get("answer_style") or []
+    tgt = summary.get("target_answer_style")
+    if not st and not tgt:
+        return "<p>No answer-style data (rows from runs made before it was recorded).</p>"
+    out = ["<table><tr><th>subset</th><th>seeds</th><th>words (mean)</th><th>words (median)</th>"
+           "<th>rationale-first share</th><th>bare share</th></tr>"]
+    if tgt:
+        out.append("<tr class='base'>" + "".join(f"<td>{x}</td>" for x in [
+            "target examples", "–", _fmt(tgt.get("words_mean"), 1), _fmt(tgt.get("words_median"), 1),
+            _fmt(tgt.get("rationale_first_share")), _fmt(tgt.get("bare_share"))]) + "</tr>")
+    for e in st:
+        out.append("<tr>" + "".join(f"<td>{x}</td>" for x in [
+            html.escape(f"{e['method']} {e['budget']}"), str(e["seeds"]), _fmt(e.get("words_mean"), 1),
+            _fmt(e.get("words_median"), 1), _fmt(e.get("rationale_first_share")), _fmt(e.get("bare_share"))]) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _survey_chart(summary: dict, colors: dict[str, str]) -> str:
+    """The survey's twelve published (SDF, PIR) points, its reference line, and our arms."""
+    import matplotlib.pyplot as plt
+
+    sv = summary.get("survey") or {}
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    pts = sv.get("published_points") or {}
+    for name, p in pts.items():
+        ax.scatter([p["sdf"]], [p["pir"]], color="#999", marker="^", s=28)
+        ax.annotate(name, (p["sdf"], p["pir"]), fontsize=6, xytext=(3, 2), textcoords="offset points", color="#666")
+    ours = sv.get("efficiency") or []
+    for e in ours:
+        ax.scatter([e["sdf"]], [e["pir"]], color=colors.get(e["method"], "#000"), marker="o", s=30,
+                   label=f"{e['method']} {e['budget']}")
+    xs = [p["sdf"] for p in pts.values()] + [e["sdf"] for e in ours] + [0.0]
+    line = sv.get("reference_line")
+    if line:
+        gx = np.linspace(min(xs), max(xs) * 1.05, 20)
+        ax.plot(gx, line["intercept"] + line["slope"] * gx, color="#444", linestyle="--", linewidth=1,
+                label="survey line (Instruction-Mining, InstructionGPT-4)")
+    ax.set_xlabel("SDF")
+    ax.set_ylabel("PIR")
+    ax.set_title("our arms on the survey's efficiency map (PIRs of other setups: only roughly comparable)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    return _png(fig)
+
+
+def _survey_tables(summary: dict) -> str:
+    sv = summary.get("survey") or {}
+    eff = sv.get("efficiency") or []
+    out = ["<table><tr><th>method</th><th>budget</th><th>SDF</th><th>PIR vs base</th><th>survey efficiency</th></tr>"]
+    for e in eff:
+        out.append("<tr>" + "".join(f"<td>{x}</td>" for x in [
+            html.escape(e["method"]), html.escape(e["budget"]), _fmt(e["sdf"], 4), _fmt(e["pir"]),
+            _fmt(e["survey_efficiency"])]) + "</tr>")
+    out.append("</table>")
+    feas = sv.get("feasibility") or {}
+    out.append("<table><tr><th>method</th><th>LLMs trained</th><th>steps</th><th>reproducible</th>"
+               "<th>model-dep.</th><th>dataset-dep.</th><th>GPT-dep.</th><th>simplicity pen./rank</th>"
+               "<th>flexibility pen./rank</th><th>feasibility rank</th></tr>")
+    for m, f in sorted(feas.items(), key=lambda kv: (kv[1]["feasibility_rank"], kv[0])):
+        out.append(f"<tr class='{'' if f['published'] else 'good'}'>" + "".join(f"<td>{x}</td>" for x in [
+            html.escape(m) + (" (survey)" if f["published"] and "(survey)" not in m else ""), _fmt(f["llms_trained"]),
+            str(f["steps"]), _fmt(f["reproducible"]), _fmt(f["model_dependent"]), _fmt(f["dataset_dependent"]),
+            _fmt(f["gpt_dependent"]), f"{_fmt(f['simplicity_penalty'], 1)} / {f['simplicity_rank']}",
+            f"{_fmt(f['flexibility_penalty'], 1)} / {f['flexibility_rank']}", str(f["feasibility_rank"])]) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def _feasibility_table(summary: dict) -> str:
     rows = ["<table><tr><th>method</th><th>cost</th><th>needs</th><th>trains a model</th>"
             "<th>redo per data set</th><th>penalty</th><th>rank</th></tr>"]
@@ -310,7 +418,7 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-
 table{border-collapse:collapse;font-size:11px;margin:8px 0 18px}th,td{border:1px solid #ccc;padding:3px 5px;text-align:right}
 td{white-space:nowrap}.scroll{overflow-x:auto}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.random td{background:#f7f7f7}
-tr.good td{background:#e8f6e8}tr.base td{background:#fff8e0}img{max-width:100%;margin:6px 12px 6px 0;border:1px solid #eee}
+tr.good td{background:#e8f6e8}tr.bad td{background:#fbeaea}tr.base td{background:#fff8e0}img{max-width:100%;margin:6px 12px 6px 0;border:1px solid #eee}
 .grid{display:flex;flex-wrap:wrap}code{background:#f4f4f4;padding:1px 4px}h2{margin-top:28px;border-bottom:1px solid #ddd}"""
 
 
@@ -360,6 +468,19 @@ def render_report(rows: list[dict], summary: dict) -> str:
              f"<p>{headline(summary)}</p>",
              "<h2>Results per method and budget (mean ± std over seeds)</h2>",
              "<div class='scroll'>" + _table(summary, scorers) + "</div>",
+             "<h2>Paired difference to random at the same budget</h2>",
+             "<p>Every arm scores the same test items. Per item, each arm's score is averaged over its seeds; the "
+             "difference method − random is then averaged over items, with a percentile bootstrap 95% interval "
+             "(items resampled, 10,000 times, seeded) and a sign-flip permutation p-value. Green: the interval lies on "
+             "the better side of 0 (beats random); red: on the worse side; otherwise no detectable difference. "
+             "MDE: the smallest true difference this run detects with 80% power at α = 0.05 (2.80 × paired SD / √n). "
+             "Welch p in the table above (seed means) is a secondary figure.</p>",
+             "<div class='scroll'>" + _paired_table(summary) + "</div>",
+             "<h2>Base model vs chance (multiple choice)</h2>", _chance_block(summary),
+             "<h2>Answer style of each subset vs the target examples</h2>",
+             "<p>Words per response; <i>rationale-first</i>: the response ends with an explicit final-answer "
+             "statement (\"the answer is\", \"####\", \"answer:\") preceded by at least 10 words; <i>bare</i>: "
+             "under 10 words (see <code>tasksift.evaluate.style</code>).</p>", _style_block(summary),
              "<h2>Score vs selected fraction</h2><div class='grid'>" +
              "".join(f"<img src='{u}' alt='score vs SDF'>" for u in imgs_score) +
              f"<img src='{_pir_vs_sdf(rows, summary, colors)}' alt='PIR vs SDF'></div>",
@@ -369,6 +490,13 @@ def render_report(rows: list[dict], summary: dict) -> str:
              "".join(f"<img src='{_distributions(rows, s, colors)}' alt='distribution'>" for s in scorers if s == "loss") +
              "".join(f"<img src='{_per_test_set(rows, summary, s, colors)}' alt='per test set'>" for s in scorers) + "</div>",
              "<h2>Feasibility</h2>", _feasibility_table(summary),
+             "<h2>On the survey's map</h2>",
+             "<p>The survey (Liu et al., NAACL 2025) and its TEDD-Ranker page tabulate twelve methods' (SDF, PIR); its "
+             "efficiency is the signed distance from the line through Instruction-Mining (0.025, 1.400) and "
+             "InstructionGPT-4 (0.058, 1.443), its feasibility the rank of simplicity rank + flexibility rank "
+             "(ours ranked among its twelve, green). <b>PIRs from different setups (models, pools, benchmarks) are only "
+             "roughly comparable.</b></p>"
+             f"<img src='{_survey_chart(summary, colors)}' alt='survey map'>" + _survey_tables(summary),
              "<h2>Contamination (pool vs test)</h2>",
              f"<p>Before selection the pool held <b>{cb.get('exact', 0)}</b> exact and <b>{cb.get('near', 0)}</b> near duplicates "
              f"of {cb.get('test_items_hit', 0)} test items; by source: "

@@ -33,7 +33,9 @@ from ..manifest import peak_memory_mb
 from .config import EvalRecipe, budget_label, method_label
 from .contamination import OverlapResult, find_overlaps, pool_text
 from .metrics import compute_metrics
-from .scorers import ModelScorer, aggregate
+from .scorers import ITEM_SCORERS, ModelScorer, aggregate
+from .style import answer_style, example_responses
+from .summary import enrich_summary
 from .tasks import TaskData, load_task
 
 RESULTS = "results.jsonl"
@@ -59,7 +61,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _json_line(row: dict[str, Any]) -> str:
+def json_line(row: dict[str, Any]) -> str:
+    """One results.jsonl line (JSON of ``row`` and a newline)."""
     from ..atomic import _json_default
 
     return json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
@@ -68,7 +71,7 @@ def _json_line(row: dict[str, Any]) -> str:
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append a row to results.jsonl atomically (old file + new line, replaced in one rename)."""
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    write_text(path, old + _json_line(row))
+    write_text(path, old + json_line(row))
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -219,6 +222,16 @@ class Evaluation:
                                                     dtype="float32" if dev == "cpu" else "auto")
         return self._model, self._tok
 
+    def task_meta(self) -> dict[str, Any]:
+        """Per-test-item metadata (no texts) and the target examples' answer style, stored in
+        the base row so a summary of results.jsonl alone can compute distance from chance and
+        compare answer styles: ``item_n_choices``, ``item_subtasks``, ``target_answer_style``."""
+        assert self.task is not None
+        return {"item_n_choices": [len(t.choices) if t.choices and t.label is not None else None
+                                   for t in self.task.test],
+                "item_subtasks": [t.subtask for t in self.task.test],
+                "target_answer_style": answer_style(example_responses(self.task.target))}
+
     # -- arms -------------------------------------------------------------------------
     def _select(self, arm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
         from ..api import select
@@ -241,7 +254,8 @@ class Evaluation:
         assert self.task is not None
         g, s = self.recipe.generation, self.recipe.scoring
         scorer = ModelScorer(model, tok, max_length=int(s["max_length"]), batch_tokens=int(s["batch_tokens"]),
-                             max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]))
+                             max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]),
+                             progress=self.progress, dtype=str(s.get("dtype", "float32")))
         per_item = scorer.score(self.task.test, self.recipe.scorers)
         return aggregate(self.task.test, per_item, self.recipe.scorers), per_item
 
@@ -255,6 +269,7 @@ class Evaluation:
         train_info: dict[str, Any] = {}
         if arm["kind"] == "base":
             row["n_selected"] = 0
+            row.update(self.task_meta())
             t = time.perf_counter()
             scores, per_item = self._score(model, tok)
             timings["score"] = time.perf_counter() - t
@@ -271,6 +286,7 @@ class Evaluation:
                 key = Path(ex.source).parts[0] if ex.source else Path(self.pool.path).name
                 mix[key] = mix.get(key, 0) + 1
             row["source_mix"] = dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+            row["answer_style"] = answer_style(example_responses(subset))
             row["contamination"] = self.overlap.summary(idx, ids=[e.id for e in self.pool.examples],
                                                         test_ids=[t_.id for t_ in self.task.test], limit=10)
             row["selection_info"] = {k: v for k, v in sel_info.items() if isinstance(v, (int, float, str, bool))}
@@ -281,7 +297,7 @@ class Evaluation:
                           r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
                           batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(arm["seed"]),
                           out_dir=adir, progress=self.progress, warmup_ratio=float(ft["warmup_ratio"]),
-                          gradient_checkpointing=bool(ft["gradient_checkpointing"]))
+                          gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")))
             timings["finetune"] = time.perf_counter() - t
             row["peak_rss_mb_after_finetune"] = round(peak_memory_mb(), 1)
             from ..finetune import read_train_log
@@ -306,7 +322,7 @@ class Evaluation:
         row["train"] = train_info
         row["scores"] = scores
         row["item_scores"] = {k: [None if not np.isfinite(x) else round(float(x), 5) for x in v]
-                              for k, v in per_item.items() if k in ("loss", "mc", "em")}
+                              for k, v in per_item.items() if k in ITEM_SCORERS}
         if "em_outputs" in per_item:
             row["em_outputs"] = per_item["em_outputs"][:5]
         row["timings"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()}
@@ -317,8 +333,10 @@ class Evaluation:
         return row
 
     # -- the whole run ----------------------------------------------------------------
-    def run(self, on_arm: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Run every unfinished arm, then write metrics, summary.json and report.html."""
+    def run(self, on_arm: Callable[[dict[str, Any]], None] | None = None, estimate: bool = True) -> dict[str, Any]:
+        """Run every unfinished arm, then write metrics, summary.json and report.html. With
+        ``estimate`` (and progress on), first time a small sample and print the run's estimated
+        duration (:mod:`.estimate`)."""
         validate_methods(self.recipe)
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_run_file()
@@ -328,6 +346,10 @@ class Evaluation:
         skipped = [a["id"] for a in arms if a["id"] in done]
         if skipped:
             _log(f"resuming: {len(skipped)} of {len(arms)} arms already finished", self.progress)
+        if estimate and self.progress and len(skipped) < len(arms):
+            from .estimate import estimate_run, format_estimate
+
+            _log(format_estimate(estimate_run(self)), True)
         ran = []
         for k, arm in enumerate(arms, 1):
             if arm["id"] in done:
@@ -350,7 +372,10 @@ class Evaluation:
         rows = [r for r in rows if r["arm"] in planned]
         infos = {i.name: i for i in available_methods()}
         summary = compute_metrics(rows, self.recipe.scorers, self.recipe.primary, infos)
-        write_text(self.results_path, "".join(_json_line(r) for r in rows))
+        meta = self.task_meta() if self.task is not None else {}
+        enrich_summary(summary, rows, self.recipe.scorers, infos, n_choices=meta.get("item_n_choices"),
+                       subtasks=meta.get("item_subtasks"), target_style=meta.get("target_answer_style"))
+        write_text(self.results_path, "".join(json_line(r) for r in rows))
         summary.update({"name": self.recipe.name, "fingerprint": self.recipe.fingerprint(), "pool": self.pool_info,
                         "arms_run": ran or [], "arms_skipped": skipped or [], "n_arms": len(rows),
                         "recipe": self.recipe.to_dict(),
@@ -367,6 +392,8 @@ def _safe(s: str) -> str:
 
 
 def run_evaluation(recipe: EvalRecipe, out_dir: str | Path, *, resume: bool = True,
-                   progress: bool | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run (or resume) an evaluation; returns the summary (also written to summary.json)."""
-    return Evaluation(recipe, out_dir, resume=resume, progress=progress, cache_dir=cache_dir).run()
+                   progress: bool | None = None, cache_dir: str | Path | None = None,
+                   estimate: bool = True) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the summary (also written to summary.json).
+    ``estimate``: print an up-front time estimate first (when progress is on)."""
+    return Evaluation(recipe, out_dir, resume=resume, progress=progress, cache_dir=cache_dir).run(estimate=estimate)

@@ -1,7 +1,10 @@
 """Scoring a (fine-tuned) model on held-out test items.
 
-* ``loss``: mean NLL (nats/token) of each item's gold answer given its prompt, with the chat
-  template and response masking of :mod:`tasksift.features.lm` (lower is better);
+* ``loss``: mean NLL (nats/token) of each item's gold answer *as the target examples write it*
+  (GSM8K: the worked solution ending in ``#### N``) given its prompt, with the chat template
+  and response masking of :mod:`tasksift.features.lm` (lower is better);
+* ``loss_answer``: the same on the item's bare final answer (``TestItem.bare_answer``, GSM8K:
+  the number alone); NaN, so left out of the scores, for tasks without a separate one;
 * ``mc``: multiple choice by log-likelihood: the option with the lowest mean NLL per token
   (length-normalised, so long options are not penalised) is the prediction; accuracy;
 * ``em``: exact match after greedy generation, with a task-specific answer extractor.
@@ -21,7 +24,9 @@ import numpy as np
 from ..data.example import Example
 from .tasks import TestItem
 
-HIGHER_IS_BETTER = {"loss": False, "mc": True, "em": True}
+HIGHER_IS_BETTER = {"loss": False, "loss_answer": False, "mc": True, "em": True}
+#: per-item score arrays the scorers produce (stored per item in results.jsonl)
+ITEM_SCORERS = tuple(HIGHER_IS_BETTER)
 
 _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
@@ -128,23 +133,51 @@ class ModelScorer:
     """Scores one loaded model (plain or with a LoRA adapter) on test items."""
 
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int = 1024, batch_tokens: int = 4096,
-                 max_new_tokens: int = 256, gen_batch_size: int = 8) -> None:
+                 max_new_tokens: int = 256, gen_batch_size: int = 8, progress: bool = False,
+                 dtype: str = "float32") -> None:
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"scoring dtype must be float32 or bfloat16, got {dtype!r}")
         self.model, self.tok = model, tokenizer
         self.max_length, self.batch_tokens = int(max_length), int(batch_tokens)
         self.max_new_tokens, self.gen_batch_size = int(max_new_tokens), int(gen_batch_size)
+        self.progress, self.dtype = bool(progress), dtype
 
-    def pair_losses(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Mean response NLL and response-token count of each (prompt, answer) pair."""
+    def _autocast(self):
+        """bfloat16 autocast when ``dtype`` asks for it (float32 weights kept), else a no-op."""
+        import torch
+
+        dev = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
+
+    def _bar(self, total: int, desc: str, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True, leave=False)
+
+    def pair_losses(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+        """Mean response NLL and response-token count of each (prompt, answer) pair
+        (a progress bar per batch with ``progress``)."""
         from ..features.lm import LossEngine, tokenize_examples
 
         exs = [_pair(p, a, i) for i, (p, a) in enumerate(pairs)]
         rendered = tokenize_examples(self.tok, exs, max_length=self.max_length, truncation=True)
-        res = LossEngine(self.model, self.tok, batch_tokens=self.batch_tokens).score(rendered)
+        with self._bar(len(rendered), desc, "row") as bar, self._autocast():
+            res = LossEngine(self.model, self.tok, batch_tokens=self.batch_tokens).score(
+                rendered, on_batch=lambda n_rows, n_tokens: bar.update(n_rows))
         return res["loss"], res["n_response_tokens"]
 
     def loss(self, items: Sequence[TestItem]) -> np.ndarray:
-        """Per-item mean NLL of the gold answer (NaN where unscorable)."""
-        return self.pair_losses([(t.prompt, t.answer) for t in items])[0]
+        """Per-item mean NLL of the gold answer as the target examples write it (NaN where unscorable)."""
+        return self.pair_losses([(t.prompt, t.answer) for t in items], desc="loss (gold answer)")[0]
+
+    def loss_answer(self, items: Sequence[TestItem]) -> np.ndarray:
+        """Per-item mean NLL of the bare final answer (NaN for items without one)."""
+        out = np.full(len(items), np.nan)
+        idx = [j for j, t in enumerate(items) if t.bare_answer]
+        if idx:
+            out[idx] = self.pair_losses([(items[j].prompt, str(items[j].bare_answer)) for j in idx],
+                                        desc="loss (bare answer)")[0]
+        return out
 
     def mc(self, items: Sequence[TestItem]) -> np.ndarray:
         """Per-item 1.0/0.0 correctness by lowest mean option NLL (NaN: item has no options)."""
@@ -157,7 +190,7 @@ class ModelScorer:
         out = np.full(len(items), np.nan)
         if not pairs:
             return out
-        loss, _ = self.pair_losses(pairs)
+        loss, _ = self.pair_losses(pairs, desc=f"multiple choice ({len(pairs)} options)")
         owner_a = np.asarray(owner)
         for j, t in enumerate(items):
             ls = loss[owner_a == j]
@@ -185,12 +218,13 @@ class ModelScorer:
         try:
             order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
             res: dict[int, str] = {}
+            bar = self._bar(len(prompts), "exact match (generation)", "item")
             for s in range(0, len(order), self.gen_batch_size):
                 idx = order[s:s + self.gen_batch_size]
                 texts = [self._chat_prompt(prompts[i]) for i in idx]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                           truncation=True, max_length=self.max_length)
-                with torch.inference_mode():
+                with torch.inference_mode(), self._autocast():
                     gen = self.model.generate(input_ids=enc["input_ids"].to(dev),
                                               attention_mask=enc["attention_mask"].to(dev),
                                               max_new_tokens=self.max_new_tokens, do_sample=False,
@@ -198,6 +232,8 @@ class ModelScorer:
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for i, row in zip(idx, new):
                     res[i] = tok.decode(row, skip_special_tokens=True)
+                bar.update(len(idx))
+            bar.close()
             outs = [res[i] for i in range(len(prompts))]
         finally:
             tok.padding_side = side
@@ -214,6 +250,8 @@ class ModelScorer:
         for s in scorers:
             if s == "loss":
                 out["loss"] = self.loss(items)
+            elif s == "loss_answer":
+                out["loss_answer"] = self.loss_answer(items)
             elif s == "mc":
                 out["mc"] = self.mc(items)
             elif s == "em":

@@ -11,7 +11,8 @@ Loaders follow the ``../shared/data/targets`` layout:
 * ``xcopa``: ``val.<lang>.jsonl`` -> target, ``test.<lang>.jsonl`` -> test (``languages``);
 * ``strategyqa``: ``task.json`` shuffled and split (yes/no);
 * ``jsonl``: generic ``target``/``test`` files with ``prompt``, ``answer`` and optional
-  ``gold``, ``choices``, ``label``, ``extractor``, ``subtask`` fields.
+  ``gold``, ``choices``, ``label``, ``extractor``, ``subtask``, ``bare_answer`` fields (GSM8K-style
+  rows, ``extractor: gsm8k``, default ``bare_answer`` to ``gold``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class TestItem:
     ``gold``: the canonical answer compared after extraction (exact match); ``choices`` and
     ``label``: options for the multiple-choice scorer (None when the task has none);
     ``extractor``: the answer extractor's name (see :mod:`tasksift.evaluate.scorers`);
-    ``subtask``: the test set it belongs to; ``key``: the text checked for contamination.
+    ``subtask``: the test set it belongs to; ``key``: the text checked for contamination;
+    ``bare_answer``: the final answer alone where ``answer`` carries more (GSM8K: the number,
+    where ``answer`` is the worked solution), scored by ``loss_answer``; None otherwise.
     """
 
     __test__ = False  # not a pytest test class
@@ -48,6 +51,7 @@ class TestItem:
     extractor: str = "exact"
     subtask: str = "all"
     key: str = ""
+    bare_answer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -112,7 +116,8 @@ def _load_gsm8k(path: Path, spec: Mapping[str, Any], rng: random.Random) -> Task
     test = _take(_read_jsonl(path / "test.jsonl"), spec.get("n_test", 200), rng)
     target = [_example(r["question"], r["answer"], i, "gsm8k/train") for i, r in enumerate(train)]
     items = [TestItem(id=f"gsm8k-{i}", prompt=r["question"], answer=r["answer"], gold=gsm8k_gold(r["answer"]),
-                      extractor="gsm8k", subtask="gsm8k") for i, r in enumerate(test)]
+                      extractor="gsm8k", subtask="gsm8k", bare_answer=gsm8k_gold(r["answer"]))
+             for i, r in enumerate(test)]
     return TaskData("gsm8k", target, items)
 
 
@@ -237,7 +242,8 @@ def _load_jsonl(path: Path, spec: Mapping[str, Any], rng: random.Random) -> Task
     items = [TestItem(id=str(r.get("id", f"test-{i}")), prompt=r["prompt"], answer=r["answer"],
                       gold=str(r.get("gold", r["answer"])), choices=r.get("choices"), label=r.get("label"),
                       extractor=r.get("extractor", spec.get("extractor", "exact")),
-                      subtask=str(r.get("subtask", spec.get("name", "test"))), key=r.get("key", r["prompt"]))
+                      subtask=str(r.get("subtask", spec.get("name", "test"))), key=r.get("key", r["prompt"]),
+                      bare_answer=r.get("bare_answer", r.get("gold") if r.get("extractor") == "gsm8k" else None))
              for i, r in enumerate(tst)]
     return TaskData(str(spec.get("name", "jsonl")), target, items)
 

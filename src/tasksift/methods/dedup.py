@@ -159,7 +159,7 @@ class FilterMethod(SelectionMethod):
 
 
 @register("dedup", description="drop exact (same id) and near-duplicate rows (cosine >= threshold); a filter",
-          needs=("embeddings",), cost="cheap", stochastic=True)
+          needs=("embeddings",), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=2))
 class DedupFilter(FilterMethod):
     parameters = {
         "threshold": Option(0.95, "cosine at or above which a row is a near-duplicate (null: exact duplicates only)",
@@ -208,7 +208,7 @@ class DedupFilter(FilterMethod):
 
 
 @register("length", description="keep rows whose length (words or characters) lies in a band; a filter",
-          needs=(), cost="cheap", stochastic=True)
+          needs=(), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=1))
 class LengthFilter(FilterMethod):
     parameters = {
         "min_words": Option(None, "fewest whitespace-separated words kept (inclusive)", Interval(int, 0), None),

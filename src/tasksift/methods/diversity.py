@@ -68,7 +68,7 @@ def kcenter_greedy(x: np.ndarray, k: int, first: int) -> tuple[np.ndarray, np.nd
 
 
 @register("kcenter", description="greedy k-center (farthest-first) on embeddings: maximal coverage of the pool",
-          needs=("embeddings",), cost="cheap", stochastic=False)
+          needs=("embeddings",), cost="cheap", stochastic=False, survey=dict(llms_trained=0, steps=2))
 class KCenterSelection(SelectionMethod):
     parameters = {
         "init": Option("target", "first center: the row nearest the target centroid, or a seeded random row",
@@ -194,7 +194,8 @@ def facility_location_value(sim: sp.spmatrix | np.ndarray, picks: np.ndarray) ->
 
 
 @register("facility-location", description="facility location on a sparse cosine k-NN graph, exact lazy greedy: "
-          "representative rows", needs=("embeddings",), cost="moderate", stochastic=False)
+          "representative rows", needs=("embeddings",), cost="moderate", stochastic=False,
+          survey=dict(llms_trained=0, steps=3))
 class FacilityLocationSelection(SelectionMethod):
     parameters = {
         "neighbors": Option(10, "neighbours per row in the similarity graph", Interval(int, 1)),
@@ -284,7 +285,7 @@ def resolve_scores(ctx: SelectionContext, score: str, score_options: Mapping[str
 
 
 @register("score-then-diverse", description="DEITA-style: walk a score ranking, skip rows too similar to ones taken",
-          needs=("embeddings",), cost="cheap", stochastic=False)
+          needs=("embeddings",), cost="cheap", stochastic=False, survey=dict(llms_trained=0, steps=3))
 class ScoreThenDiverseSelection(SelectionMethod):
     parameters = {
         "score": Option("knn", "ranking: 'knn' (max cosine to the target), a method name or a numeric row field", str),

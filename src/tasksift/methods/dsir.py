@@ -65,7 +65,7 @@ def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> n
 
 
 @register("dsir", description="hashed n-gram importance resampling towards the target (DSIR, Xie et al. 2023)",
-          needs=("ngrams",), cost="cheap", stochastic=True)
+          needs=("ngrams",), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=3))
 class DSIRSelection(SelectionMethod):
     parameters = {
         "num_buckets": Option(10_000, "hash buckets of the n-gram features", Interval(int, 1)),

@@ -34,7 +34,7 @@ def ifd_scores(cond_loss: np.ndarray, uncond_loss: np.ndarray) -> np.ndarray:
 
 
 @register("ifd", description="instruction-following difficulty L(A|Q)/L(A) (Cherry LLM), drop IFD > 1, top-k",
-          needs=("lm",), cost="moderate")
+          needs=("lm",), cost="moderate", survey=dict(llms_trained=0, steps=3, model_dependent=True))
 class IFDSelection(SelectionMethod):
     parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS,
                   "max_ifd": Option(1.0, "rows with IFD above this are dropped (null: keep all)",

@@ -64,7 +64,7 @@ def round_robin(neigh: np.ndarray, k: int) -> list[int]:
 
 
 @register("knn", description="nearest pool rows to each target example by cosine, round-robin",
-          needs=("embeddings",), cost="cheap")
+          needs=("embeddings",), cost="cheap", survey=dict(llms_trained=0, steps=3))
 class KNNSelection(SelectionMethod):
     parameters: dict = {}
 

@@ -121,7 +121,8 @@ def aggregate_similarity(cand: np.ndarray, targ: np.ndarray, how: str = "max", c
 
 @register("less", description="LESS: cosine similarity of randomly projected LoRA gradients (after a short "
           "LoRA warm-up) to the target examples' gradients, top-k", needs=("lm", "gradients"),
-          cost="expensive", stochastic=True)
+          cost="expensive", stochastic=True,
+          survey=dict(llms_trained=1, steps=4, model_dependent=True, dataset_dependent=True))
 class LESSSelection(SelectionMethod):
     parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS, **LESS_PARAMETERS}
 

@@ -71,7 +71,8 @@ def learnability(loss_base: np.ndarray, loss_ref: np.ndarray) -> np.ndarray:
 
 
 @register("lobass", description="learnability 1 - L_ref/L_base of base vs a pool-fine-tuned reference "
-          "(LoBaSS/DavIR), top-k", needs=("lm",), cost="expensive", stochastic=True)
+          "(LoBaSS/DavIR), top-k", needs=("lm",), cost="expensive", stochastic=True,
+          survey=dict(llms_trained=1, steps=4, model_dependent=True, dataset_dependent=True))
 class LoBaSSSelection(SelectionMethod):
     parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS, **REF_PARAMETERS}
 

@@ -39,7 +39,7 @@ def perplexity_scores(loss: np.ndarray, keep: str) -> np.ndarray:
 
 
 @register("perplexity", description="response perplexity under the base LM: a middle band, or the lowest/highest",
-          needs=("lm",), cost="moderate")
+          needs=("lm",), cost="moderate", survey=dict(llms_trained=0, steps=2, model_dependent=True))
 class PerplexitySelection(SelectionMethod):
     parameters = {**LM_PARAMETERS, **GROUP_PARAMETERS,
                   "keep": Option("middle", "which perplexities rank first", Choices(*KEEP_CHOICES)),

@@ -8,7 +8,7 @@ from .registry import register
 
 
 @register("random", description="uniform random subset (seeded): the baseline to beat",
-          needs=(), cost="cheap", stochastic=True)
+          needs=(), cost="cheap", stochastic=True, survey=dict(llms_trained=0, steps=1))
 class RandomSelection(SelectionMethod):
     parameters: dict = {}
 

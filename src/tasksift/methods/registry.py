@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import ConfigError
 
@@ -21,6 +21,26 @@ COST_CLASSES = ("cheap", "moderate", "expensive")
 
 
 @dataclass(frozen=True)
+class SurveyTraits:
+    """What the survey "Take the essence and discard the dross" (Liu et al., NAACL 2025) and its
+    TEDD-Ranker page need to rank a method's feasibility.
+
+    ``llms_trained``: LLMs trained while building the selector; ``steps``: algorithm steps of
+    one selection (the survey's appendix A.5 way of counting); ``reproducible``: open code;
+    ``model_dependent``: would another selector model change the result; ``dataset_dependent``:
+    must the selector be redone (retrained) for another candidate pool; ``gpt_dependent``: does
+    it rely on a proprietary LLM (ChatGPT/GPT-4).
+    """
+
+    llms_trained: float
+    steps: int
+    reproducible: bool = True
+    model_dependent: bool = False
+    dataset_dependent: bool = False
+    gpt_dependent: bool = False
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What ``tasksift methods`` shows about a method."""
 
@@ -29,6 +49,7 @@ class MethodInfo:
     needs: tuple[str, ...] = ()   # e.g. ("embeddings",), ("lm",), ("gradients",), ("ngrams",)
     cost: str = "cheap"           # one of COST_CLASSES
     stochastic: bool = False      # whether the seed changes the result
+    survey: SurveyTraits | None = None   # the survey's feasibility inputs (None: not declared)
 
 
 _REGISTRY: dict[str, type] = {}
@@ -37,15 +58,19 @@ T = TypeVar("T", bound=type)
 
 
 def register(name: str, *, description: str, needs: tuple[str, ...] = (), cost: str = "cheap",
-             stochastic: bool = False) -> Callable[[T], T]:
-    """Class decorator registering a :class:`~tasksift.methods.base.SelectionMethod`."""
+             stochastic: bool = False, survey: SurveyTraits | Mapping[str, Any] | None = None) -> Callable[[T], T]:
+    """Class decorator registering a :class:`~tasksift.methods.base.SelectionMethod`
+    (``survey``: its inputs to the survey's feasibility rank, a :class:`SurveyTraits` or the
+    mapping of its fields)."""
     if cost not in COST_CLASSES:
         raise ValueError(f"cost must be one of {COST_CLASSES}, got {cost!r}")
+    if survey is not None and not isinstance(survey, SurveyTraits):
+        survey = SurveyTraits(**survey)
 
     def deco(cls: T) -> T:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r} registered twice")
-        cls.info = MethodInfo(name, description, tuple(needs), cost, stochastic)
+        cls.info = MethodInfo(name, description, tuple(needs), cost, stochastic, survey)
         _REGISTRY[name] = cls
         return cls
 

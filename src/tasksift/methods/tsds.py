@@ -641,7 +641,7 @@ def draw(p: np.ndarray, k: int, *, rng: np.random.Generator | int | None = None,
 
 
 @register("tsds", description="optimal-transport task-specific selection (TSDS, KNN-Uniform / KNN-KDE)",
-          needs=("embeddings",), cost="moderate", stochastic=True)
+          needs=("embeddings",), cost="moderate", stochastic=True, survey=dict(llms_trained=0, steps=4))
 class TSDSSelection(SelectionMethod):
     """TSDS over the pool/target sentence embeddings. Options: ``alpha`` (0.5), ``C`` (5.0),
     ``sigma`` (0.75; 0 = KNN-Uniform), ``max_k`` (5000), ``kde_k`` (1000), ``index``

@@ -1,0 +1,96 @@
+"""An up-front estimate of an evaluation's duration from a small measured sample.
+
+On the run's own model, device and settings: fine-tune ``sample_steps`` LoRA steps on random
+pool rows (the recipe's batch size, max length, dtype, checkpointing) and score
+``sample_items`` test items with every scorer; then multiply: per arm, its optimizer steps
+(``steps``, or ``epochs`` x subset size / batch size) x seconds per step + the test items x
+seconds per item and scorer. Not included: selection (embedding the pool once, cached across
+arms; LM-scoring methods such as LoBaSS, which also trains a reference model, cost more) and
+the pool loading/contamination check already done. Selected subsets can have longer or
+shorter rows than random pool rows, so this is an estimate, not a promise.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+
+if TYPE_CHECKING:
+    from .runner import Evaluation
+
+
+def arm_steps(arm: dict[str, Any], recipe: Any, n_pool: int) -> int:
+    """Optimizer steps an arm will run (0 for the base model)."""
+    if arm["kind"] == "base":
+        return 0
+    ft = recipe.finetune
+    if ft.get("steps") is not None:
+        return int(ft["steps"])
+    b = arm["budget_value"]
+    n = n_pool if arm["kind"] == "full" else (int(round(b * n_pool)) if isinstance(b, float) and b < 1 else min(int(b), n_pool))
+    return max(1, int(math.ceil(float(ft["epochs"]) * math.ceil(max(1, n) / int(ft["batch_size"])))))
+
+
+def estimate_run(ev: "Evaluation", *, sample_steps: int = 2, sample_items: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Measure a small sample on ``ev`` (prepared: pool and task loaded) and estimate the time
+    of every arm not finished yet. Returns seconds per step / per item and scorer, per-arm
+    and total estimates."""
+    from ..finetune import finetune_lora
+    from .runner import RESULTS, plan_arms, read_results
+    from .scorers import ModelScorer
+
+    if ev.pool is None or ev.task is None:
+        ev.prepare()
+    assert ev.pool is not None and ev.task is not None
+    recipe = ev.recipe
+    model, tok = ev.model()
+    ft = recipe.finetune
+    bs = int(ft["batch_size"])
+    rng = np.random.default_rng(seed)
+    rows = [ev.pool.examples[int(i)] for i in rng.choice(len(ev.pool), min(len(ev.pool), bs * sample_steps), replace=False)]
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        finetune_lora(model, rows, tokenizer=tok, steps=sample_steps, lr=float(ft["lr"]), r=int(ft["r"]),
+                      alpha=int(ft["alpha"]), dropout=float(ft["dropout"]), batch_size=bs,
+                      max_length=int(ft["max_length"]), seed=seed, out_dir=d, progress=False,
+                      gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")))
+        step_s = (time.perf_counter() - t) / sample_steps
+    items = [ev.task.test[int(i)] for i in rng.choice(len(ev.task.test), min(len(ev.task.test), sample_items), replace=False)]
+    g, s = recipe.generation, recipe.scoring
+    scorer = ModelScorer(model, tok, max_length=int(s["max_length"]), batch_tokens=int(s["batch_tokens"]),
+                         max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]),
+                         dtype=str(s.get("dtype", "float32")))
+    per_item: dict[str, float] = {}
+    for sc in recipe.scorers:
+        t = time.perf_counter()
+        scorer.score(items, [sc])
+        per_item[sc] = (time.perf_counter() - t) / len(items)
+    score_s = sum(per_item.values()) * len(ev.task.test)
+    done = {r["arm"] for r in read_results(ev.out / RESULTS)}
+    arms = [a for a in plan_arms(recipe) if a["id"] not in done]
+    per_arm = [{"arm": a["id"], "steps": arm_steps(a, recipe, len(ev.pool)),
+                "seconds": arm_steps(a, recipe, len(ev.pool)) * step_s + score_s} for a in arms]
+    return {"seconds_per_step": step_s, "seconds_per_item": per_item, "score_seconds_per_arm": score_s,
+            "n_test": len(ev.task.test), "arms": per_arm, "n_arms_todo": len(arms),
+            "total_seconds": float(sum(a["seconds"] for a in per_arm)), "sample_steps": sample_steps,
+            "sample_items": len(items), "excludes": "selection time (embedding, LM scoring, LoBaSS's reference model)"}
+
+
+def _hms(sec: float) -> str:
+    sec = int(round(sec))
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"
+
+
+def format_estimate(est: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    items = ", ".join(f"{k} {v:.2f}" for k, v in est["seconds_per_item"].items())
+    steps = sum(a["steps"] for a in est["arms"])
+    return (f"estimate from {est['sample_steps']} LoRA steps and {est['sample_items']} test items: "
+            f"{est['seconds_per_step']:.2f} s/step, s/item: {items}; {est['n_arms_todo']} arms to run "
+            f"({steps} steps, {est['n_test']} test items each): about {_hms(est['total_seconds'])} "
+            f"(training {_hms(steps * est['seconds_per_step'])}, scoring "
+            f"{_hms(est['n_arms_todo'] * est['score_seconds_per_arm'])}; {est['excludes']} not included)")
