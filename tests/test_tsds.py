@@ -512,3 +512,22 @@ def test_neighbors_helpers():
     half[:, 60:] = -1
     assert recall_at_k(half, ids) == pytest.approx(0.5)
     np.testing.assert_allclose(min_distance(x, q, chunk=1000), cdist(x, q).min(axis=1), rtol=1e-5)
+
+
+def test_pivot_columns_never_leave_out_a_kernel_neighbour():
+    rng = np.random.default_rng(11)
+    for dtype in (np.float64, np.float32):
+        centres = _unit(rng.standard_normal((15, 24)))
+        x = _unit(centres[rng.integers(0, 15, 1500)] + rng.uniform(0.02, 0.3) * rng.standard_normal((1500, 24)))
+        x[rng.integers(0, 1500, 100)] = x[rng.integers(0, 1500, 100)]
+        x = x.astype(dtype)
+        piv = T.kde.PivotColumns(x, 0.75, n_pivots=16, seed=1, block=64)
+        rows = np.sort(rng.choice(1500, 400, replace=False))
+        near = cdist(x.astype(np.float64), x.astype(np.float64)) < 0.75
+        seen = []
+        for blk, cols in piv.blocks(rows):
+            seen += blk.tolist()
+            assert near[blk][:, np.setdiff1d(np.arange(1500), cols)].sum() == 0
+        assert sorted(seen) == rows.tolist()
+        total = sum(len(b) * len(c) for b, c in piv.blocks(rows))
+        assert total < 400 * 1500  # it does prune

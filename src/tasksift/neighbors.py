@@ -490,6 +490,31 @@ def refine_distances(queries: np.ndarray, base: np.ndarray, ids: np.ndarray, *,
     return out
 
 
+def gathered_distances(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, *,
+                       chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Float64 L2 distances ``||queries[i] - rows[pos[i, j]]||`` (inf where ``pos < 0``) for
+    many pairs over few rows: one float64 BLAS product per block of ``rows`` against all
+    queries (``|q|^2 + |x|^2 - 2 q.x``), memory about ``chunk_bytes`` per block."""
+    q = np.asarray(queries, dtype=np.float64)
+    qn = np.einsum("ij,ij->i", q, q)
+    out = np.full(pos.shape, np.inf)
+    flat = pos.ravel()
+    idx = np.flatnonzero(flat >= 0)
+    order = idx[np.argsort(flat[idx], kind="stable")]
+    by_row = flat[order]
+    step = block_rows(max(1, len(q)), 8, chunk_bytes)
+    for a in range(0, len(rows), step):
+        lo, hi = np.searchsorted(by_row, [a, a + step])
+        if hi == lo:
+            continue
+        xb = np.asarray(rows[a:a + step], dtype=np.float64)
+        r, c = by_row[lo:hi] - a, order[lo:hi] // pos.shape[1]
+        g = xb @ q.T
+        d2 = np.einsum("ij,ij->i", xb, xb)[r] + qn[c] - 2.0 * g[r, c]
+        out.ravel()[order[lo:hi]] = np.sqrt(np.maximum(d2, 0.0))
+    return out
+
+
 def knn(queries: np.ndarray, base: np.ndarray, k: int, *, index: str | NeighborIndex = "auto",
         seed: int | None = 0, recall_sample: int = 50, refine: bool = True,
         chunk: int | None = None) -> KNNResult:

@@ -40,9 +40,9 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
-from ...neighbors import TopK, exact_search, knn, npy_layout, read_rows, refine_distances, resolve_index
+from ...neighbors import TopK, exact_search, knn, npy_layout, read_rows, gathered_distances, resolve_index
 from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
-from .kde import range_density
+from .kde import PivotColumns, range_density
 from .solver import solve_needing_densities
 
 #: index kinds searched by the sharded exact engine (the others go to faiss in-process)
@@ -238,9 +238,12 @@ def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray,
 
 
 def _density_groups(dist: np.ndarray, pos: np.ndarray, need: np.ndarray, n_valid: np.ndarray, n: int,
-                    sigma: float) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+                    sigma: float, pivots: Callable[[], PivotColumns]
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Rows (positions in U) whose densities are needed, grouped by the nearest query that
-    reached them, each with the columns that can hold their kernel neighbours (None: all)."""
+    reached them, each with the columns that can hold their kernel neighbours: the query's
+    list when the ball of radius ``d + sigma`` around the query lies inside it, else the
+    columns that :class:`~.kde.PivotColumns` leaves."""
     qi, ki = np.nonzero(need)
     u = pos[qi, ki]
     order = np.lexsort((dist[qi, ki], u))
@@ -256,7 +259,7 @@ def _density_groups(dist: np.ndarray, pos: np.ndarray, need: np.ndarray, n_valid
             c = int(np.searchsorted(dist[i, :nv], radius, side="right"))
             yield rows, np.sort(pos[i, :c])
         else:
-            yield rows, None
+            yield from pivots().blocks(rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("gather"):
             Up = np.unique(ids_k[ids_k >= 0])
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = refine_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
+            dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
             ids = np.take_along_axis(ids_k, order, axis=1)
             dist = np.take_along_axis(dist_k, order, axis=1)
@@ -342,16 +345,28 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     kk = int(min(kde_k, len(U)))
     rho_u = np.full(len(U), 1.0 if sigma == 0 else np.nan)
     kde_stats = {"rows": 0, "pairs": 0, "tasks": 0}
+    pivot_cache: list[PivotColumns] = []
 
-    def densities(inside: np.ndarray) -> np.ndarray:
-        need = inside & valid & np.isnan(rho_u[pos])
+    def pivots() -> PivotColumns:
+        if not pivot_cache:
+            pivot_cache.append(PivotColumns(xu, sigma, seed=seed))
+        return pivot_cache[0]
+
+    def densities(J: np.ndarray) -> np.ndarray:
+        w = int(J.max())
+        need = np.zeros_like(valid)
+        need[:, :w] = (np.arange(w)[None, :] < J[:, None]) & valid[:, :w] & np.isnan(rho_u[pos[:, :w]])
         if need.any():
             with tm("kde"):
-                groups = list(_density_groups(dist, pos, need, n_valid, n, sigma))
-                calls = []
-                for rows, cols in groups:
-                    step = max(1, min(len(rows), 4096))
-                    calls += [(rows[a:a + step], cols) for a in range(0, len(rows), step)]
+                calls, whole = [], []
+                for rows, cols in _density_groups(dist, pos, need, n_valid, n, sigma, pivots):
+                    if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
+                        whole.append(rows)
+                    else:
+                        calls.append((rows, cols))
+                if whole:
+                    rows = np.sort(np.concatenate(whole))
+                    calls += [(rows[a:a + 4096], None) for a in range(0, len(rows), 4096)]
                 keyed = ((j, (rows, cols, sigma, kk, kill("kde", kde_stats["tasks"] + j)))
                          for j, (rows, cols) in enumerate(calls))
                 for j, r in executor.map_tasks(density_task, keyed, shared={"xu": xu}):
@@ -361,7 +376,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
                     stats.append({"stage": "kde", "task": j, "rows": int(len(calls[j][0])), "pairs": r["pairs"],
                                   "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
                 kde_stats["tasks"] += len(calls)
-        return np.where(valid, rho_u[pos], 1.0)
+        return np.where(valid[:, :w], rho_u[pos[:, :w]], 1.0)
 
     with tm("solve"):
         gamma, s, K, J = solve_needing_densities(dist, ids, densities, alpha=alpha, C=C)

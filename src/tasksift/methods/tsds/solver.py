@@ -59,32 +59,34 @@ def water_filling(dist: np.ndarray, ids: np.ndarray, rho_nb: np.ndarray, *, alph
 def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callable[[np.ndarray], np.ndarray],
                             *, alpha: float, C: float, first: int = 128
                             ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """:func:`water_filling` on the full lists, asking ``densities(mask)`` only for the
-    neighbours the plan depends on.
+    """:func:`water_filling` on the full lists, asking ``densities`` only for the neighbours
+    the plan depends on.
 
     The solution depends on the densities of each query's first ``K_i + 1`` neighbours only
     (the water level never reaches further along a list, whose prefix sums increase). So the
-    lists are solved on prefixes of ``J_i`` neighbours (``first``, then doubled for every
-    query whose prefix was filled completely) until every query stops inside its prefix
+    lists are solved on prefixes of ``J_i`` neighbours (``first``, then grown for every
+    query whose prefix was filled completely, by half) until every query stops inside its prefix
     (``K_i < J_i``) or has its whole list: then no event beyond the prefixes lies below the
     water level and the prefix solution is the full one, exactly.
 
-    densities(mask): receives a (M, L) bool mask of the neighbours whose density is needed
-    (it may return values for more) and returns the (M, L) densities (NaN where unknown).
+    densities(J): receives the (M,) prefix lengths and returns the (M, max(J)) densities of
+    the neighbours (values beyond a query's prefix are ignored).
     Returns (gamma (M, L), s, K, J the prefix lengths used).
     """
     m, L = ids.shape
     n_valid = (ids >= 0).sum(axis=1)
     J = np.minimum(n_valid, max(1, int(first)))
-    cols = np.arange(L)[None, :]
     while True:
-        inside = cols < J[:, None]
-        rho_nb = densities(inside)
-        gamma, s, K = water_filling(dist, np.where(inside, ids, -1), rho_nb, alpha=alpha, C=C)
+        w = int(J.max())
+        inside = np.arange(w)[None, :] < J[:, None]
+        rho_nb = densities(J)
+        gamma, s, K = water_filling(dist[:, :w], np.where(inside, ids[:, :w], -1), rho_nb, alpha=alpha, C=C)
         grow = (K >= J) & (J < n_valid)
         if not grow.any():
-            return gamma, s, K, J
-        J = np.where(grow, np.minimum(n_valid, 2 * J), J)
+            full = np.zeros((m, L))
+            full[:, :w] = gamma
+            return full, s, K, J
+        J = np.where(grow, np.minimum(n_valid, J + (J + 1) // 2), J)
 
 
 def objective(gamma, dist: np.ndarray, rho: np.ndarray, *, alpha: float, C: float) -> float:
