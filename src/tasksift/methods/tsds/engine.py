@@ -125,7 +125,7 @@ def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, nor
     die_once(kill)
     t1 = time.perf_counter()
     d2, ids = exact_search(q, x, min(k, len(x)))
-    return {"d2": d2, "ids": ids, "rows": len(x), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
+    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
 
@@ -197,7 +197,7 @@ def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[
         if "bad_row" in r:
             raise DataError(f"row {s + r['bad_row']} holds NaN or inf", file="candidates")
         top.add(r["d2"], np.where(r["ids"] >= 0, r["ids"] + s, -1))
-        stats.append({"stage": "search", "shard": i, "rows": r["rows"], "read_s": r["read_s"],
+        stats.append({"stage": "search", "shard": i, "rows": r["rows"], "bytes": r["bytes"], "read_s": r["read_s"],
                       "seconds": r["read_s"] + r["search_s"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
     d2, ids = top.result()
     return d2, ids
