@@ -12,12 +12,10 @@ max_k 5000, kde_k 1000, seed 0.
 
 Modes, each run in a fresh process (so its VmHWM peak is its own):
 
-- ``single``: the in-process engine, ``tsds(q, np.load(path, mmap_mode="r"))`` (index
-  ``auto``: exact/flat/IVF by size, faiss/BLAS on all cores). Skipped when it would not fit
-  in memory (it copies the candidates into its search index).
-- ``ray``: ``tsds(q, path, backend="ray", num_workers=W, shard_rows=S)`` on a local Ray
-  started in the driver process (start time reported apart); exact sharded search.
-- ``local-sharded``: the same sharded algorithm run task after task in one process.
+- ``single``: the engine in process on ``np.load(path, mmap_mode="r")`` (BLAS on all cores).
+- ``ray``: ``tsds(q, path, executor=make_executor("ray", workers=W), shard_rows=S)`` on a
+  local Ray started in the driver process (start time reported apart).
+- ``local-sharded``: the same engine on the path with the local executor (task after task).
 
 Peak memory is VmHWM from /proc/<pid>/status (resident, includes the file pages a process
 maps), for the driver and for each Ray worker process (reported by its tasks).
@@ -87,31 +85,24 @@ def run_job(job: dict) -> dict:
     q = np.load(job["q_path"])
     out: dict = {"mode": job["mode"], "n": job["n"], "pid": os.getpid()}
     t = time.perf_counter()
+    from tasksift.exec import make_executor
+    from tasksift.methods.tsds import tsds
+
     if job["mode"] == "single":
-        from tasksift.methods.tsds import tsds
-
-        x = np.load(job["x_path"], mmap_mode="r")
-        r = tsds(q, x, **PARAMS)
-        tm = r.info["timings"]
-        out["stages"] = {"search": tm["tsds_search"], "kde": tm["tsds_kde"], "solve": tm["tsds_solve"]}
+        r = tsds(q, np.load(job["x_path"], mmap_mode="r"), **PARAMS)
     else:
-        from tasksift.distributed import tsds_ray
-
-        backend = "ray" if job["mode"] == "ray" else "local"
-        if backend == "ray":
-            from tasksift.distributed import ray_init
-
+        executor = make_executor("local")
+        if job["mode"] == "ray":
             t0 = time.perf_counter()
-            ray = ray_init(num_cpus=job["workers"])
+            executor = make_executor("ray", workers=job["workers"])
+            ray = executor.ray
             ray.get([ray.remote(lambda: 0).remote() for _ in range(job["workers"])])  # workers up
             out["ray_start_s"] = time.perf_counter() - t0
             t = time.perf_counter()
-        r = tsds_ray(q, job["x_path"], num_workers=job["workers"], shard_rows=job["shard_rows"],
-                     backend=backend, **PARAMS)
-        tm = r.info["timings"]
-        out["stages"] = {k: tm[f"tsds_{k}"] for k in ("search", "gather", "kde", "solve")}
-        dist = r.info["distributed"]
-        out["dist"] = {k: v for k, v in dist.items()}
+        r = tsds(q, job["x_path"], executor=executor, shard_rows=job["shard_rows"], **PARAMS)
+        out["dist"] = {k: v for k, v in r.info["execution"].items()}
+    tm = r.info["timings"]
+    out["stages"] = {k: tm.get(f"tsds_{k}", 0.0) for k in ("search", "gather", "kde", "solve")}
     out["total"] = time.perf_counter() - t
     out["driver_peak_mb"] = peak_mb()
     out["index"] = f"{r.info['index']['search']} / {r.info['index']['kde']}"
@@ -147,7 +138,7 @@ def per_shard(res: dict) -> dict:
         "shard_s": float(np.mean([t["seconds"] for t in srch])),
         "shard_read_s": float(np.mean([t["read_s"] for t in srch])),
         "shard_bytes": float(np.mean([t["bytes"] for t in srch])),
-        "merge_s": res["dist"]["merge_s"] / max(1, len(srch)),
+        "merge_s": 0.0,  # merged by the driver as shards arrive; inside the search stage
         "kde_cpu_s": float(sum(t["seconds"] for t in kde)), "kde_tasks": len(kde),
         "gather_cpu_s": float(sum(t["seconds"] for t in gat)),
         "worker_peaks_mb": sorted(pids.values(), reverse=True),

@@ -1,5 +1,5 @@
-"""Ray backend: features (through the feature pipeline) equal the in-process backend's, a
-killed worker is retried, and sharded neighbour search equals one exact index."""
+"""Ray backend: features (through the feature pipeline) equal the in-process backend's and a
+killed worker is retried (sharded search and TSDS on Ray: tests/test_tsds_engine.py)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,6 @@ ray = pytest.importorskip("ray")
 
 from tasksift.data.example import Example  # noqa: E402
 from store_fixtures import ToyFeaturizer, logged_rows, toy_values  # noqa: E402
-from tasksift.distributed import merge_topk, sharded_search  # noqa: E402
 from tasksift.exec import LocalExecutor, make_executor  # noqa: E402
 from tasksift.features.embed import EmbedConfig, Embedder  # noqa: E402
 from tasksift.features.pipeline import compute_features, open_store  # noqa: E402
@@ -76,113 +75,6 @@ def test_driver_rerun_computes_only_missing(tmp_path, local_ray):
     assert res.values["n"].tolist() == [0, 3, 6, 9, 12]
 
 
-@pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_sharded_search_equals_exact(tmp_path, metric, local_ray):
-    import faiss
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1000, 16)).astype(np.float32)
-    x[500] = x[10]  # an exact tie across shards
-    q = rng.normal(size=(7, 16)).astype(np.float32)
-    q[0] = x[10]
-    index = faiss.IndexFlatL2(16) if metric == "l2" else faiss.IndexFlatIP(16)
-    index.add(x)
-    D, I = index.search(q, 25)
-    for backend in ("local", "ray"):
-        d, i = sharded_search(q, x, 25, metric=metric, shard_rows=130, backend=backend)
-        np.testing.assert_allclose(d, D, rtol=1e-5, atol=1e-4)
-        # same neighbours; the exact tie (10, 500) may come in either order from faiss
-        assert all(set(a) == set(b) for a, b in zip(i.tolist(), I.tolist()))
-        assert set(i[0, :2].tolist()) == {10, 500}
-    np.save(tmp_path / "x.npy", x)
-    d, i = sharded_search(q, tmp_path / "x.npy", 25, metric=metric, shard_rows=300, backend="ray")
-    np.testing.assert_allclose(d, D, rtol=1e-5, atol=1e-4)
-
-
-def test_merge_topk_drops_missing_ids():
-    parts = [(np.array([[0.5, np.inf]]), np.array([[3, -1]]), 0), (np.array([[0.1, 0.7]]), np.array([[0, 1]]), 10)]
-    d, i = merge_topk(parts, 3, "l2")
-    assert i.tolist() == [[10, 3, 11]] and d.tolist() == [[0.1, 0.5, 0.7]]
-
-
-# ---------------------------------------------------------------------------------------
-# distributed TSDS
-# ---------------------------------------------------------------------------------------
-def _clustered(n, m, d=32, clusters=12, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, d))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    lab = rng.integers(0, clusters, n)
-    x = centres[lab] + rng.standard_normal((n, d)) * 0.08
-    x[7] = x[3]  # an exact duplicate (ties broken by lower id everywhere)
-    q = centres[rng.integers(0, 3, m)] + rng.standard_normal((m, d)) * 0.08
-    return q.astype(np.float32), x.astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tsds_data(tmp_path_factory):
-    q, x = _clustered(4000, 40)
-    path = tmp_path_factory.mktemp("tsds") / "x.npy"
-    np.save(path, x)
-    return q, x, path
-
-
-@pytest.mark.parametrize("sigma,index", [(0.0, "auto"), (0.75, "auto"), (0.75, "ivf")])
-def test_tsds_ray_equals_in_process(tsds_data, local_ray, sigma, index):
-    from tasksift.methods.tsds import tsds
-
-    q, x, path = tsds_data
-    kw = dict(sigma=sigma, max_k=300, kde_k=100, seed=0, normalize=True, index=index)
-    ref = tsds(q, x, **kw)
-    for cands in (x, path):  # an array, and a .npy path read by the workers
-        got = tsds(q, cands, backend="ray", num_workers=2, shard_rows=700, **kw)
-        assert got.info["distributed"]["shards"] == 6
-        np.testing.assert_allclose(got.p, ref.p, rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
-        np.testing.assert_allclose(got.neighbor_dist, ref.neighbor_dist, rtol=0, atol=1e-9)
-        assert got.info["prefetched"] == ref.info["prefetched"]
-        if sigma:
-            np.testing.assert_allclose(got.rho, ref.rho, rtol=0, atol=1e-9)
-            assert got.info["index"]["kde"] == ref.info["index"]["kde"]
-    assert x.flags.writeable and np.abs(np.linalg.norm(x[:5], axis=1) - 1).max() > 1e-3  # input untouched
-
-
-def test_tsds_ray_killed_tasks_are_retried(tsds_data, local_ray, tmp_path):
-    from tasksift.distributed import tsds_ray
-
-    q, x, path = tsds_data
-    kw = dict(sigma=0.75, max_k=300, kde_k=100, seed=0, normalize=True)
-    ref = tsds_ray(q, path, shard_rows=700, backend="local", **kw)
-    got = tsds_ray(q, path, shard_rows=700, num_workers=2, _kill_once=str(tmp_path), **kw)
-    # one search task and one KDE task really killed their worker process mid-run
-    assert (tmp_path / "killed-search").exists() and (tmp_path / "killed-kde").exists()
-    np.testing.assert_array_equal(got.p, ref.p)
-    np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
-    pids = {t["pid"] for t in got.info["distributed"]["tasks"]}
-    assert int((tmp_path / "killed-search").read_text()) not in pids  # its work was redone elsewhere
-
-
-def test_tsds_method_uses_ray_backend(tsds_data, local_ray):
-    from tasksift.methods.base import SelectionContext
-    from tasksift.methods.registry import get_method
-
-    q, x, _ = tsds_data
-    exs = _examples(len(x))
-    targets = _examples(len(q))
-    out = {}
-    for backend in ("local", "ray"):
-        ctx = SelectionContext(exs, targets, seed=3, progress=False, executor=make_executor(backend, workers=2))
-        ctx.set_embeddings("pool", x)
-        ctx.set_embeddings("target", q)
-        out[backend] = get_method("tsds")(max_k=300, kde_k=100, shard_rows=1000).select(ctx, 50)
-    np.testing.assert_array_equal(out["ray"].indices, out["local"].indices)
-    np.testing.assert_allclose(out["ray"].scores, out["local"].scores, atol=1e-6)
-    assert out["ray"].info["distributed"]["shards"] == 4 and "tasks" not in out["ray"].info["distributed"]
-
-
-# ---------------------------------------------------------------------------------------
-# LM loss features on Ray
-# ---------------------------------------------------------------------------------------
 def test_ray_lm_losses_equal_local(tmp_path, local_ray):
     pytest.importorskip("transformers")
     from lm_fixtures import sample_examples, save_tiny

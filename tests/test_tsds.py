@@ -68,7 +68,9 @@ def test_plan_matches_lp_on_random_instances():
         N = len(x)
         res = T.tsds(q, x, alpha=alpha, C=C, sigma=sigma, max_k=N, kde_k=N)
         rho = exact_rho(x, sigma)
-        np.testing.assert_allclose(res.rho, rho, rtol=1e-9, atol=1e-9)
+        known = ~np.isnan(res.rho)  # densities are computed only where the plan needs them
+        np.testing.assert_allclose(res.rho[known], rho[known], rtol=1e-9, atol=1e-9)
+        assert known[res.p > 0].all()
         plan = res.plan()
         D = cdist(q, x)
         got = T.objective(plan, D, rho, alpha=alpha, C=C)
@@ -248,17 +250,16 @@ def test_index_auto_and_overrides():
         assert recall_at_k(r.ids, exact.ids) > 0.9
         np.testing.assert_allclose(r.distances[:, :10], exact.distances[:, :10], atol=1e-5)
     ref = T.tsds(q, x, max_k=500, kde_k=200, index="exact")
-    assert ref.info["index"] == {"search": "exact", "kde": "exact-blocked"}
-    for kind in ("flat", "ivf"):
+    assert ref.info["index"] == {"search": "exact", "kde": "exact-range"}
+    assert ref.info["search_cut_uncertified"] == 0
+    for kind in ("flat", "auto"):  # the exact kinds all take the same exact engine
         r = T.tsds(q, x, max_k=500, kde_k=200, index=kind)
-        assert r.info["index"]["search"].startswith(kind)
-        assert 0.9 < r.info["ann_recall"]["kde"] <= 1.0
+        np.testing.assert_array_equal(r.p, ref.p)
+    for kind in ("ivf", "hnsw"):  # approximate search; the densities stay exact
+        r = T.tsds(q, x, max_k=500, kde_k=200, index=kind)
+        assert r.info["index"] == {"search": r.info["index"]["search"], "kde": "exact-range"}
+        assert r.info["index"]["search"].startswith(kind) and r.info["ann_recall"]["search"] > 0.9
         assert np.abs(r.p - ref.p).sum() < 0.1
-    assert T.tsds(q, x, max_k=500, kde_k=200, index="flat").info["index"]["kde"] == "exact-blocked"
-    # the blocked IVF KDE is close to the exact densities
-    rho_ivf, info = T.kde_density(x, 0.75, 200, index="ivf")
-    rho_ex, _ = T.kde_exact(x, 0.75, 200)
-    assert np.median(np.abs(rho_ivf - rho_ex) / rho_ex) < 0.05 and info["recall"] > 0.9
     with pytest.raises(ConfigError):
         T.tsds(q, x, index="NoSuchIndex,Flat")
 
@@ -270,7 +271,71 @@ def test_kde_caps_at_kde_k_and_counts_duplicates():
     np.testing.assert_allclose(rho, [4, 4, 4, 4, 1])  # m exact duplicates give m + 1
     rho, _ = T.kde_exact(x, 0.75, 2)
     np.testing.assert_allclose(rho, [2, 2, 2, 2, 1])
-    np.testing.assert_allclose(T.kde_density(x, 0.75, 2, index="hnsw")[0], [2, 2, 2, 2, 1])
+    for dt in (np.float64, np.float32):
+        rho, cnt = T.range_density(x.astype(dt), x.astype(dt), 0.75, 2)
+        assert rho.tolist() == [2, 2, 2, 2, 1] and cnt.tolist() == [4, 4, 4, 4, 1]
+
+
+def _tied_instance(rng, n=400, d=6, dtype=np.float64):
+    """Points on a coarse grid (many tied distances, some exactly sigma apart) with exact
+    duplicates."""
+    x = np.round(rng.standard_normal((n, d)) * 0.5, 1) * 0.75
+    x[rng.integers(0, n, n // 4)] = x[rng.integers(0, n, n // 4)]
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kde_k", [1, 3, 17, 1000])
+def test_range_density_equals_exact_kernel_sum_with_ties_and_duplicates(dtype, kde_k):
+    rng = np.random.default_rng(kde_k)
+    x = _tied_instance(rng, dtype=dtype)
+    sigma = 0.75
+    # the kernel sum straight from the definition: float64 differences, every pair
+    d2 = cdist(x.astype(np.float64), x.astype(np.float64), "sqeuclidean")
+    w = np.maximum(0.0, 1.0 - d2 / sigma ** 2)
+    want = (-np.sort(-w, axis=1))[:, :kde_k].sum(axis=1)
+    got, cnt = T.range_density(x, x, sigma, kde_k)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # pairs exactly sigma apart (weight 0 up to rounding) may count either way
+    on_edge = (np.abs(d2 - sigma ** 2) < 1e-12).sum(axis=1)
+    assert on_edge.sum() > 0 and (np.abs(cnt - (w > 0).sum(axis=1)) <= on_edge).all()
+    assert (got >= 1).all()
+    np.testing.assert_allclose(T.kde_exact(x, sigma, kde_k)[0], want, rtol=1e-9, atol=1e-9)
+    # any superset of the kernel neighbours as columns, in any order, gives the same values
+    perm = rng.permutation(len(x))
+    again, _ = T.range_density(x[:50], np.concatenate([x[perm], x[:7]]) if kde_k >= 1000 else x[perm], sigma, kde_k)
+    if kde_k >= 1000:  # the extra copies of rows 0..6 are extra duplicates: their rows gain weight
+        want50 = want[:50] + np.maximum(0.0, 1.0 - cdist(x[:50].astype(np.float64), x[:7].astype(np.float64),
+                                                          "sqeuclidean") / sigma ** 2).sum(axis=1)
+        np.testing.assert_allclose(again, want50, rtol=1e-12)
+    else:
+        assert again.tolist() == got[:50].tolist()
+
+
+def test_densities_only_where_the_plan_needs_them_give_the_full_solution():
+    """The lazy solve (densities of each query's first K_i + 1 neighbours) equals the
+    water-filling with every density known."""
+    rng = np.random.default_rng(3)
+    for case in range(30):
+        q, x = random_instance(rng)
+        if len(x) < 20:
+            continue
+        sigma = float(rng.choice([0.5, 0.75, 2.0]))
+        alpha = float(rng.choice([0.2, 0.5, 0.9]))
+        res = T.tsds(q, x, alpha=alpha, sigma=sigma, max_k=len(x), kde_k=len(x))
+        rho, _ = T.range_density(x, x, sigma, len(x))  # every density, same arithmetic
+        known = ~np.isnan(res.rho)
+        assert res.rho[known].tolist() == rho[known].tolist()
+        ids = res.neighbor_ids
+        gamma, s, K = T.water_filling(res.neighbor_dist, ids, rho[np.maximum(ids, 0)], alpha=alpha, C=5.0)
+        assert s == res.threshold
+        np.testing.assert_array_equal(K, res.filled)
+        np.testing.assert_array_equal(gamma, res.gamma)
+    # a big list with a small plan: only a few densities are computed
+    x = _unit(rng.standard_normal((3000, 8)))
+    res = T.tsds(x[:5], x, max_k=2000, kde_k=50, alpha=0.9)
+    assert res.info["density_rows"] < res.info["prefetched"] / 4
+    assert np.isnan(res.rho).sum() > 0 and not np.isnan(res.rho[res.p > 0]).any()
 
 
 def test_float32_and_normalize():
@@ -447,3 +512,22 @@ def test_neighbors_helpers():
     half[:, 60:] = -1
     assert recall_at_k(half, ids) == pytest.approx(0.5)
     np.testing.assert_allclose(min_distance(x, q, chunk=1000), cdist(x, q).min(axis=1), rtol=1e-5)
+
+
+def test_pivot_columns_never_leave_out_a_kernel_neighbour():
+    rng = np.random.default_rng(11)
+    for dtype in (np.float64, np.float32):
+        centres = _unit(rng.standard_normal((15, 24)))
+        x = _unit(centres[rng.integers(0, 15, 1500)] + rng.uniform(0.02, 0.3) * rng.standard_normal((1500, 24)))
+        x[rng.integers(0, 1500, 100)] = x[rng.integers(0, 1500, 100)]
+        x = x.astype(dtype)
+        piv = T.kde.PivotColumns(x, 0.75, n_pivots=16, seed=1, block=64)
+        rows = np.sort(rng.choice(1500, 400, replace=False))
+        near = cdist(x.astype(np.float64), x.astype(np.float64)) < 0.75
+        seen = []
+        for blk, cols in piv.blocks(rows):
+            seen += blk.tolist()
+            assert near[blk][:, np.setdiff1d(np.arange(1500), cols)].sum() == 0
+        assert sorted(seen) == rows.tolist()
+        total = sum(len(b) * len(c) for b, c in piv.blocks(rows))
+        assert total < 400 * 1500  # it does prune

@@ -31,8 +31,9 @@ them. Distances returned by :func:`knn` are L2 (not squared), float64, ascending
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -235,37 +236,222 @@ class NeighborIndex:
         return recall_at_k(ids[rows][:, :k], true), len(rows)
 
 
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int = 16384
+class TopK:
+    """The running ``k`` smallest distances of each query over blocks of candidates.
+
+    Blocks come from any iterator (an array cut in blocks, a ``.npy`` file read block by
+    block, per-shard result lists from workers, in any order) and are merged into one result:
+    the same code serves memory and disk. A block entry is looked at only when it is not
+    larger than the query's current ``k``-th distance, so after the first blocks most of each
+    block is skipped by one comparison. Ties are broken by lower id, whatever the block order.
+    """
+
+    def __init__(self, n_queries: int, k: int) -> None:
+        self.k = int(k)
+        self.dists: list[np.ndarray] = [np.empty(0, np.float32)] * int(n_queries)
+        self.ids: list[np.ndarray] = [np.empty(0, np.int64)] * int(n_queries)
+        self.bound = np.full(int(n_queries), np.inf)  # the k-th smallest so far (inf until k seen)
+
+    def add(self, dists: np.ndarray, ids: np.ndarray) -> None:
+        """Merge one block: ``dists`` (n_queries, b) and ``ids`` (b,) shared by all queries or
+        (n_queries, b) per query; ids < 0 are ignored."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ok = dists <= self.bound[:, None].astype(dists.dtype)
+        ok &= (ids >= 0) if ids.ndim == 2 else (ids >= 0)[None, :]
+        rows, cols = np.nonzero(ok)
+        if not len(rows):
+            return
+        cuts = np.flatnonzero(np.diff(rows)) + 1
+        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
+            r, c = int(rows[a]), cols[a:b]
+            d = np.concatenate([self.dists[r], dists[r, c]])
+            i = np.concatenate([self.ids[r], ids[r, c] if ids.ndim == 2 else ids[c]])
+            self.dists[r], self.ids[r], bound = keep_smallest(d, i, self.k)
+            if len(d) >= self.k:
+                self.bound[r] = bound
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (n_queries, k), ascending per row with ties by lower id,
+        padded with ``inf`` / ``-1`` where fewer than ``k`` were seen."""
+        nq = len(self.dists)
+        dtype = np.result_type(*[d.dtype for d in self.dists]) if nq else np.float32
+        out_d = np.full((nq, self.k), np.inf, dtype=dtype)
+        out_i = np.full((nq, self.k), -1, dtype=np.int64)
+        for r in range(nq):
+            d, i = self.dists[r], self.ids[r]
+            order = np.lexsort((i, d))
+            out_d[r, :len(d)], out_i[r, :len(d)] = d[order], i[order]
+        return out_d, out_i
+
+
+def keep_smallest(d: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The ``k`` entries of ``(d, ids)`` with the smallest ``d`` (ties: lower id), unsorted,
+    and the largest kept distance (inf when fewer than ``k`` entries)."""
+    if len(d) <= k:
+        return d, ids, (float(d.max()) if len(d) == k else np.inf)
+    part = np.argpartition(d, k - 1)[:k]
+    cut = d[part].max()
+    less = np.flatnonzero(d < cut)
+    tied = np.flatnonzero(d == cut)
+    tied = tied[np.argsort(ids[tied], kind="stable")[:k - len(less)]]
+    keep = np.concatenate([less, tied])
+    return d[keep], ids[keep], float(cut)
+
+
+def block_rows(n_cols: int, itemsize: int = 4, budget: int = CHUNK_BYTES) -> int:
+    """Rows of a (rows x ``n_cols``) scratch block that fit in ``budget`` bytes."""
+    return int(max(1, min(65536, budget // max(1, n_cols * itemsize))))
+
+
+def search_blocks(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of each query over ``(start, rows)`` blocks of a
+    candidate set (e.g. :func:`iter_row_blocks`), by float32 BLAS per block and one
+    :class:`TopK` merge. Returns (squared L2 distances float32, global ids int64), ascending,
+    ties by lower id, padded with inf / -1 when fewer than ``k`` rows were seen."""
+    q = _as_f32(queries)
+    qn = np.einsum("ij,ij->i", q, q)
+    top = TopK(len(q), k)
+    for start, xb in blocks:
+        xb = _as_f32(xb)
+        d2 = q @ xb.T
+        d2 *= -2.0
+        d2 += qn[:, None]
+        d2 += np.einsum("ij,ij->i", xb, xb)[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        top.add(d2, np.arange(start, start + len(xb), dtype=np.int64))
+    return top.result()
+
+
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by float32 BLAS over blocks of ``chunk`` base rows with a
-    running top-k (no copy of ``base``; memory ~ n_queries * (chunk + k) * 12 bytes per block
-    of queries). Returns (squared distances float32, ids int64), ascending, ties by lower id."""
-    base = np.asarray(base)
-    n = len(base)
-    k = int(min(k, n))
-    nq = len(queries)
-    out_d = np.empty((nq, k), dtype=np.float32)
-    out_i = np.empty((nq, k), dtype=np.int64)
-    qrows = max(1, int(CHUNK_BYTES // (12 * (chunk + k))))
-    for qs in range(0, nq, qrows):
-        q = _as_f32(queries[qs:qs + qrows])
-        qn = np.einsum("ij,ij->i", q, q)
-        best_d = np.empty((len(q), 0), dtype=np.float32)
-        best_i = np.empty((len(q), 0), dtype=np.int64)
-        for s in range(0, n, chunk):
-            xb = _as_f32(base[s:s + chunk])
-            d2 = qn[:, None] + np.einsum("ij,ij->i", xb, xb)[None, :] - 2.0 * (q @ xb.T)
-            cd = np.concatenate([best_d, d2], axis=1)
-            ci = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(xb)), d2.shape)], axis=1)
-            if cd.shape[1] > k:
-                part = np.argpartition(cd, k - 1, axis=1)[:, :k]
-                cd = np.take_along_axis(cd, part, axis=1)
-                ci = np.take_along_axis(ci, part, axis=1)
-            best_d, best_i = cd, ci
-        order = np.lexsort((best_i, best_d), axis=1)
-        out_d[qs:qs + len(q)] = np.maximum(np.take_along_axis(best_d, order, axis=1), 0.0)
-        out_i[qs:qs + len(q)] = np.take_along_axis(best_i, order, axis=1)
-    return out_d, out_i
+    """Exact k nearest neighbours of ``queries`` among the rows of ``base`` (an array or a
+    memory map; no copy of it is made) by :func:`search_blocks` over blocks of ``chunk`` rows
+    (default: blocks of about ``CHUNK_BYTES / 4`` of distances). Returns (squared distances
+    float32, ids int64), ascending, ties by lower id."""
+    k = int(min(k, len(base)))
+    rows = int(chunk) if chunk else block_rows(max(1, len(queries)), 4, CHUNK_BYTES // 4)
+    return search_blocks(queries, iter_row_blocks(base, rows), k)
+
+
+def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray, int]], k: int, metric: str = "l2"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard result lists ``(distances, local ids, offset of the shard)`` into the
+    global top-``k`` of each query (``metric="ip"``: largest inner products first), ties by
+    lower global id, ids -1 dropped (padded with inf / -1)."""
+    top: TopK | None = None
+    sign = -1.0 if metric == "ip" else 1.0
+    for d, i, off in parts:
+        d = np.asarray(d)
+        i = np.asarray(i, dtype=np.int64)
+        if top is None:
+            top = TopK(len(d), k)
+        top.add(sign * d, np.where(i >= 0, i + off, -1))
+    if top is None:
+        raise ValueError("merge_topk needs at least one part")
+    d, i = top.result()
+    return sign * d, i
+
+
+def npy_layout(path: "str | os.PathLike") -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order ``.npy`` file."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if fortran and len(shape) > 1:
+        raise ConfigError(f"{path}: Fortran-ordered .npy files are not supported; save it C-ordered")
+    return tuple(shape), np.dtype(dtype), offset
+
+
+def read_npy_rows(path: "str | os.PathLike", start: int, end: int, rows: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Rows ``start:end`` (or the sorted absolute ``rows`` within that range) of a 2-d C-order
+    ``.npy`` file, read with ``pread`` into a fresh array: unlike a memory map, the file's
+    pages are not charged to this process's resident size."""
+    shape, dtype, offset = npy_layout(path)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def read_range(a: int, b: int, out: np.ndarray) -> None:
+            view, pos = memoryview(out.reshape(-1).view(np.uint8)), 0
+            while pos < len(view):
+                got = os.preadv(fd, [view[pos:]], offset + a * row_bytes + pos)
+                if got <= 0:
+                    raise OSError(f"{path}: short read at row {a}")
+                pos += got
+
+        if rows is None or 4 * len(rows) >= end - start:
+            block = np.empty((end - start, *shape[1:]), dtype=dtype)
+            if end > start:
+                read_range(start, end, block)
+            return block if rows is None else block[np.asarray(rows) - start]
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+        if len(rows):
+            cut = np.flatnonzero(np.diff(rows) != 1) + 1
+            for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(rows)]])):
+                read_range(int(rows[a]), int(rows[a]) + int(b - a), out[a:b])
+        return out
+    finally:
+        os.close(fd)
+
+
+def read_rows(source: "np.ndarray | str | os.PathLike", start: int, end: int,
+              rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:end`` (or the sorted absolute ``rows`` within it) of an array, a memory
+    map or a ``.npy`` path (read with :func:`read_npy_rows`)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_npy_rows(source, start, end, rows)
+    return np.asarray(source[start:end] if rows is None else source[np.asarray(rows)])
+
+
+def iter_row_blocks(source: "np.ndarray | str | os.PathLike", rows: int, start: int = 0,
+                    end: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, block)`` over rows ``start:end`` of an array, memory map or ``.npy``
+    path, ``rows`` at a time (one block in memory at once for a path)."""
+    n = npy_layout(source)[0][0] if isinstance(source, (str, os.PathLike)) else len(source)
+    end = n if end is None else min(end, n)
+    for s in range(start, end, max(1, int(rows))):
+        yield s, read_rows(source, s, min(end, s + int(rows)))
+
+
+def _search_shard_task(source: Any, start: int, end: int, k: int, metric: str, *,
+                       query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of one shard (rows ``start:end`` of ``source``); ids local to the shard."""
+    x = read_rows(source, start, end)
+    if metric == "l2":
+        return exact_search(query, x, k)
+    top = TopK(len(query), min(k, len(x)))
+    top.add(-(_as_f32(query) @ _as_f32(x).T), np.arange(len(x), dtype=np.int64))
+    d, ids = top.result()
+    return -d, ids
+
+
+def sharded_search(query: np.ndarray, candidates: "np.ndarray | str | os.PathLike", k: int, *,
+                   metric: str = "l2", shard_rows: int = 250_000, executor: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours of each query among ``candidates`` (squared L2 distances
+    for ``metric="l2"``, inner products for ``"ip"``), searched shard by shard on
+    ``executor`` (an :class:`~tasksift.exec.Executor`; default: this process) and merged by
+    :func:`merge_topk`.
+
+    ``candidates`` may be an array, a ``np.memmap`` or the path of a ``.npy`` file, which
+    each task reads only its own shard of (the path must be visible to every worker)."""
+    from .exec import make_executor
+
+    if metric not in ("l2", "ip"):
+        raise ConfigError(f"metric must be 'l2' or 'ip', got {metric!r}")
+    executor = make_executor("local") if executor is None else executor
+    path = os.fspath(candidates) if isinstance(candidates, (str, os.PathLike)) else None
+    n = npy_layout(path)[0][0] if path else len(candidates)
+    k = min(int(k), n)
+    bounds = [(s, min(n, s + int(shard_rows))) for s in range(0, n, int(shard_rows))]
+    calls = ((s, (path, s, e, k, metric) if path else (candidates[s:e], 0, e - s, k, metric))
+             for s, e in bounds)
+    done = executor.map_tasks(_search_shard_task, calls, shared={"query": _as_f32(query)})
+    return merge_topk(((d, i, s) for s, (d, i) in done), k, metric)
 
 
 def recall_at_k(approx_ids: np.ndarray, true_ids: np.ndarray) -> float:
@@ -301,6 +487,31 @@ def refine_distances(queries: np.ndarray, base: np.ndarray, ids: np.ndarray, *,
         diff -= np.asarray(queries[s:s + rows], dtype=np.float64)[:, None, :]
         dd = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         out[s:s + rows] = np.where(ok, dd, np.inf)
+    return out
+
+
+def gathered_distances(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, *,
+                       chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Float64 L2 distances ``||queries[i] - rows[pos[i, j]]||`` (inf where ``pos < 0``) for
+    many pairs over few rows: one float64 BLAS product per block of ``rows`` against all
+    queries (``|q|^2 + |x|^2 - 2 q.x``), memory about ``chunk_bytes`` per block."""
+    q = np.asarray(queries, dtype=np.float64)
+    qn = np.einsum("ij,ij->i", q, q)
+    out = np.full(pos.shape, np.inf)
+    flat = pos.ravel()
+    idx = np.flatnonzero(flat >= 0)
+    order = idx[np.argsort(flat[idx], kind="stable")]
+    by_row = flat[order]
+    step = block_rows(max(1, len(q)), 8, chunk_bytes)
+    for a in range(0, len(rows), step):
+        lo, hi = np.searchsorted(by_row, [a, a + step])
+        if hi == lo:
+            continue
+        xb = np.asarray(rows[a:a + step], dtype=np.float64)
+        r, c = by_row[lo:hi] - a, order[lo:hi] // pos.shape[1]
+        g = xb @ q.T
+        d2 = np.einsum("ij,ij->i", xb, xb)[r] + qn[c] - 2.0 * g[r, c]
+        out.ravel()[order[lo:hi]] = np.sqrt(np.maximum(d2, 0.0))
     return out
 
 

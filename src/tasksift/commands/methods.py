@@ -3,6 +3,7 @@ printed from the option table the method declares (the same table validates the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -13,7 +14,9 @@ from ..methods.registry import available_methods, get_method
 def method_record(name: str) -> dict[str, Any]:
     """A method's registry info and option rows, JSON-ready."""
     cls = get_method(name)
-    return {**cls.info.__dict__, "needs": list(cls.info.needs), "options": table_rows(cls.parameters)}
+    info = cls.info
+    survey = dataclasses.asdict(info.survey) if info.survey is not None else None
+    return {**info.__dict__, "needs": list(info.needs), "survey": survey, "options": table_rows(cls.parameters)}
 
 
 def _yaml_value(v: Any) -> str:

@@ -1,0 +1,442 @@
+"""The TSDS engine: candidates as an array, a memory map or a ``.npy`` path, work on an
+:class:`~tasksift.exec.Executor` (this process by default, Ray tasks with the Ray executor).
+
+Stages (each timed as ``tsds_<stage>``):
+
+1. **search** (exact): the candidates are cut into shards of ``shard_rows`` rows; a task
+   reads one shard (a slice of the array, or its rows of the file by ``pread``), checks it
+   for NaN/inf, L2-normalises it when asked and returns its top ``L + margin`` of each query
+   (float32 BLAS blocks merged by :class:`tasksift.neighbors.TopK`). The driver merges the
+   shards' lists as they arrive with the same ``TopK``. ``index="ivf"``, ``"hnsw"`` or a
+   faiss factory string searches the whole (normalised) candidate matrix in this process
+   instead, with recall measured against exact search.
+2. **gather**: the rows of the merged lists are read back, their float64 distances to the
+   queries recomputed, and each query keeps its exact ``L = min(max_k, N)`` nearest (ties by
+   lower id); ``margin`` absorbs float32 rounding at the cut (``info`` counts the queries for
+   which the float32 bound does not prove it).
+3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
+   the lists), for the neighbours the plan depends on only (see
+   :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`). A row reached by
+   query ``i`` at distance ``d`` can only have kernel neighbours ``v`` with
+   ``||q_i - v|| < d + sigma`` (triangle inequality): when that ball lies inside query
+   ``i``'s list, only the list is scanned, else all of ``U``. Exact either way.
+4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
+
+Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
+normalised copy) and ``M * (L + margin) * 12`` bytes of lists; the driver the queries, two
+sets of lists, the gathered rows (at most ``M * (L + margin)``), and the (N,) float64 ``p``
+and ``rho``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator
+
+import numpy as np
+
+from ...errors import ConfigError, DataError
+from ...exec import Executor, make_executor
+from ...manifest import peak_memory_mb
+from ...neighbors import TopK, exact_search, knn, npy_layout, read_rows, gathered_distances, resolve_index
+from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
+from .kde import PivotColumns, range_density
+from .solver import solve_needing_densities
+
+#: index kinds searched by the sharded exact engine (the others go to faiss in-process)
+EXACT_KINDS = ("auto", "exact", "flat")
+
+
+@dataclass
+class TSDSResult:
+    """Everything :func:`tsds` computed.
+
+    p: (N,) float64 selection probabilities (sum 1, >= 0).
+    threshold: the water level ``s`` (the plan's max ``rho_j * gamma_ij`` is ``1 / (M s)``).
+    neighbor_ids, neighbor_dist: (M, L) prefetched neighbours of each query (id -1 = none,
+        dropped) and their float64 L2 distances, ascending.
+    gamma: (M, L) the transport plan on those neighbours (``gamma[i, k]`` is the mass moved
+        from query ``i`` to candidate ``neighbor_ids[i, k]``).
+    filled: (M,) ``K_i``, the number of completely filled neighbours of each query.
+    rho: (N,) float64 density of each candidate whose density the plan needed (NaN for the
+        others; 1 when ``sigma == 0``, on the prefetched set).
+    info: diagnostics (index used, ANN recall, timings, support size, execution, ...).
+    """
+
+    p: np.ndarray
+    threshold: float
+    neighbor_ids: np.ndarray
+    neighbor_dist: np.ndarray
+    gamma: np.ndarray
+    filled: np.ndarray
+    rho: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def plan(self) -> Any:
+        """The transport plan as a ``scipy.sparse.csr_matrix`` of shape (M, N)."""
+        from scipy import sparse
+
+        m, n = self.neighbor_ids.shape[0], len(self.p)
+        ok = (self.neighbor_ids >= 0) & (self.gamma > 0)
+        rows = np.broadcast_to(np.arange(m)[:, None], ok.shape)[ok]
+        return sparse.csr_matrix((self.gamma[ok], (rows, self.neighbor_ids[ok])), shape=(m, n))
+
+
+class StageTimer:
+    """Adds each stage's seconds to :attr:`times` (``prefix + stage``) and, when given, runs
+    it inside an outer ``timed(stage)`` context manager (e.g. ``SelectionContext.timed``)."""
+
+    def __init__(self, outer: Callable[[str], ContextManager] | None = None, prefix: str = "tsds_") -> None:
+        self.outer, self.prefix, self.times = outer, prefix, {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        name = self.prefix + stage
+        t = time.perf_counter()
+        with (self.outer(name) if self.outer else contextlib.nullcontext()):
+            yield
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------------------
+# tasks: module-level and stateless, so any executor can run them
+
+
+def die_once(marker: str | None) -> None:
+    """Test hook: kill this worker process the first time (marker file ``marker`` absent)."""
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(1)
+
+
+def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, normalize: bool,
+                      kill: str | None = None, *, q: np.ndarray) -> dict[str, Any]:
+    """One shard of the search: rows ``start:end`` of ``source`` (an array or a ``.npy``
+    path) checked, normalised when asked, and their exact top-``k`` per query (float32
+    squared L2, ids local to the shard)."""
+    t0 = time.perf_counter()
+    x = read_rows(source, start, end)
+    x, bad = normalize_block(x, np.dtype(dtype), normalize, owned=isinstance(source, (str, os.PathLike)))
+    if bad >= 0:
+        return {"bad_row": bad}
+    die_once(kill)
+    t1 = time.perf_counter()
+    d2, ids = exact_search(q, x, min(k, len(x)))
+    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
+            "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+
+
+def gather_task(source: Any, start: int, end: int, rows: np.ndarray, dtype: str, normalize: bool
+                ) -> dict[str, Any]:
+    """The (normalised) rows ``rows`` (absolute, sorted, within ``start:end``) of ``source``."""
+    t0 = time.perf_counter()
+    x, _ = normalize_block(read_rows(source, start, end, rows), np.dtype(dtype), normalize, owned=True)
+    return {"x": x, "seconds": time.perf_counter() - t0, "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+
+
+def density_task(rows: np.ndarray, cols: np.ndarray | None, sigma: float, kde_k: int,
+                 kill: str | None = None, *, xu: np.ndarray) -> dict[str, Any]:
+    """Exact densities of the prefetched rows ``rows`` against the columns ``cols`` of ``xu``
+    (all of them when None)."""
+    die_once(kill)
+    t0 = time.perf_counter()
+    xc = xu if cols is None else xu[cols]
+    rho, _ = range_density(xu[rows], xc, sigma, kde_k)
+    return {"rho": rho, "pairs": int(len(rows) * len(xc)), "seconds": time.perf_counter() - t0,
+            "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+
+
+# ---------------------------------------------------------------------------------------
+# stages
+
+
+@dataclass
+class Candidates:
+    """The candidate matrix as the engine reads it: an array (or memory map) or a path."""
+
+    source: Any
+    n: int
+    d: int
+    dtype: np.dtype  # float64 for float64 input, else float32
+
+    @classmethod
+    def of(cls, candidates: Any) -> "Candidates":
+        if isinstance(candidates, (str, os.PathLike)):
+            path = os.fspath(candidates)
+            shape, dt, _ = npy_layout(path)
+            source: Any = path
+        else:
+            source = candidates if isinstance(candidates, np.ndarray) else np.asarray(candidates)
+            shape, dt = source.shape, source.dtype
+        if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+            raise DataError(f"expected a non-empty 2-d array (rows x dims), got shape {shape}", file="candidates")
+        if not np.issubdtype(dt, np.number) or np.issubdtype(dt, np.complexfloating):
+            raise DataError(f"embeddings must be real numbers, got dtype {dt}", file="candidates")
+        return cls(source, int(shape[0]), int(shape[1]), np.dtype(np.float64 if dt == np.float64 else np.float32))
+
+    @property
+    def is_path(self) -> bool:
+        return isinstance(self.source, str)
+
+    def shard(self, s: int, e: int) -> tuple[Any, int, int]:
+        """(source, start, end) arguments that make a task read rows ``s:e``."""
+        return (self.source, s, e) if self.is_path else (self.source[s:e], 0, e - s)
+
+
+def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[int, int]], normalize: bool,
+                  executor: Executor, stats: list, kill: Callable[[str, int], str | None]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    top = TopK(len(q), kp)
+    calls = ((i, (*cands.shard(s, e), kp, cands.dtype.name, normalize, kill("search", i)))
+             for i, (s, e) in enumerate(shards))
+    for i, r in executor.map_tasks(search_shard_task, calls, shared={"q": np.ascontiguousarray(q, np.float32)}):
+        s = shards[i][0]
+        if "bad_row" in r:
+            raise DataError(f"row {s + r['bad_row']} holds NaN or inf", file="candidates")
+        top.add(r["d2"], np.where(r["ids"] >= 0, r["ids"] + s, -1))
+        stats.append({"stage": "search", "shard": i, "rows": r["rows"], "bytes": r["bytes"], "read_s": r["read_s"],
+                      "seconds": r["read_s"] + r["search_s"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
+    d2, ids = top.result()
+    return d2, ids
+
+
+def _gather(cands: Candidates, rows: np.ndarray, shards: list[tuple[int, int]], normalize: bool,
+            executor: Executor, stats: list) -> np.ndarray:
+    """The (normalised) candidate rows ``rows`` (sorted, unique)."""
+    if not cands.is_path:
+        x, _ = normalize_block(np.asarray(cands.source[rows]), cands.dtype, normalize, owned=True)
+        return x
+    out = np.empty((len(rows), cands.d), dtype=cands.dtype)
+    cuts = np.searchsorted(rows, [s for s, _ in shards] + [cands.n])
+    calls = ((i, (cands.source, s, e, rows[cuts[i]:cuts[i + 1]], cands.dtype.name, normalize))
+             for i, (s, e) in enumerate(shards) if cuts[i + 1] > cuts[i])
+    for i, r in executor.map_tasks(gather_task, calls):
+        out[cuts[i]:cuts[i + 1]] = r["x"]
+        stats.append({"stage": "gather", "shard": i, "rows": int(cuts[i + 1] - cuts[i]),
+                      "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
+    return out
+
+
+def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
+                    x_sq_max: float, n: int, d: int) -> int:
+    """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
+    every row left out has float32 squared distance >= the list's last one, so its true one
+    is at least that minus the float32 rounding bound; certified when that exceeds the L-th
+    float64 distance."""
+    kp = d2_f32.shape[1]
+    if kp >= n:
+        return 0
+    eps = float(np.finfo(np.float32).eps)
+    qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)
+    tol = 4.0 * (d + 2) * eps * (qn + x_sq_max)
+    last = d2_f32[:, -1].astype(np.float64)
+    ok = (ids_f32[:, -1] < 0) | (last - tol > dist_L.astype(np.float64) ** 2)
+    return int((~ok).sum())
+
+
+def _density_groups(dist: np.ndarray, pos: np.ndarray, need: np.ndarray, n_valid: np.ndarray, n: int,
+                    sigma: float, pivots: Callable[[], PivotColumns]
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Rows (positions in U) whose densities are needed, grouped by the nearest query that
+    reached them, each with the columns that can hold their kernel neighbours: the query's
+    list when the ball of radius ``d + sigma`` around the query lies inside it, else the
+    columns that :class:`~.kde.PivotColumns` leaves."""
+    qi, ki = np.nonzero(need)
+    u = pos[qi, ki]
+    order = np.lexsort((dist[qi, ki], u))
+    u, qi, du = u[order], qi[order], dist[qi[order], ki[order]]
+    first = np.concatenate([[True], u[1:] != u[:-1]])
+    u, qi, du = u[first], qi[first], du[first]
+    for i in np.unique(qi):
+        rows = u[qi == i]
+        radius = float(du[qi == i].max()) + sigma
+        radius = radius * (1 + 1e-9) + 1e-9  # float64 rounding of the distances
+        nv = int(n_valid[i])
+        if nv >= n or radius < dist[i, nv - 1]:
+            c = int(np.searchsorted(dist[i, :nv], radius, side="right"))
+            yield rows, np.sort(pos[i, :c])
+        else:
+            yield from pivots().blocks(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# the engine
+
+
+def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sigma: float = 0.75,
+         max_k: int = 5000, kde_k: int = 1000, index: str = "auto", seed: int | None = None,
+         normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
+         shard_rows: int = 250_000, margin: int | None = None,
+         timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None
+         ) -> TSDSResult:
+    """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
+    diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
+
+    candidates: (N, d) array, ``np.memmap`` or the path of a 2-d C-order ``.npy`` file (the
+    path must be visible to every worker; tasks read their own rows, nobody maps the file).
+    executor: where the shard, gather and density tasks run (default: this process, one
+    after another); the result does not depend on it.
+    shard_rows: candidates per search task. margin: extra float32 neighbours kept per query
+    before the float64 cut (default ``16 + L / 50``).
+    timer(stage): optional outer context manager factory (e.g. ``SelectionContext.timed``)
+    that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve``.
+    kill_once_dir: test hook; the first search and density tasks kill their worker process
+    once (marker files in that folder), to check that the executor retries them.
+    """
+    check_params(alpha, C, sigma, max_k, kde_k)
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
+        raise ConfigError(f"tsds: shard_rows must be an integer >= 1, got {shard_rows!r}")
+    alpha, C, sigma = float(alpha), float(C), float(sigma)
+    kind = resolve_index(index, 1, 1)  # validates; the exact kinds all take the sharded engine
+    cands = Candidates.of(candidates)
+    q, _ = check_embeddings(query, np.zeros((1, cands.d), dtype=np.float32))
+    q = l2_normalize(q) if normalize else np.ascontiguousarray(q, dtype=np.float64 if q.dtype == np.float64 else np.float32)
+    m, n = len(q), cands.n
+    seed = 0 if seed is None else int(seed)
+    executor = make_executor("local") if executor is None else executor
+    L = int(min(max_k, n))
+    kp = int(min(n, L + (16 + L // 50 if margin is None else int(margin))))
+    tm = StageTimer(timer)
+    shards = [(s, min(n, s + int(shard_rows))) for s in range(0, n, int(shard_rows))]
+    stats: list[dict[str, Any]] = []
+
+    def kill(stage: str, i: int) -> str | None:
+        return os.path.join(kill_once_dir, f"killed-{stage}") if (kill_once_dir and i == 0) else None
+
+    search_info: dict[str, Any] = {"index": "exact", "recall": 1.0, "measure": "exact", "uncertified": 0}
+    if index in EXACT_KINDS:
+        with tm("search"):
+            d2_k, ids_k = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
+        with tm("gather"):
+            Up = np.unique(ids_k[ids_k >= 0])
+            xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
+            dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
+            order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
+            ids = np.take_along_axis(ids_k, order, axis=1)
+            dist = np.take_along_axis(dist_k, order, axis=1)
+            x_sq = 1.0 if normalize else float(np.einsum("ij,ij->i", xg, xg, dtype=np.float64).max())
+            search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
+            search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
+            U = np.unique(ids[ids >= 0])
+            xu = xg[np.searchsorted(Up, U)] if len(U) < len(Up) else xg
+            del xg
+    else:
+        with tm("search"):
+            x_all = np.load(cands.source, mmap_mode="r") if cands.is_path else cands.source
+            qa, xa = prepare(q, x_all, bool(normalize))
+            res = knn(qa, xa, L, index=kind, seed=seed, recall_sample=recall_sample)
+            dist, ids = res.distances, res.ids
+            lost = ids[:, 0] < 0
+            if lost.any():  # an ANN search that found nothing for some query: search those exactly
+                fix = knn(qa[lost], xa, L, index="flat")
+                dist[lost], ids[lost] = fix.distances, fix.ids
+            search_info.update(index=res.index, recall=res.recall, measure=(
+                f"share of the exact {L} nearest found, mean over {res.info['recall_queries']} sampled queries")
+                if res.info["recall_queries"] else "exact", dropped=int((ids < 0).sum()))
+            U = np.unique(ids[ids >= 0])
+            xu = np.ascontiguousarray(xa[U])
+            del xa, x_all
+    valid = ids >= 0
+    n_valid = valid.sum(axis=1)
+    pos = np.where(valid, np.searchsorted(U, np.where(valid, ids, 0)), 0)
+    kk = int(min(kde_k, len(U)))
+    rho_u = np.full(len(U), 1.0 if sigma == 0 else np.nan)
+    kde_stats = {"rows": 0, "pairs": 0, "tasks": 0}
+    pivot_cache: list[PivotColumns] = []
+
+    def pivots() -> PivotColumns:
+        if not pivot_cache:
+            pivot_cache.append(PivotColumns(xu, sigma, seed=seed))
+        return pivot_cache[0]
+
+    def densities(J: np.ndarray) -> np.ndarray:
+        w = int(J.max())
+        need = np.zeros_like(valid)
+        need[:, :w] = (np.arange(w)[None, :] < J[:, None]) & valid[:, :w] & np.isnan(rho_u[pos[:, :w]])
+        if need.any():
+            with tm("kde"):
+                calls, whole = [], []
+                for rows, cols in _density_groups(dist, pos, need, n_valid, n, sigma, pivots):
+                    if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
+                        whole.append(rows)
+                    else:
+                        calls.append((rows, cols))
+                if whole:
+                    rows = np.sort(np.concatenate(whole))
+                    calls += [(rows[a:a + 4096], None) for a in range(0, len(rows), 4096)]
+                keyed = ((j, (rows, cols, sigma, kk, kill("kde", kde_stats["tasks"] + j)))
+                         for j, (rows, cols) in enumerate(calls))
+                for j, r in executor.map_tasks(density_task, keyed, shared={"xu": xu}):
+                    rho_u[calls[j][0]] = r["rho"]
+                    kde_stats["rows"] += len(calls[j][0])
+                    kde_stats["pairs"] += r["pairs"]
+                    stats.append({"stage": "kde", "task": j, "rows": int(len(calls[j][0])), "pairs": r["pairs"],
+                                  "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
+                kde_stats["tasks"] += len(calls)
+        return np.where(valid[:, :w], rho_u[pos[:, :w]], 1.0)
+
+    with tm("solve"):
+        gamma, s, K, J = solve_needing_densities(dist, ids, densities, alpha=alpha, C=C)
+        p = np.bincount(ids[valid], weights=gamma[valid], minlength=n).astype(np.float64)
+        total = p.sum()
+        p /= total
+    if "tsds_kde" in tm.times:
+        tm.times["tsds_solve"] -= tm.times["tsds_kde"]
+    else:
+        tm.times["tsds_kde"] = 0.0
+    rho = np.full(n, np.nan)
+    known = ~np.isnan(rho_u)
+    rho[U[known]] = rho_u[known]
+    info = {
+        "variant": "knn-uniform" if sigma == 0 else "knn-kde",
+        "n_queries": m, "n_candidates": n, "max_k": L, "kde_k": kk if sigma else None,
+        "prefetched": int(len(U)), "density_rows": int(kde_stats["rows"]) if sigma else 0,
+        "support_size": int((p > 0).sum()), "threshold": s,
+        "max_rho_gamma": 1.0 / (m * s), "unreached_queries": int((K == 0).sum()),
+        "fully_filled_queries": int((K == n_valid).sum()),
+        "ann_dropped_ids": int(search_info.get("dropped", 0)),
+        "index": {"search": search_info["index"], "kde": "exact-range" if sigma else None},
+        "ann_recall": {"search": search_info["recall"], "kde": 1.0 if sigma else None},
+        "recall_at": {"search": L, "kde": kk if sigma else None},
+        "recall_measure": {"search": search_info["measure"], "kde": "exact" if sigma else None},
+        "search_cut_uncertified": int(search_info["uncertified"]),
+        "normalized": bool(normalize), "mass_before_renormalisation": float(total),
+        "timings": tm.times,
+        "execution": {"executor": executor.name, "workers": executor.workers, "shard_rows": int(shard_rows),
+                      "shards": len(shards), "margin": kp - L, "prefix_max": int(J.max()),
+                      "density_pairs": int(kde_stats["pairs"]), "density_tasks": int(kde_stats["tasks"]),
+                      "tasks": stats},
+    }
+    return TSDSResult(p, s, ids, dist, gamma, K, rho, info)
+
+
+def selection_probabilities(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0,
+                            sigma: float = 0.75, max_k: int = 5000, kde_k: int = 1000,
+                            index: str = "auto", seed: int | None = None,
+                            normalize: bool = False, executor: Executor | None = None) -> np.ndarray:
+    """TSDS selection probabilities of each candidate, from embeddings.
+
+    query: (M, d) target embeddings; candidates: (N, d) pool embeddings (array, memory map
+    or ``.npy`` path). Distances are L2 on the embeddings as given (``normalize=True``
+    L2-normalises both first; the defaults of ``C`` and ``sigma`` assume unit-norm embeddings).
+    alpha: in [0, 1]; large favours alignment with the queries, small favours diversity.
+    C: distance scale. sigma: KDE kernel width (0 = KNN-Uniform, no density penalty).
+    max_k: neighbours prefetched per query (the plan lives on them). kde_k: neighbours per
+    candidate in the density estimate. index: ``"auto"``/``"exact"``/``"flat"`` (exact
+    search), ``"ivf"``, ``"hnsw"`` or a faiss factory string (approximate, in this process;
+    see :mod:`tasksift.neighbors`). seed: for IVF training and the recall sample.
+    executor: where the work runs (default: this process).
+    Returns p: (N,) float64, ``p >= 0``, ``sum(p) == 1``.
+    """
+    return tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k,
+                index=index, seed=seed, normalize=normalize, executor=executor).p
+
+
+def transport_plan(query: Any, candidates: Any, **kwargs: Any) -> Any:
+    """The optimal transport plan ``gamma`` (``scipy.sparse.csr_matrix``, M x N) that TSDS
+    finds (same keyword arguments as :func:`selection_probabilities`). With ``max_k >= N``
+    and ``kde_k >= N`` it minimises :func:`~.solver.objective` over all plans."""
+    return tsds(query, candidates, **kwargs).plan()
