@@ -90,10 +90,10 @@ def _inputs(source: Any, role: str, split: str | None, skip_bad: bool) -> tuple[
         files = list(data_files(p))
         if not files:
             raise DataError(f"{role} folder has no data files (.json, .jsonl, .csv, .tsv, .parquet)", file=name)
-        return name, [_Input(rel=str(f.relative_to(p)), chunks=iter_file_chunks(f, skip_bad=skip_bad))
+        return name, [_Input(rel=str(f.relative_to(p)), chunks=iter_file_chunks(f, skip_bad=skip_bad, chunk_rows=BATCH_ROWS))
                       for f in files], True
     if p.exists():
-        return name, [_Input(rel=p.name, chunks=iter_file_chunks(p, skip_bad=skip_bad))], False
+        return name, [_Input(rel=p.name, chunks=iter_file_chunks(p, skip_bad=skip_bad, chunk_rows=BATCH_ROWS))], False
     if _looks_like_hub_id(str(source)):
         return name, [_hf_input(name, str(source), split)], False
     raise DataError(f"{role} file not found", file=name)

@@ -62,7 +62,8 @@ def dsir_log_weights(pool_counts: sp.spmatrix, target_counts: sp.spmatrix, smoot
 
 def weight_diff(log_target: np.ndarray, log_raw: np.ndarray, smoothing: float) -> np.ndarray:
     """log p_target - log p_raw per bucket (0 where the raw model is -inf, smoothing 0)."""
-    diff = log_target - log_raw
+    with np.errstate(invalid="ignore"):   # -inf - -inf where neither model saw a bucket
+        diff = log_target - log_raw
     if smoothing == 0:  # avoid 0 * -inf = nan for buckets the row does not have
         diff = np.where(np.isfinite(log_raw), diff, 0.0)
     return diff
