@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="checkout of today's code to compare selections with")
     ap.add_argument("--base-max-rows", type=int, default=1_000_000)
     ap.add_argument("--methods-10m", default="dsir", help="methods run on pools above 1M rows")
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the tasksift source to measure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -127,7 +128,7 @@ def main() -> None:
         methods = args.methods.split(",") if n <= 1_000_000 else args.methods_10m.split(",")
         for method in methods:
             out = d / f"out_{n}_{method}"
-            wall, peak, rc = run_select(ROOT / "src", pool, target, method, out)
+            wall, peak, rc = run_select(Path(args.src), pool, target, method, out)
             same = "n/a"
             if args.base and n <= args.base_max_rows and rc == 0:
                 bout = d / f"base_{n}_{method}"

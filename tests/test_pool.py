@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import gzip
 import hashlib
 import io
 import json
@@ -17,7 +16,7 @@ import tasksift.data.loading as loading
 import tasksift.data.pool as pool_mod
 from tasksift.data import load_examples
 from tasksift.data.layouts import normalise
-from tasksift.data.pool import ArrowRows, MemoryRows, Pool
+from tasksift.data.pool import ArrowRows, MemoryRows
 from tasksift.data.readers import read_file
 from tasksift.data.writers import write_subset
 

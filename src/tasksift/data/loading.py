@@ -7,7 +7,7 @@ then normalised a batch at a time) and each batch's Examples go straight into an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -90,7 +90,8 @@ def _inputs(source: Any, role: str, split: str | None, skip_bad: bool) -> tuple[
         files = list(data_files(p))
         if not files:
             raise DataError(f"{role} folder has no data files (.json, .jsonl, .csv, .tsv, .parquet)", file=name)
-        return name, [_Input(rel=str(f.relative_to(p)), chunks=iter_file_chunks(f, skip_bad=skip_bad, chunk_rows=BATCH_ROWS))
+        return name, [_Input(rel=str(f.relative_to(p)),
+                             chunks=iter_file_chunks(f, skip_bad=skip_bad, chunk_rows=BATCH_ROWS))
                       for f in files], True
     if p.exists():
         return name, [_Input(rel=p.name, chunks=iter_file_chunks(p, skip_bad=skip_bad, chunk_rows=BATCH_ROWS))], False

@@ -80,7 +80,7 @@ class MemoryRows:
         self.examples = list(examples)
         self.batch_starts = np.arange(0, max(len(self.examples), 1), BATCH_ROWS, dtype=np.int64)
 
-    def read(self, positions: np.ndarray, columns: PoolColumns) -> list[Example]:
+    def read(self, positions: np.ndarray, columns: PoolColumns | None) -> list[Example]:
         return [self.examples[int(i)] for i in positions]
 
 
@@ -151,20 +151,30 @@ class Pool(Sequence):
     order; :meth:`take` builds one.
     """
 
-    def __init__(self, columns: PoolColumns, store: MemoryRows | ArrowRows,
+    def __init__(self, columns: PoolColumns | None, store: MemoryRows | ArrowRows,
                  index: np.ndarray | None = None) -> None:
-        self._base, self._store = columns, store
+        self._columns, self._store = columns, store
         self._index = None if index is None else np.asarray(index, dtype=np.int64)
 
     @classmethod
     def from_examples(cls, examples: Iterable[Example]) -> "Pool":
-        """An in-memory pool holding these Example objects."""
-        exs = list(examples)
-        return cls(PoolColumns.of_examples(exs), MemoryRows(exs))
+        """An in-memory pool holding these objects (Examples; its columns are computed on
+        first use, so code that only indexes may hold placeholders)."""
+        return cls(None, MemoryRows(list(examples)))
+
+    @property
+    def _base(self) -> PoolColumns:
+        if self._columns is None:
+            self._columns = PoolColumns.of_examples(self._store.examples)   # type: ignore[union-attr]
+        return self._columns
 
     # -- size and rows -------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._base.rows) if self._index is None else len(self._index)
+        if self._index is not None:
+            return len(self._index)
+        if self._columns is None:
+            return len(self._store.examples)   # type: ignore[union-attr]
+        return len(self._columns.rows)
 
     def _positions(self, indices: Any) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -178,7 +188,7 @@ class Pool(Sequence):
         if isinstance(i, slice):
             return self.examples(range(len(self))[i])
         if isinstance(i, (int, np.integer)):
-            return self._store.read(self._positions([int(i)]), self._base)[0]
+            return self._store.read(self._positions([int(i)]), self._columns)[0]
         return self.examples(i)
 
     def example(self, i: int) -> Example:
@@ -188,7 +198,7 @@ class Pool(Sequence):
     def examples(self, indices: Iterable[int]) -> list[Example]:
         """The Examples at ``indices``, in that order (each stored batch is read once)."""
         idx = np.fromiter(indices, dtype=np.int64) if not isinstance(indices, np.ndarray) else indices
-        return self._store.read(self._positions(idx), self._base) if len(idx) else []
+        return self._store.read(self._positions(idx), self._columns) if len(idx) else []
 
     def batches(self, size: int = BATCH_ROWS) -> Iterator[list[Example]]:
         """The Examples in pool order, a list of at most ``size`` at a time."""
@@ -209,7 +219,7 @@ class Pool(Sequence):
 
     def take(self, indices: Iterable[int]) -> "Pool":
         """A view over the rows ``indices`` (positions into this pool), in that order."""
-        return Pool(self._base, self._store, self._positions(np.asarray(list(indices) if not isinstance(
+        return Pool(self._columns, self._store, self._positions(np.asarray(list(indices) if not isinstance(
             indices, np.ndarray) else indices, dtype=np.int64)))
 
     # -- columns -------------------------------------------------------------------------
