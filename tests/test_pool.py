@@ -264,3 +264,23 @@ def test_pool_iteration_holds_one_batch(tmp_path):
         alive = [weakref.ref(e) for e in batch] + [r for r in alive if r() is not None]
         gc.collect()
     assert sum(r() is not None for r in alive) <= pool_mod.BATCH_ROWS
+
+
+@pytest.mark.parametrize("method,config", [("random", {}), ("length", {"min_words": 4}), ("dsir", {})])
+def test_select_on_a_file_equals_select_on_its_rows(tmp_path, tiny_batches, method, config):
+    """The Arrow pool (a file) and the in-memory pool (the same rows as dicts) select the same
+    rows and write the same subset."""
+    import tasksift
+
+    rows = many(LAYOUT_ROWS["alpaca"], 40)
+    src = _write(tmp_path / "pool.jsonl", rows, "jsonl")
+    target = [{"question": "Add 2 and 3.", "answer": "5"}]
+    kw = dict(method=method, count=7, seed=3, config=config, progress=False)
+    a = tasksift.select(src, target, **kw)
+    b = tasksift.select(rows, target, **kw)
+    assert isinstance(a.pool.pool._store, ArrowRows) and isinstance(b.pool.pool._store, MemoryRows)
+    assert a.indices.tolist() == b.indices.tolist() and a.ids == b.ids
+    assert as_tuples(a.subset) == as_tuples(b.subset)
+    pa_, pb = a.save(tmp_path / "a"), b.save(tmp_path / "b")
+    assert pa_.read_bytes() == pb.read_bytes()
+    assert a.manifest()["pool"]["fingerprint"] == b.manifest()["pool"]["fingerprint"]
