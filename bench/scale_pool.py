@@ -126,9 +126,13 @@ def main() -> None:
             print(f"generated {pool} ({pool.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
                   file=sys.stderr)
         methods = args.methods.split(",") if n <= 1_000_000 else args.methods_10m.split(",")
-        for method in methods:
+        done = []
+        for method in methods:   # every measurement of the new code first, then today's for comparison
             out = d / f"out_{n}_{method}"
             wall, peak, rc = run_select(Path(args.src), pool, target, method, out)
+            print(f"  {n} {method}: {wall:.1f} s, {peak:.0f} MB, rc {rc}", file=sys.stderr)
+            done.append((method, out, wall, peak, rc))
+        for method, out, wall, peak, rc in done:
             same = "n/a"
             if args.base and n <= args.base_max_rows and rc == 0:
                 bout = d / f"base_{n}_{method}"
@@ -136,11 +140,11 @@ def main() -> None:
                 if brc == 0:
                     same = "yes" if selection_of(out) == selection_of(bout) else "NO"
                     same += f" (today: {bwall:.0f} s, {bpeak:.0f} MB)"
+                print(f"  {n} {method} today: {bwall:.1f} s, {bpeak:.0f} MB, rc {brc}, same {same}", file=sys.stderr)
                 shutil.rmtree(bout, ignore_errors=True)
             goal = GOALS_MB.get((n, method))
             met = "n/a" if goal is None else ("yes" if rc == 0 and peak <= goal else "NO")
             rows_out.append((n, method, wall if rc == 0 else float("nan"), peak, goal, met, same))
-            print(f"  {n} {method}: {wall:.1f} s, {peak:.0f} MB, rc {rc}", file=sys.stderr)
             shutil.rmtree(out, ignore_errors=True)
     print(f"{'rows':>10} {'method':>7} {'wall s':>7} {'peak MB':>8} {'goal MB':>8} {'met?':>5}  same as today")
     for n, method, wall, peak, goal, met, same in rows_out:
