@@ -110,3 +110,45 @@ def test_dsir_options_are_checked():
         DSIRSelection(buckets=5)
     res = DSIRSelection(length_normalize=True, num_buckets=64, ngrams=[1]).select(ctx, 5)
     assert len(res.indices) == 5 and res.info["ngram_features"]["num_buckets"] == 64
+
+
+def _matrix_dsir(pool, target, seed, smoothing=1.0, length_normalize=False, sampling="gumbel"):
+    """DSIR as it was before streaming: the whole pool's count matrix at once."""
+    from tasksift.features.ngram import example_ngram_counts
+    from tasksift.methods.base import top_k
+
+    cfg = NgramConfig()
+    counts = example_ngram_counts(pool, cfg)
+    logw = dsir_log_weights(counts, example_ngram_counts(target, cfg), smoothing)
+    if length_normalize:
+        n = np.asarray(counts.sum(axis=1)).ravel()
+        logw = np.where(n > 0, logw / np.maximum(n, 1), 0.0)
+    if sampling == "top":
+        return logw, top_k(np.where(np.isfinite(logw), logw, np.nan), 10)
+    return logw, gumbel_top_k(logw, 10, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("opts", [{}, {"smoothing": 0.0}, {"length_normalize": True}, {"sampling": "top"}])
+def test_streamed_dsir_equals_whole_matrix_dsir(tmp_path, monkeypatch, opts):
+    """Hashing the pool batch by batch (two passes) gives bit-identical weights and the same
+    draw as one matrix of the whole pool."""
+    import json
+
+    import tasksift.data.loading as loading
+    import tasksift.data.pool as pool_mod
+    from tasksift.data import load_examples
+
+    monkeypatch.setattr(pool_mod, "BATCH_ROWS", 7)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 7)
+    pool, target = _pool()
+    rng = np.random.default_rng(1)
+    words = "apples buys more how many she has the cat sat on a mat stock prices fell".split()
+    rows = [{"question": " ".join(rng.choice(words, 8)), "answer": " ".join(rng.choice(words, 5))}
+            for _ in range(60)] + [{"question": e.prompt, "answer": e.response} for e in pool]
+    p = tmp_path / "pool.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = load_examples(p)
+    want_w, want_idx = _matrix_dsir(list(d.examples), target, seed=5, **opts)
+    res = get_method("dsir")(**opts).select(SelectionContext(d.pool, target, seed=5), 10)
+    assert np.array_equal(res.columns["dsir_log_weight"], want_w)
+    assert res.indices.tolist() == want_idx.tolist()

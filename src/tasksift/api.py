@@ -46,7 +46,7 @@ class Selection:
 
     @property
     def subset(self) -> list[Example]:
-        return [self.pool.examples[int(i)] for i in self.indices]
+        return self.pool.pool.examples(self.indices)
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -59,8 +59,8 @@ class Selection:
     def source_mix(self, depth: int = 1) -> dict[str, int]:
         """Selected rows per pool source (first ``depth`` path parts), largest first."""
         out: dict[str, int] = {}
-        for ex in self.subset:
-            key = "/".join(Path(ex.source).parts[:depth]) if ex.source else Path(self.pool.path).name
+        for source in self.pool.pool.sources[self.indices]:
+            key = "/".join(Path(source).parts[:depth]) if source else Path(self.pool.path).name
             out[key] = out.get(key, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -187,18 +187,18 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     b = make_budget(budget, count=count, ratio=ratio, tokens=tokens)
     n_tok = None
     if tokens is not None:   # the budget's unit: whitespace-separated words of the rendered row
-        n_tok = np.array([len(ex.text.split()) for ex in pool_d.examples], dtype=np.int64)
+        n_tok = pool_d.pool.words.astype(np.int64)
     k = b.rows(len(pool_d), n_tok)
     config = dict(config or {})
     name = method if isinstance(method, str) else "recipe"
     if isinstance(method, str) and "->" not in method:
         get_method(method)(**config)  # validate options before any expensive work
-    ctx = SelectionContext(pool_d.examples, target_d.examples, seed=seed, cache_dir=cache_dir,
+    ctx = SelectionContext(pool_d.pool, list(target_d.examples), seed=seed, cache_dir=cache_dir,
                            progress=progress, embed_config=embed, executor=executor)
     ctx.timings = timings
     info: dict[str, Any] = {"backend": executor.name}
     if group_by:
-        groups = [_group_of(ex, group_by) for ex in pool_d.examples]
+        groups = _groups(pool_d, group_by)
         garr = np.asarray([str(g) for g in groups])
         if n_tok is None:
             alloc = allocate_quotas(groups, k, quotas)
@@ -250,7 +250,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     check_result_size(idx, k, len(pool_d), info, counted_in_tokens=n_tok is not None)
     note_targets_in_pool(pool_d.examples, target_d.examples, idx, info)
     timings["total"] = time.perf_counter() - t0
-    return Selection(indices=idx, ids=[pool_d.examples[i].id for i in idx], scores=result.scores,
+    return Selection(indices=idx, ids=pool_d.pool.id_list(idx), scores=result.scores,
                      columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
                      config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
                      timings=timings, embedding=embedding_block(ctx.embed_config, timings))
@@ -294,6 +294,13 @@ def note_targets_in_pool(pool: Sequence[Example], target: Sequence[Example], ind
     info["target_in_pool"] = {"target_examples": len(in_pool), "selected_pool_rows": int(picked)}
     _warn(info, f"{len(in_pool)} of {len(target_ids)} target examples also sit in the pool "
                 f"({picked} of the selected rows are copies of them)")
+
+
+def _groups(data: LoadedData, field_name: str) -> list[str]:
+    """The group of every pool row (read from the source column, or from raw rows a batch at a time)."""
+    if field_name == "source":
+        return [Path(s).parts[0] if s else "<input>" for s in data.pool.sources]
+    return [_group_of(ex, field_name) for batch in data.pool.batches() for ex in batch]
 
 
 def _group_of(ex: Example, field_name: str) -> str:

@@ -331,16 +331,17 @@ def _row_converter(row: Any, layout: str, detected: bool) -> tuple[str, Callable
 
 
 def normalise(raw: RawRows, layout: str = "auto", fields: Mapping[str, str] | None = None, *,
-              source: str | None = None, skip_bad: bool = False, role: str = "pool") -> tuple[list[Example], str]:
+              source: str | None = None, skip_bad: bool = False, role: str = "pool",
+              detected: bool = False) -> tuple[list[Example], str]:
     """Examples from raw rows, and the layout used ("mixed" when detected rows differ).
     Skipped rows go to ``raw.skipped``. ``role`` ("pool"/"target") picks the flags that
-    error messages suggest."""
+    error messages suggest. ``detected``: ``layout`` was detected on the whole file (read in
+    batches), so a row of another layout is read with its own, as under ``"auto"``."""
     fields = parse_fields(fields, role)
     if not raw.rows:
         return [], layout
-    detected = layout == "auto"
-    if detected:
-        layout = detect_layout(raw, fields, role)
+    if layout == "auto":
+        detected, layout = True, detect_layout(raw, fields, role)
     elif layout != "fields" and layout not in LAYOUTS:
         raise DataError(f"unknown {flag(role, 'layout')} '{layout}'; choose from {', '.join(layout_names())}")
     if layout == "fields" and not fields:

@@ -34,6 +34,8 @@ class RawRows:
     skipped: list[dict] = field(default_factory=list)   # {"file", "row", "reason"}
     header: bool = True             # csv/tsv: whether the file had a header line
     wrapper: dict | None = None     # json: the wrapping object (minus its row list) and its key
+    json_safe: bool = True          # every value survives a JSON round trip unchanged
+    texts: list[str] | None = None  # streamed JSON lines: each row's own JSON text
 
 
 def file_format(path: Path) -> str | None:
@@ -184,7 +186,8 @@ def read_parquet(path: Path) -> RawRows:
         raise DataError(f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})",
                         file=str(path)) from None
     rows = table.to_pylist()
-    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="parquet", path=str(path))
+    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="parquet", path=str(path),
+                   json_safe=arrow_schema_is_json_safe(table.schema))
 
 
 def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
@@ -207,7 +210,30 @@ def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
             raise DataError(f"dataset has splits {sorted(obj)}; name one with --split", file=name)
         obj = obj[want]
     rows = obj.to_list()
-    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="hf", path=name)
+    return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="hf", path=name,
+                   json_safe=arrow_schema_is_json_safe(obj.data.schema))
+
+
+def arrow_type_is_json_safe(t: Any) -> bool:
+    """Whether values of Arrow type ``t`` come back from ``to_pylist`` as JSON values that a
+    JSON round trip leaves unchanged (no bytes, dates, decimals, maps, ...)."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if pt.is_string(t) or pt.is_large_string(t) or pt.is_boolean(t) or pt.is_null(t) or pt.is_integer(t) \
+            or pt.is_float32(t) or pt.is_float64(t):
+        return True
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        return arrow_type_is_json_safe(t.value_type)
+    if pt.is_struct(t):
+        return all(arrow_type_is_json_safe(t.field(i).type) for i in range(t.num_fields))
+    if isinstance(t, pa.DictionaryType):
+        return arrow_type_is_json_safe(t.value_type)
+    return False
+
+
+def arrow_schema_is_json_safe(schema: Any) -> bool:
+    return all(arrow_type_is_json_safe(f.type) for f in schema)
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -227,6 +253,62 @@ def read_file(path: Path, *, skip_bad: bool = False) -> RawRows:
         return read_parquet(path)
     raise DataError(f"unsupported file type; use one of {', '.join(sorted(set(SUFFIX_FORMATS)))}",
                     file=str(path))
+
+
+def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
+               chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """Like :func:`read_jsonl`, streamed: RawRows of at most ``chunk_rows`` rows each (at
+    least one, maybe empty), with the same row numbers, errors and skipped-row reasons."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, expected a data file", file=str(path)) from None
+    except PermissionError:
+        raise DataError("permission denied", file=str(path)) from None
+    rows, numbers, skipped, texts = [], [], [], []
+    yielded = False
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            if not raw.strip():
+                continue
+            try:
+                line = _decode(raw, path, row=lineno)
+                rows.append(json.loads(line))
+                numbers.append(lineno)
+                texts.append(line)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append({"file": str(path), "row": lineno, "reason": str(e).split(": ", 1)[-1]})
+            except json.JSONDecodeError as e:
+                if not skip_bad:
+                    raise DataError(f"malformed JSON line ({e.msg} at column {e.colno})", file=str(path),
+                                    row=lineno) from None
+                skipped.append({"file": str(path), "row": lineno, "reason": f"malformed JSON ({e.msg})"})
+            if len(rows) >= chunk_rows:
+                yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped,
+                              texts=texts)
+                rows, numbers, skipped, texts, yielded = [], [], [], [], True
+    if rows or skipped or not yielded:
+        yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped, texts=texts)
+
+
+def iter_file_chunks(path: Path, *, skip_bad: bool = False, chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """The rows of a data file as RawRows of at most ``chunk_rows`` rows (at least one, maybe
+    empty): JSON lines are streamed, other formats read whole by :func:`read_file` and sliced."""
+    if file_format(path) == "jsonl" and not path.name.lower().endswith(".gz"):
+        yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
+        return
+    raw = read_file(path, skip_bad=skip_bad)
+    rows, numbers = raw.rows, raw.row_numbers
+    raw.rows, raw.row_numbers = [], []
+    for s in range(0, max(len(rows), 1), chunk_rows):
+        yield RawRows(rows=rows[s:s + chunk_rows], row_numbers=numbers[s:s + chunk_rows], format=raw.format,
+                      path=raw.path, skipped=raw.skipped if s == 0 else [], header=raw.header,
+                      wrapper=raw.wrapper, json_safe=raw.json_safe)
 
 
 def data_files(folder: Path) -> Iterator[Path]:

@@ -7,20 +7,21 @@
 - a Hugging Face dataset -> ``selected/`` (``save_to_disk``).
 - a folder of several files -> ``selected.jsonl`` (each row as in its file, plus
   ``tasksift_source``).
-All writes are atomic.
+All writes are atomic (a temporary file renamed into place) and stream the subset a batch at
+a time from the pool (CSV/TSV and Parquet take two passes: column names/types, then rows); only
+a column-wise JSON wrapper and a Hugging Face dataset hold the subset's rows at once.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path
 from ..errors import DataError
 from .loading import LoadedData
 
@@ -48,86 +49,156 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def score_rows(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray]) -> list[dict]:
+#: Selected rows turned into output rows per step (bounded memory, whatever the subset size).
+WRITE_BATCH = 8192
+
+
+def score_rows(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
+               first_rank: int = 1) -> list[dict]:
     """Per selected row: its score cells (``tasksift_id``, ``tasksift_rank`` and the named
-    columns, each prefixed ``tasksift_`` unless it already is)."""
+    columns, each prefixed ``tasksift_`` unless it already is). Ranks start at ``first_rank``."""
+    idx = np.asarray(indices, dtype=np.int64)
+    ids = data.pool.id_list(idx)
+    sources = data.pool.sources[idx] if len(idx) else []
     out = []
-    for rank, i in enumerate(indices, start=1):
-        ex = data.examples[int(i)]
-        cells = {"tasksift_id": ex.id, "tasksift_rank": rank}
+    for rank, (i, id_, source) in enumerate(zip(idx, ids, sources), start=first_rank):
+        cells = {"tasksift_id": id_, "tasksift_rank": rank}
         for name, col in columns.items():
             key = name if name.startswith("tasksift_") else f"tasksift_{name}"
             cells[key] = _plain(col[int(i)])
-        if ex.source is not None:
-            cells["tasksift_source"] = ex.source
+        if source is not None:
+            cells["tasksift_source"] = source
         out.append(cells)
     return out
 
 
+def _merged(raw: Any, cells: dict) -> dict:
+    row = dict(raw) if isinstance(raw, Mapping) else {"row": raw}
+    for k, v in cells.items():
+        row[k] = v
+    return row
+
+
+def output_rows(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
+                batch: int = WRITE_BATCH) -> Iterator[list[dict]]:
+    """The output rows (original row + score cells) of ``indices``, in that order, a batch
+    at a time; only that batch's Examples are built."""
+    idx = np.asarray(indices, dtype=np.int64)
+    for s in range(0, len(idx), batch):
+        part = idx[s:s + batch]
+        exs = data.pool.examples(part)
+        yield [_merged(ex.raw, c) for ex, c in zip(exs, score_rows(data, part, columns, first_rank=s + 1))]
+
+
+_ROWS_MARK = "\u0000tasksift-rows\u0000"
+
+
+def _json_rows_document(head_obj: Any, batches: Iterator[list[dict]], f: Any) -> None:
+    """Write ``head_obj`` as ``json.dumps(indent=2)`` would, with the list of rows streamed
+    in place of the one value equal to the marker string."""
+    text = json.dumps(head_obj, ensure_ascii=False, indent=2, default=_plain)
+    mark = json.dumps(_ROWS_MARK, ensure_ascii=False)
+    at = text.index(mark)
+    line_start = text.rfind("\n", 0, at) + 1
+    depth = (len(text[line_start:at]) - len(text[line_start:at].lstrip(" "))) // 2
+    f.write(text[:at])
+    pad = "  " * (depth + 1)
+    first = True
+    for rows in batches:
+        for r in rows:
+            item = json.dumps(r, ensure_ascii=False, indent=2, default=_plain).replace("\n", "\n" + pad)
+            f.write(("[\n" if first else ",\n") + pad + item)
+            first = False
+    f.write("[]" if first else "\n" + "  " * depth + "]")
+    f.write(text[at + len(mark):] + "\n")
+
+
+def _csv_keys(batches: Iterator[list[dict]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for rows in batches:
+        for r in rows:
+            for k in r:
+                keys.setdefault(k, None)
+    return list(keys)
+
+
+def _parquet_schema(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray]) -> Any:
+    """The schema ``pa.Table.from_pylist`` would infer for all output rows (names from the
+    first row, each column's type unified over every batch)."""
+    import pyarrow as pa
+
+    names: list[str] | None = None
+    schemas = []
+    for rows in output_rows(data, indices, columns):
+        names = names if names is not None else list(rows[0])
+        schemas.append(pa.table({k: pa.array([r.get(k) for r in rows]) for k in names}).schema)
+    return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+
+
 def write_subset(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
                  out_dir: str | os.PathLike, fmt: str | None = None) -> tuple[Path, list[str]]:
-    """Write the subset; returns (path written, score column names in order)."""
+    """Write the subset, streaming it a batch at a time to a temporary file renamed into
+    place; returns (path written, score column names in order)."""
     out = check_writable(out_dir)
     fmt = fmt or ("jsonl" if data.format == "mixed" else data.format)
     if fmt not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
-    scores = score_rows(data, indices, columns)
-    score_cols = list(scores[0]) if scores else []
-    raws = [data.examples[int(i)].raw for i in indices]
+    indices = np.asarray(indices, dtype=np.int64)
+    score_cols = list(score_rows(data, indices[:1], columns)[0]) if len(indices) else []
     single = next(iter(data.sources.values())) if len(data.sources) == 1 else None
     header = single.header if single is not None and fmt == data.format else True
-
-    def merged(raw: Any, cells: dict) -> dict:
-        row = dict(raw) if isinstance(raw, Mapping) else {"row": raw}
-        for k, v in cells.items():
-            row[k] = v
-        return row
-
-    rows = [merged(r, c) for r, c in zip(raws, scores)]
+    rows = (lambda: output_rows(data, indices, columns))
     if fmt == "jsonl":
         path = out / "selected.jsonl"
-        write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_plain) + "\n" for r in rows))
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for batch in rows():
+                f.write("".join(json.dumps(r, ensure_ascii=False, default=_plain) + "\n" for r in batch))
     elif fmt == "json":
         path = out / "selected.json"
         wrapper = single.wrapper if single is not None and data.format == "json" else None
-        if wrapper and wrapper.get("key"):
-            obj: Any = {**wrapper["rest"], wrapper["key"]: rows}
-        elif wrapper and wrapper.get("columnar"):
-            keys = list(rows[0]) if rows else []
-            obj = {k: [r.get(k) for r in rows] for k in keys}
-        else:
-            obj = rows
-        write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=_plain) + "\n")
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            if wrapper and wrapper.get("columnar"):   # column-wise: needs every row at once
+                all_rows = [r for batch in rows() for r in batch]
+                keys = list(all_rows[0]) if all_rows else []
+                obj = {k: [r.get(k) for r in all_rows] for k in keys}
+                f.write(json.dumps(obj, ensure_ascii=False, indent=2, default=_plain) + "\n")
+            else:
+                head: Any = {**wrapper["rest"], wrapper["key"]: _ROWS_MARK} if wrapper and wrapper.get("key") \
+                    else _ROWS_MARK
+                _json_rows_document(head, rows(), f)
     elif fmt in ("csv", "tsv"):
         path = out / f"selected.{fmt}"
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n",
-                       quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
-                       escapechar=None if fmt == "csv" else "\\")
-        if header:
-            w.writerow(keys)
-        for r in rows:
-            w.writerow([_cell(r.get(k)) for k in keys])
-        write_text(path, buf.getvalue())
+        keys = _csv_keys(rows())
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="," if fmt == "csv" else "\t", lineterminator="\n",
+                           quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+                           escapechar=None if fmt == "csv" else "\\")
+            if header:
+                w.writerow(keys)
+            for batch in rows():
+                for r in batch:
+                    w.writerow([_cell(r.get(k)) for k in keys])
     elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = out / "selected.parquet"
+        schema = _parquet_schema(data, indices, columns)
         with atomic_path(path, suffix=".parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-    else:  # hf
+            with pq.ParquetWriter(str(tmp), schema) as w:
+                for batch in rows():
+                    w.write_table(pa.table({f.name: pa.array([r.get(f.name) for r in batch], type=f.type)
+                                            for f in schema}, schema=schema))
+                if not len(indices):
+                    w.write_table(schema.empty_table())
+    else:  # hf: datasets builds its own Arrow table from the subset's rows
         import datasets
+        import shutil
 
         path = out / "selected"
         tmp = out / ".selected.tmp"
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
-        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+        datasets.Dataset.from_list([r for batch in rows() for r in batch]).save_to_disk(str(tmp))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     return path, score_cols

@@ -7,14 +7,15 @@ hash mixes its two tokens' hashes. Unigrams and bigrams share one space of ``num
 buckets (hash modulo ``num_buckets``), so an example becomes a row of counts.
 
 The features are cheap (tens of thousands of rows per second) and are recomputed on each
-run rather than stored in the row-level feature cache, whose shards hold dense rows.
+run rather than stored in the row-level feature cache, whose shards hold dense rows. A pool
+is hashed a batch at a time (:func:`iter_ngram_counts`), so memory holds one batch's matrix.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,13 +66,17 @@ def _splitmix(h: np.ndarray) -> np.ndarray:
     return h
 
 
-class _TokenHasher:
-    """Stable 64-bit token hashes, memoised per distinct token."""
+class TokenHasher:
+    """Stable 64-bit token hashes, memoised per distinct token (the memo is emptied when it
+    holds ``max_memo`` tokens, so a long stream of text keeps it bounded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_memo: int = 1_000_000) -> None:
         self._memo: dict[str, int] = {}
+        self.max_memo = int(max_memo)
 
     def __call__(self, tokens: Iterable[str]) -> list[int]:
+        if len(self._memo) > self.max_memo:
+            self._memo = {}
         memo = self._memo
         out = []
         for t in tokens:
@@ -106,10 +111,12 @@ def ngram_buckets(token_hashes: np.ndarray, doc_of_token: np.ndarray, config: Ng
     return np.concatenate(buckets).astype(np.int64), np.concatenate(docs).astype(np.int64)
 
 
-def hashed_ngram_counts(texts: Sequence[str], config: NgramConfig | None = None) -> sp.csr_matrix:
-    """(len(texts), num_buckets) CSR matrix of hashed unigram+bigram counts (float64)."""
+def hashed_ngram_counts(texts: Sequence[str], config: NgramConfig | None = None,
+                        hasher: TokenHasher | None = None) -> sp.csr_matrix:
+    """(len(texts), num_buckets) CSR matrix of hashed unigram+bigram counts (float64).
+    ``hasher``: a :class:`TokenHasher` to share its memo across calls."""
     config = config or NgramConfig()
-    hasher = _TokenHasher()
+    hasher = hasher or TokenHasher()
     all_hashes: list[int] = []
     lengths = np.zeros(len(texts), dtype=np.int64)
     for i, text in enumerate(texts):
@@ -138,3 +145,21 @@ def example_ngram_counts(examples: Sequence, config: NgramConfig | None = None) 
     """Hashed n-gram counts of :class:`~tasksift.data.example.Example` objects."""
     config = config or NgramConfig()
     return hashed_ngram_counts(example_texts(examples, config.text), config)
+
+
+def iter_ngram_counts(batches: Iterable[Sequence], config: NgramConfig | None = None) -> Iterator[sp.csr_matrix]:
+    """Hashed n-gram counts of batches of Examples (e.g. ``pool.batches()``), one CSR
+    matrix per batch; the rows of all batches stacked equal :func:`example_ngram_counts`."""
+    config = config or NgramConfig()
+    hasher = TokenHasher()
+    for batch in batches:
+        yield hashed_ngram_counts(example_texts(batch, config.text), config, hasher)
+
+
+def ngram_totals(batches: Iterable[Sequence], config: NgramConfig | None = None) -> np.ndarray:
+    """Per-bucket n-gram counts summed over every example of ``batches`` (float64)."""
+    config = config or NgramConfig()
+    totals = np.zeros(config.num_buckets, dtype=np.float64)
+    for counts in iter_ngram_counts(batches, config):
+        totals += np.asarray(counts.sum(axis=0), dtype=np.float64).ravel()
+    return totals

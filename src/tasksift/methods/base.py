@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..data.example import Example
+from ..data.pool import Pool, as_pool
 from ..errors import ConfigError
 from ..exec import Executor, LocalExecutor
 from .params import Option, defaults_of, validate_options
@@ -40,18 +41,21 @@ class MethodResult:
 class SelectionContext:
     """Inputs shared by every method, with features computed on first use and cached.
 
-    Attributes: ``pool`` and ``target`` (lists of :class:`Example`), ``seed``, ``rng`` (a
+    Attributes: ``pool`` (a :class:`~tasksift.data.pool.Pool`: a lazy sequence of
+    :class:`Example` with columns ``ids``, ``words``, ``sources``... and batch iteration;
+    prefer ``pool.batches()``/``pool.examples(indices)`` to indexing row by row), ``target``
+    (a list of :class:`Example`), ``seed``, ``rng`` (a
     seeded ``numpy.random.Generator``), ``cache_dir``, ``progress``, ``embed_config``,
     ``executor`` (where feature blocks and search shards run, see :mod:`tasksift.exec`;
     default: this process), ``timings`` (seconds per stage, filled as features are computed) and ``info``.
     """
 
-    def __init__(self, pool: Sequence[Example], target: Sequence[Example], *, seed: int = 0,
+    def __init__(self, pool: Pool | Sequence[Example], target: Sequence[Example], *, seed: int = 0,
                  cache_dir=None, progress: bool = True, embed_config=None,
                  options: dict[str, Any] | None = None, executor: Executor | None = None) -> None:
         from ..features.embed import EmbedConfig
 
-        self.pool = list(pool)
+        self.pool: Pool = as_pool(pool)
         self.target = list(target)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
@@ -106,7 +110,7 @@ class SelectionContext:
         settings); pool embeddings already computed are sliced, not recomputed. Methods run
         on it return positions into ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
-        sub = SelectionContext([self.pool[i] for i in idx], self.target, seed=self.seed,
+        sub = SelectionContext(self.pool.take(idx), self.target, seed=self.seed,
                                cache_dir=self.cache_dir, progress=self.progress,
                                embed_config=self.embed_config, options=self.options,
                                executor=self.executor)

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 
+from ..data.pool import Pool
 from ..errors import ConfigError
 from .base import MethodResult, SelectionContext, SelectionMethod
 from .diversity import normalize_rows
@@ -126,6 +127,22 @@ def near_duplicate_mask(n: int, later: np.ndarray, earlier: np.ndarray, mode: st
     return keep
 
 
+def text_lengths(pool: Pool, field: str) -> tuple[np.ndarray, np.ndarray]:
+    """(words, characters) of each row's ``field``: the pool's columns for ``text``, else
+    counted a batch at a time."""
+    if field == "text":
+        return pool.words.astype(np.int64), pool.chars.astype(np.int64)
+    words = np.zeros(len(pool), dtype=np.int64)
+    chars = np.zeros(len(pool), dtype=np.int64)
+    start = 0
+    for batch in pool.batches():
+        texts = [getattr(ex, field) or "" for ex in batch]
+        words[start:start + len(texts)] = [len(t.split()) for t in texts]
+        chars[start:start + len(texts)] = [len(t) for t in texts]
+        start += len(texts)
+    return words, chars
+
+
 def select_from_mask(ctx: SelectionContext, keep: np.ndarray, k: int, order: str) -> tuple[np.ndarray, dict]:
     """k kept rows: a seeded random subset ("random") or the first in pool order ("first")."""
     kept = np.flatnonzero(keep)
@@ -177,7 +194,7 @@ class DedupFilter(FilterMethod):
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
         """True for rows that survive exact and near-duplicate removal."""
         c = self.config
-        keep = exact_duplicate_mask([ex.id for ex in ctx.pool])
+        keep = exact_duplicate_mask(ctx.pool.id_list())
         info: dict[str, Any] = {"exact_duplicates": int((~keep).sum())}
         thr = c["threshold"]
         if thr is not None:
@@ -234,14 +251,12 @@ class LengthFilter(FilterMethod):
                     raise ConfigError(f"length option {key} must be an integer, got {c[key]!r}") from None
         if not bounds:
             raise ConfigError("length filter needs at least one of min_words, max_words, min_chars, max_chars")
-        texts = [getattr(ex, c["field"]) or "" for ex in ctx.pool]
-        keep = np.ones(len(texts), dtype=bool)
+        words, chars = text_lengths(ctx.pool, c["field"])
+        keep = np.ones(len(words), dtype=bool)
         if "min_words" in bounds or "max_words" in bounds:
-            words = np.fromiter((len(t.split()) for t in texts), dtype=np.int64, count=len(texts))
             keep &= words >= bounds.get("min_words", 0)
             keep &= words <= bounds.get("max_words", np.iinfo(np.int64).max)
         if "min_chars" in bounds or "max_chars" in bounds:
-            chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
             keep &= chars >= bounds.get("min_chars", 0)
             keep &= chars <= bounds.get("max_chars", np.iinfo(np.int64).max)
         self.last_info = {"bounds": bounds, "field": c["field"], "counted_as": "whitespace-separated words / characters"}

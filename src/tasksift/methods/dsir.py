@@ -17,6 +17,9 @@ The score column ``dsir_log_weight`` is log w.
 
 As in the paper the weight is not length-normalised (long rows get extreme weights);
 ``length_normalize=True`` divides log w by the row's n-gram count.
+
+The pool is hashed in two streaming passes over its batches (bucket totals for the raw model,
+then each row's log weight), so no whole-pool count matrix is ever held.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ConfigError
-from ..features.ngram import NgramConfig, example_ngram_counts
+from ..data.pool import Pool
+from ..features.ngram import NgramConfig, example_ngram_counts, iter_ngram_counts, ngram_totals
 from .base import MethodResult, SelectionContext, SelectionMethod, top_k
 from .params import Choices, Interval, Option
 from .registry import register
@@ -32,8 +36,12 @@ from .registry import register
 
 def fit_ngram_model(counts: sp.spmatrix, smoothing: float) -> np.ndarray:
     """Log-probabilities of the smoothed categorical model fitted to the rows of ``counts``."""
-    totals = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel()
-    b = counts.shape[1]
+    return log_probs_from_totals(np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(), smoothing)
+
+
+def log_probs_from_totals(totals: np.ndarray, smoothing: float) -> np.ndarray:
+    """Log-probabilities of the smoothed categorical model with per-bucket counts ``totals``."""
+    b = len(totals)
     denom = totals.sum() + smoothing * b
     if denom <= 0:
         raise ConfigError("dsir: no n-grams to fit (empty texts) and smoothing is 0")
@@ -47,13 +55,37 @@ def dsir_log_weights(pool_counts: sp.spmatrix, target_counts: sp.spmatrix, smoot
 
     The raw model is fitted on the pool itself. With ``smoothing`` 0 a bucket seen in the
     pool but never in the target gives -inf (the row is never drawn)."""
-    log_t = fit_ngram_model(target_counts, smoothing)
-    log_r = fit_ngram_model(pool_counts, smoothing)
-    diff = log_t - log_r
+    diff = weight_diff(fit_ngram_model(target_counts, smoothing), fit_ngram_model(pool_counts, smoothing),
+                       smoothing)
     pool_counts = sp.csr_matrix(pool_counts)
-    if smoothing == 0:  # avoid 0 * -inf = nan for buckets the row does not have
-        diff = np.where(np.isfinite(log_r), diff, 0.0)
     return np.asarray(pool_counts @ diff, dtype=np.float64).ravel()
+
+
+def weight_diff(log_target: np.ndarray, log_raw: np.ndarray, smoothing: float) -> np.ndarray:
+    """log p_target - log p_raw per bucket (0 where the raw model is -inf, smoothing 0)."""
+    with np.errstate(invalid="ignore"):   # -inf - -inf where neither model saw a bucket
+        diff = log_target - log_raw
+    if smoothing == 0:  # avoid 0 * -inf = nan for buckets the row does not have
+        diff = np.where(np.isfinite(log_raw), diff, 0.0)
+    return diff
+
+
+def pool_log_weights(pool: Pool, target_counts: sp.spmatrix, config: NgramConfig, smoothing: float = 1.0,
+                     length_normalize: bool = False) -> np.ndarray:
+    """:func:`dsir_log_weights` of every pool row, hashing the pool in two passes over its
+    batches: bucket totals (the raw model), then each batch's rows times the weight diff."""
+    log_r = log_probs_from_totals(ngram_totals(pool.batches(), config), smoothing)
+    diff = weight_diff(fit_ngram_model(target_counts, smoothing), log_r, smoothing)
+    logw = np.empty(len(pool), dtype=np.float64)
+    start = 0
+    for counts in iter_ngram_counts(pool.batches(), config):
+        w = np.asarray(counts @ diff, dtype=np.float64).ravel()
+        if length_normalize:
+            n = np.asarray(counts.sum(axis=1)).ravel()
+            w = np.where(n > 0, w / np.maximum(n, 1), 0.0)
+        logw[start:start + len(w)] = w
+        start += len(w)
+    return logw
 
 
 def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,13 +125,9 @@ class DSIRSelection(SelectionMethod):
         cfg = NgramConfig(num_buckets=int(c["num_buckets"]), ngrams=ngrams, text=str(c["text"]),
                           max_chars=None if c["max_chars"] is None else int(c["max_chars"]))
         with ctx.timed("ngram_features"):
-            pool_counts = example_ngram_counts(ctx.pool, cfg)
             target_counts = example_ngram_counts(ctx.target, cfg)
+            logw = pool_log_weights(ctx.pool, target_counts, cfg, smoothing, bool(c["length_normalize"]))
         with ctx.timed("dsir_select"):
-            logw = dsir_log_weights(pool_counts, target_counts, smoothing)
-            if c["length_normalize"]:
-                n = np.asarray(pool_counts.sum(axis=1)).ravel()
-                logw = np.where(n > 0, logw / np.maximum(n, 1), 0.0)
             if c["sampling"] == "gumbel":
                 idx = gumbel_top_k(logw, k, ctx.rng)
             else:

@@ -1,0 +1,158 @@
+"""Pool-scale benchmark: ``tasksift select`` end to end on generated alpaca pools.
+
+    flock /work/coord/heavy.lock python bench/scale_pool.py [--sizes 1000000,10000000]
+        [--methods random,length,dsir] [--dir /work/scratch/pool] [--base /work/scratch/pool/base]
+        [--keep] [--base-max-rows 1000000]
+
+Data: a deterministic generator (``--seed``) writes ``<dir>/alpaca_<N>.jsonl`` (instruction /
+input / output rows of words drawn from a Zipf-like vocabulary, ~470 bytes a row) and a
+200-row target ``<dir>/target.jsonl`` whose words lean to one slice of the vocabulary; the
+files are reused when present and deleted at the end unless ``--keep``.
+
+Each run is a whole process (``python -m tasksift.cli select ... --no-progress``) whose peak
+resident memory is its own ``ru_maxrss`` (from ``os.wait4``). With ``--base`` (a checkout of
+today's code, e.g. ``git -C /work/main worktree add /work/scratch/pool/base 70a9998``) the same
+command runs with ``PYTHONPATH`` pointing there for pools of at most ``--base-max-rows`` rows,
+and the table says whether both wrote the same subset (same ``selected_ids`` in the manifest and
+byte-identical ``selected.jsonl``). Goals: random/length <= 600 MB and dsir <= 1.5 GB at 1M
+rows; dsir <= 3 GB at 10M rows.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_ARGS = {"random": ["--count", "1000"], "length": ["--count", "1000", "-o", "min_words=40"],
+               "dsir": ["--count", "10000"]}
+GOALS_MB = {(1_000_000, "random"): 600, (1_000_000, "length"): 600, (1_000_000, "dsir"): 1500,
+            (10_000_000, "dsir"): 3000}
+
+
+def vocabulary(rng: np.random.Generator, size: int = 20_000) -> np.ndarray:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lengths = rng.integers(2, 10, size)
+    return np.array(["".join(rng.choice(letters, n)) for n in lengths], dtype=object)
+
+
+def write_pool(path: Path, n: int, seed: int) -> None:
+    """``n`` alpaca rows, deterministic in ``seed``, written in chunks (atomic rename)."""
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(rng)
+    p = 1.0 / np.arange(1, len(vocab) + 1) ** 1.1
+    p /= p.sum()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in range(0, n, 50_000):
+            m = min(n, s + 50_000) - s
+            lens = rng.integers([4, 0, 10], [20, 30, 72], size=(m, 3))
+            words = vocab[rng.choice(len(vocab), size=int(lens.sum()), p=p)]
+            cuts = np.cumsum(lens.ravel())[:-1]
+            parts = np.split(words, cuts)
+            lines = []
+            for i in range(m):
+                ins, inp, out = (" ".join(parts[3 * i + j]) for j in range(3))
+                lines.append(json.dumps({"instruction": ins.capitalize() + "?", "input": inp,
+                                         "output": out.capitalize() + "."}) + "\n")
+            f.write("".join(lines))
+    os.replace(tmp, path)
+
+
+def write_target(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(rng)
+    rng2 = np.random.default_rng(seed + 1)
+    sl = vocab[1000:1400]   # the task's words: one slice of the pool's vocabulary
+    rows = [{"question": " ".join(rng2.choice(sl, 12)) + "?", "answer": " ".join(rng2.choice(sl, 30))}
+            for _ in range(200)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_select(src: Path, pool: Path, target: Path, method: str, out: Path) -> tuple[float, float, int]:
+    """(wall s, peak RSS MB, exit code) of one ``tasksift select`` process."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=str(src), TMPDIR=str(out.parent))
+    cmd = [sys.executable, "-m", "tasksift.cli", "select", "--pool", str(pool), "--target", str(target),
+           "--method", method, *METHOD_ARGS[method], "--out", str(out), "--no-progress", "--seed", "0"]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        print(f"  {method} via {src}: exit {proc.returncode}: {err.strip()[-400:]}", file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def selection_of(out: Path) -> tuple[list, str]:
+    man = json.loads((out / "manifest.json").read_text())
+    return man["selected_ids"], hashlib.sha1((out / "selected.jsonl").read_bytes()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--methods", default="random,length,dsir")
+    ap.add_argument("--dir", default="/work/scratch/pool")
+    ap.add_argument("--base", default=None, help="checkout of today's code to compare selections with")
+    ap.add_argument("--base-max-rows", type=int, default=1_000_000)
+    ap.add_argument("--methods-10m", default="dsir", help="methods run on pools above 1M rows")
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the tasksift source to measure")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    d = Path(args.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / "target.jsonl"
+    write_target(target, args.seed)
+    made: list[Path] = []
+    rows_out = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        pool = d / f"alpaca_{n}.jsonl"
+        if not pool.exists():
+            t = time.perf_counter()
+            write_pool(pool, n, args.seed)
+            made.append(pool)
+            print(f"generated {pool} ({pool.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
+                  file=sys.stderr)
+        methods = args.methods.split(",") if n <= 1_000_000 else args.methods_10m.split(",")
+        done = []
+        for method in methods:   # every measurement of the new code first, then today's for comparison
+            out = d / f"out_{n}_{method}"
+            wall, peak, rc = run_select(Path(args.src), pool, target, method, out)
+            print(f"  {n} {method}: {wall:.1f} s, {peak:.0f} MB, rc {rc}", file=sys.stderr)
+            done.append((method, out, wall, peak, rc))
+        for method, out, wall, peak, rc in done:
+            same = "n/a"
+            if args.base and n <= args.base_max_rows and rc == 0:
+                bout = d / f"base_{n}_{method}"
+                bwall, bpeak, brc = run_select(Path(args.base) / "src", pool, target, method, bout)
+                if brc == 0:
+                    same = "yes" if selection_of(out) == selection_of(bout) else "NO"
+                    same += f" (today: {bwall:.0f} s, {bpeak:.0f} MB)"
+                print(f"  {n} {method} today: {bwall:.1f} s, {bpeak:.0f} MB, rc {brc}, same {same}", file=sys.stderr)
+                shutil.rmtree(bout, ignore_errors=True)
+            goal = GOALS_MB.get((n, method))
+            met = "n/a" if goal is None else ("yes" if rc == 0 and peak <= goal else "NO")
+            rows_out.append((n, method, wall if rc == 0 else float("nan"), peak, goal, met, same))
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"{'rows':>10} {'method':>7} {'wall s':>7} {'peak MB':>8} {'goal MB':>8} {'met?':>5}  same as today")
+    for n, method, wall, peak, goal, met, same in rows_out:
+        print(f"{n:>10} {method:>7} {wall:>7.1f} {peak:>8.0f} {goal if goal else '-':>8} {met:>5}  {same}")
+    if not args.keep:
+        for p in made:
+            p.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
