@@ -18,7 +18,7 @@ _NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines
 _ITEMS = [("apples", 2), ("pencils", 3), ("stickers", 1), ("notebooks", 4), ("cupcakes", 5), ("marbles", 1)]
 
 
-def _math(rng: random.Random) -> tuple[str, str]:
+def math_word_problem(rng: random.Random) -> tuple[str, str]:
     kind = rng.randrange(5)
     n = rng.choice(_NAMES)
     if kind == 0:
@@ -102,7 +102,7 @@ def _sort_words(rng: random.Random) -> tuple[str, str]:
     return f"Sort these words alphabetically: {', '.join(ws)}", ", ".join(sorted(ws))
 
 
-TASKS = {"math": _math, "sentiment": _sentiment, "translation": _translate, "code": _code,
+TASKS = {"math": math_word_problem, "sentiment": _sentiment, "translation": _translate, "code": _code,
          "capitals": _capital, "word_sorting": _sort_words}
 
 
@@ -130,7 +130,7 @@ def demo_target(n: int = 12, seed: int = 0, exclude: set[str] | None = None) -> 
     exclude = exclude or set()
     out, seen = [], set(exclude)
     while len(out) < n:
-        q, r = _math(rng)
+        q, r = math_word_problem(rng)
         if q not in seen:
             seen.add(q)
             out.append({"question": q, "answer": r})

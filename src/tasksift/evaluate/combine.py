@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from ..atomic import write_json, write_text
 from ..errors import ConfigError
 from .config import recipe_from_dict
-from .runner import RESULTS, json_line, read_results
+from .arms import RESULTS, json_line, read_results
 
 _IGNORED = ("seeds", "out", "progress", "cache_dir", "keep_adapters")
 

@@ -14,13 +14,9 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-
-if TYPE_CHECKING:
-    from .runner import Evaluation
 
 
 def arm_steps(arm: dict[str, Any], recipe: Any, n_pool: int) -> int:
@@ -35,12 +31,12 @@ def arm_steps(arm: dict[str, Any], recipe: Any, n_pool: int) -> int:
     return max(1, int(math.ceil(float(ft["epochs"]) * math.ceil(max(1, n) / int(ft["batch_size"])))))
 
 
-def estimate_run(ev: "Evaluation", *, sample_steps: int = 2, sample_items: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Measure a small sample on ``ev`` (prepared: pool and task loaded) and estimate the time
-    of every arm not finished yet. Returns seconds per step / per item and scorer, per-arm
+def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Measure a small sample on ``ev`` (a prepared :class:`~.runner.Evaluation`: pool and task
+    loaded) and estimate the time of every arm not finished yet. Returns seconds per step / per item and scorer, per-arm
     and total estimates."""
     from ..finetune import finetune_lora
-    from .runner import RESULTS, plan_arms, read_results
+    from .arms import RESULTS, plan_arms, read_results
     from .scorers import ModelScorer
 
     if ev.pool is None or ev.task is None:

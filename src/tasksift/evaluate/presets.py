@@ -68,9 +68,9 @@ def build_tiny_lm(folder: str | Path, corpus: list[str], seed: int = 0) -> Path:
 
 
 def _math_item(rng: random.Random) -> tuple[str, str, str]:
-    from ..data.demo import _math
+    from ..data.demo import math_word_problem
 
-    q, r = _math(rng)
+    q, r = math_word_problem(rng)
     gold = r.rsplit("The answer is", 1)[-1].strip().rstrip(".")
     return q, r, gold
 
