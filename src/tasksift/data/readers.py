@@ -106,25 +106,35 @@ def read_json(path: Path) -> RawRows:
                    wrapper=wrapper)
 
 
+def _jsonl_row(raw: bytes, path: Path, lineno: int, skip_bad: bool, skipped: list[dict]
+               ) -> tuple[Any, str] | None:
+    """One JSON line parsed, with its text; None for a blank line or (with ``skip_bad``) a bad
+    one, which is recorded in ``skipped``."""
+    if not raw.strip():
+        return None
+    try:
+        line = _decode(raw, path, row=lineno)
+        return json.loads(line), line
+    except DataError as e:
+        if not skip_bad:
+            raise
+        skipped.append({"file": str(path), "row": lineno, "reason": str(e).split(": ", 1)[-1]})
+    except json.JSONDecodeError as e:
+        if not skip_bad:
+            raise DataError(f"malformed JSON line ({e.msg} at column {e.colno})", file=str(path),
+                            row=lineno) from None
+        skipped.append({"file": str(path), "row": lineno, "reason": f"malformed JSON ({e.msg})"})
+    return None
+
+
 def read_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl") -> RawRows:
     data = _open_bytes(path)
     rows, numbers, skipped = [], [], []
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = _decode(raw, path, row=lineno)
-            rows.append(json.loads(line))
+        parsed = _jsonl_row(raw, path, lineno, skip_bad, skipped)
+        if parsed is not None:
+            rows.append(parsed[0])
             numbers.append(lineno)
-        except DataError as e:
-            if not skip_bad:
-                raise
-            skipped.append({"file": str(path), "row": lineno, "reason": str(e).split(": ", 1)[-1]})
-        except json.JSONDecodeError as e:
-            if not skip_bad:
-                raise DataError(f"malformed JSON line ({e.msg} at column {e.colno})", file=str(path),
-                                row=lineno) from None
-            skipped.append({"file": str(path), "row": lineno, "reason": f"malformed JSON ({e.msg})"})
     return RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped)
 
 
@@ -271,23 +281,11 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
     yielded = False
     with f:
         for lineno, raw in enumerate(f, start=1):
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-            if not raw.strip():
-                continue
-            try:
-                line = _decode(raw, path, row=lineno)
-                rows.append(json.loads(line))
+            parsed = _jsonl_row(raw[:-1] if raw.endswith(b"\n") else raw, path, lineno, skip_bad, skipped)
+            if parsed is not None:
+                rows.append(parsed[0])
                 numbers.append(lineno)
-                texts.append(line)
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                skipped.append({"file": str(path), "row": lineno, "reason": str(e).split(": ", 1)[-1]})
-            except json.JSONDecodeError as e:
-                if not skip_bad:
-                    raise DataError(f"malformed JSON line ({e.msg} at column {e.colno})", file=str(path),
-                                    row=lineno) from None
-                skipped.append({"file": str(path), "row": lineno, "reason": f"malformed JSON ({e.msg})"})
+                texts.append(parsed[1])
             if len(rows) >= chunk_rows:
                 yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped,
                               texts=texts)

@@ -76,7 +76,7 @@ from .device import accelerator_for, resolve_device
 from .fingerprint import file_digest
 from .lm import (DEFAULT_LM, STATUS_OK, Rendered, LazyLM, length_batches, verified_decoder_and_head,
                  model_fingerprint, resolve_dtype, set_cpu_threads, template_fingerprint,
-                 tokenize_examples, unscorable_summary)
+                 padded_batch, tokenize_examples, unscorable_summary)
 from .pipeline import compute_features, open_store
 
 #: Parameter rows per generated block of the projection matrix (part of the cache key).
@@ -142,19 +142,7 @@ class PerExampleGrads:
         return next(self.model.parameters()).device
 
     def _tensors(self, rows: Sequence[Rendered]):
-        import torch
-
-        L = max(len(r.ids) for r in rows)
-        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(rows), L), dtype=torch.long)
-        msk = torch.zeros((len(rows), L), dtype=torch.bool)
-        for b, r in enumerate(rows):
-            n = len(r.ids)
-            ids[b, :n] = torch.tensor(r.ids, dtype=torch.long)
-            att[b, :n] = 1
-            msk[b, :n] = torch.tensor(r.mask, dtype=torch.bool)
-        dev = self.device
-        return ids.to(dev), att.to(dev), msk.to(dev)
+        return padded_batch(rows, self.pad_id, self.device)
 
     def _losses(self, ids, att, msk):
         """Per-row mean response NLL (B,) and response-token counts."""

@@ -30,14 +30,14 @@ from .engine import (CPU_BATCH_TOKENS, CPU_MAX_BATCH, GPU_BATCH_TOKENS, GPU_MAX_
                      decoder_and_head, length_batches, verified_decoder_and_head)
 from .loading import (DEFAULT_GGUF, DEFAULT_LM, LazyLM, apply_adapter, default_lm_path, load_causal_lm,
                       load_tokenizer, model_fingerprint, resolve_dtype, resolve_model_spec)
-from .render import (FALLBACK_TEMPLATE, RENDER_VERSION, STATUS_OK, STATUS_REASONS, Rendered, render_text,
+from .render import (FALLBACK_TEMPLATE, RENDER_VERSION, STATUS_OK, STATUS_REASONS, Rendered, padded_batch, render_text,
                      template_fingerprint, tokenize_examples)
 from .scorer import LMConfig, LMFeaturizer, LMScorer, LossResult, config_dict, lm_losses, unscorable_summary
 from .threads import set_cpu_threads
 
 __all__ = ["CPU_BATCH_TOKENS", "CPU_MAX_BATCH", "DEFAULT_GGUF", "DEFAULT_LM", "FALLBACK_TEMPLATE",
            "GPU_BATCH_TOKENS", "GPU_MAX_BATCH", "LMConfig", "LMFeaturizer", "LMScorer", "LazyLM", "LossEngine",
-           "LossResult", "RENDER_VERSION", "Rendered", "STATUS_OK", "STATUS_REASONS", "apply_adapter",
+           "LossResult", "RENDER_VERSION", "Rendered", "padded_batch", "STATUS_OK", "STATUS_REASONS", "apply_adapter",
            "config_dict", "decoder_and_head", "default_lm_path", "length_batches", "lm_losses", "load_causal_lm",
            "load_tokenizer", "model_fingerprint", "render_text", "resolve_device", "resolve_dtype",
            "resolve_model_spec", "set_cpu_threads", "template_fingerprint", "tokenize_examples",

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .render import STATUS_OK, Rendered
+from .render import STATUS_OK, Rendered, padded_batch
 from .threads import set_cpu_threads
 
 #: Default padded tokens per forward batch ("auto" batch_tokens) on CPU and on GPU.
@@ -120,20 +120,8 @@ class LossEngine:
         return next(self.model.parameters()).device
 
     def _batch_tensors(self, rows: Sequence[Rendered]):
-        import torch
-
-        L = max(len(r.ids) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), L), pad, dtype=torch.long)
-        att = torch.zeros((len(rows), L), dtype=torch.long)
-        msk = torch.zeros((len(rows), L), dtype=torch.bool)
-        for b, r in enumerate(rows):
-            n = len(r.ids)
-            ids[b, :n] = torch.tensor(r.ids, dtype=torch.long)
-            att[b, :n] = 1
-            msk[b, :n] = torch.tensor(r.mask, dtype=torch.bool)
-        dev = self.device
-        return ids.to(dev), att.to(dev), msk.to(dev)
+        return padded_batch(rows, pad, self.device)
 
     def _forward(self, ids, att, msk, want_embed: bool, fast: bool):
         """Per-row (sum of NLL, count) and optional pooled hidden state, for one batch."""

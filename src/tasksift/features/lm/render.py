@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,6 +49,23 @@ class Rendered:
     status: int = STATUS_OK
     truncated: bool = False
     n_full: int = 0     # token count before truncation
+
+
+def padded_batch(rows: Sequence[Rendered], pad_id: int, device: Any):
+    """``(ids, attention, response mask)`` tensors of ``rows``, right-padded with ``pad_id`` to
+    the longest row, on ``device``."""
+    import torch
+
+    L = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), L), dtype=torch.long)
+    msk = torch.zeros((len(rows), L), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        ids[b, :n] = torch.tensor(r.ids, dtype=torch.long)
+        att[b, :n] = 1
+        msk[b, :n] = torch.tensor(r.mask, dtype=torch.bool)
+    return ids.to(device), att.to(device), msk.to(device)
 
 
 def _apply_template(tokenizer, messages: list[dict]) -> str:
