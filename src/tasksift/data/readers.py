@@ -3,6 +3,7 @@ datasets. Every row comes back as it is in the file (a dict), with its 1-based r
 problems raise :class:`~tasksift.errors.DataError` naming the file and row."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -46,15 +47,22 @@ def file_format(path: Path) -> str | None:
     return None
 
 
-def _open_bytes(path: Path) -> bytes:
+@contextlib.contextmanager
+def _open_errors(path: Path) -> Iterator[None]:
+    """Turn the OS errors of opening ``path`` into one-line DataErrors naming it."""
     try:
-        data = path.read_bytes()
+        yield
     except FileNotFoundError:
         raise DataError("file not found", file=str(path)) from None
     except IsADirectoryError:
         raise DataError("is a folder, expected a data file", file=str(path)) from None
     except PermissionError:
         raise DataError("permission denied", file=str(path)) from None
+
+
+def _open_bytes(path: Path) -> bytes:
+    with _open_errors(path):
+        data = path.read_bytes()
     if path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -269,14 +277,8 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
                chunk_rows: int = 2048) -> Iterator[RawRows]:
     """Like :func:`read_jsonl`, streamed: RawRows of at most ``chunk_rows`` rows each (at
     least one, maybe empty), with the same row numbers, errors and skipped-row reasons."""
-    try:
+    with _open_errors(path):
         f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise DataError("is a folder, expected a data file", file=str(path)) from None
-    except PermissionError:
-        raise DataError("permission denied", file=str(path)) from None
     rows, numbers, skipped, texts = [], [], [], []
     yielded = False
     with f:
