@@ -44,29 +44,28 @@ class Interval:
         hi_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
         return lo_ok and hi_ok
 
+    def _bounds(self, space: str) -> str:
+        """The interval as ``[0, 1]`` / ``>= 1`` / ``< 5`` (``space`` between the parts; "" when
+        unbounded)."""
+        closed_low, closed_high = self.closed in ("both", "left"), self.closed in ("both", "right")
+        if self.low is not None and self.high is not None:
+            return (f"{'[' if closed_low else '('}{_num(self.low)},{space}{_num(self.high)}"
+                    f"{']' if closed_high else ')'}")
+        if self.low is not None:
+            return f"{'>=' if closed_low else '>'}{space}{_num(self.low)}"
+        if self.high is not None:
+            return f"{'<=' if closed_high else '<'}{space}{_num(self.high)}"
+        return ""
+
     def describe(self) -> str:
         what = "an integer" if self.kind is int else "a number"
-        if self.low is not None and self.high is not None:
-            left = "[" if self.closed in ("both", "left") else "("
-            right = "]" if self.closed in ("both", "right") else ")"
-            return f"{what} in {left}{_num(self.low)}, {_num(self.high)}{right}"
-        if self.low is not None:
-            return f"{what} {'>=' if self.closed in ('both', 'left') else '>'} {_num(self.low)}"
-        if self.high is not None:
-            return f"{what} {'<=' if self.closed in ('both', 'right') else '<'} {_num(self.high)}"
-        return what
+        bounds = self._bounds(" ")
+        if not bounds:
+            return what
+        return f"{what} in {bounds}" if self.low is not None and self.high is not None else f"{what} {bounds}"
 
     def type_name(self) -> str:
-        base = "int" if self.kind is int else "float"
-        if self.low is not None and self.high is not None:
-            left = "[" if self.closed in ("both", "left") else "("
-            right = "]" if self.closed in ("both", "right") else ")"
-            return f"{base}{left}{_num(self.low)},{_num(self.high)}{right}"
-        if self.low is not None:
-            return f"{base}{'>=' if self.closed in ('both', 'left') else '>'}{_num(self.low)}"
-        if self.high is not None:
-            return f"{base}{'<=' if self.closed in ('both', 'right') else '<'}{_num(self.high)}"
-        return base
+        return ("int" if self.kind is int else "float") + self._bounds("")
 
 
 @dataclass(frozen=True)
