@@ -192,3 +192,42 @@ def test_export_in_a_config_file_is_checked(tmp_path, capsys):
                    "export: openai\n")
     assert main(["select", "--config", str(cfg)]) == 2
     assert "'export' in the config file must be one of" in capsys.readouterr().err
+
+
+def _readme_export_blocks(lang: str) -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Exporting for training")
+    end = text.find("\n## ", start)
+    return re.findall(rf"```{lang}\n(.*?)```", text[start:end], re.S)
+
+
+def test_the_readme_export_commands_run_as_written(tmp_path, monkeypatch, tiny_embed_model, capsys):
+    """The README's export commands on a tiny folder pool (counts cut to 5, tiny embedding
+    model); the TRL snippet is compiled and must read the file the first command wrote (TRL
+    itself is not a dependency: it was run by hand with TRL 1.16, see the README)."""
+    import shlex
+
+    import pandas as pd
+
+    import tasksift.features.embed as embed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(embed, "default_embed_model_path", lambda: tiny_embed_model)
+    monkeypatch.setenv("TASKSIFT_CACHE", str(tmp_path / "cache"))
+    _write(tmp_path / "data", tools=False, text=False)
+    pd.DataFrame(TARGET).to_parquet("task.parquet")
+    (bash,) = _readme_export_blocks("bash")
+    commands = [shlex.split(line) for line in bash.splitlines() if line.strip()]
+    assert len(commands) == 2 and {c[c.index("--export") + 1] for c in commands} == {"messages", "llamafactory"}
+    for argv in commands:
+        assert argv[0] == "tasksift"
+        argv = [("5" if prev == "--count" else a) for prev, a in zip([""] + argv[1:], argv[1:])] + ["--no-progress"]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert [ex.layout for ex in load_examples("picked/selected.jsonl").examples] == ["messages"] * 5
+    entry = json.loads(Path("lf/dataset_info.json").read_text())["tasksift_selected"]
+    assert Path("lf", entry["file_name"]).is_file() and entry["formatting"] == "alpaca"
+    (python,) = _readme_export_blocks("python")
+    compile(python, "README.md", "exec")
+    assert 'data_files="picked/selected.jsonl"' in python and "SFTTrainer" in python
