@@ -189,6 +189,20 @@ def test_an_old_output_edited_since_is_kept_with_a_warning(files, tmp_path):
     with pytest.warns(SelectionWarning, match="kept .*selected.csv: an output of an earlier run, changed since"):
         sel.save(out, "jsonl")
     assert (out / "selected.csv").read_text().endswith("my,own,row\n")
+    man = json.loads((out / "manifest.json").read_text())
+    assert any("kept" in w and "selected.csv" in w for w in man["info"]["warnings"])
+    assert "selected.csv" not in {f["name"] for f in man["output"]["files"]}
+
+
+def test_the_cli_prints_the_kept_file_as_a_warning_line(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _select(files, out, "--count", 4, "--format", "csv") == 0
+    (out / "selected.csv").write_text("edited by hand\n")
+    capsys.readouterr()
+    assert _select(files, out, "--count", 4) == 0
+    err = capsys.readouterr().err
+    assert f"tasksift: warning: kept {out / 'selected.csv'}: an output of an earlier run, changed since" in err
+    assert (out / "selected.csv").read_text() == "edited by hand\n"
 
 
 def test_names_outside_the_folder_or_unlisted_are_never_removed(files, tmp_path):

@@ -99,6 +99,8 @@ class Selection:
             for write in OUTPUT_WRITERS:
                 write(self, unit, settings)
             subset = unit.file("subset")
+            for path in unit.kept_outputs():
+                _warn(self.info, f"kept {path}: an output of an earlier run, changed since tasksift wrote it")
             self.timings["write"] = time.perf_counter() - t
             man = self.manifest()
             man["output"] = {"path": str(unit.final(subset.name)), **subset.info}
@@ -125,8 +127,7 @@ def write_subset_output(sel: Selection, unit: OutputUnit, settings: SaveSettings
         cols = {"score": sel.scores, **cols}
     layout = None
     if settings.export is not None:
-        subset_batches = (sel.pool.pool.examples(sel.indices[s:s + 2048]) for s in range(0, len(sel.indices), 2048))
-        layout = row_layout(settings.export, subset_batches, sel.pool.path)
+        layout = row_layout(settings.export, sel.pool.pool.take(sel.indices).batches(), sel.pool.path)
     path, score_cols = write_subset(sel.pool, sel.indices, cols, unit.staging, settings.fmt, export=layout)
     info: dict[str, Any] = {"score_columns": score_cols}
     if settings.export is not None:

@@ -9,8 +9,8 @@ so ``manifest.json`` always describes the files beside it (``output.files``: nam
 bytes); a folder without it holds no complete result. Outputs of the previous tasksift run
 that this run does not write again (``selected.csv`` after a rerun with ``--format jsonl``)
 are removed, but only names the previous manifest lists as its own, and only while their
-size is still the one recorded (a file edited since is kept, with a warning); files tasksift
-did not write are never touched. A failing swap is rolled back; a process killed during the
+size is still the one recorded (a file edited since is kept: :meth:`OutputUnit.kept_outputs`);
+files tasksift did not write are never touched. A failing swap is rolled back; a process killed during the
 swap leaves no manifest and a journal that the next run uses to clean up.
 """
 from __future__ import annotations
@@ -23,13 +23,12 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .atomic import write_json
-from .errors import DataError, SelectionWarning
+from .errors import DataError
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".tasksift-staging-"
@@ -116,6 +115,7 @@ class OutputUnit:
             raise DataError(f"output folder is not writable ({e.strerror or e})", file=str(self.out)) from None
         self.files: list[OutputFile] = []
         self._committed = False
+        self._planned: tuple[dict[str, int | None], list[Path]] | None = None
 
     # -- writing --------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -147,14 +147,34 @@ class OutputUnit:
         return [{"name": f.name, "role": f.role, "bytes": _size(self.staging / f.name)} for f in self.files]
 
     # -- swapping in ----------------------------------------------------------------------
+    def kept_outputs(self) -> list[Path]:
+        """Outputs of the previous run that this one would remove but keeps: changed since
+        tasksift wrote them (a different size). Call once every output is added."""
+        return self._plan()[1]
+
+    def _plan(self) -> tuple[dict[str, int | None], list[Path]]:
+        """(stale outputs to remove, edited ones to keep) of the previous run."""
+        if self._planned is None:
+            new = {f.name for f in self.files}
+            previous = {**self._journal_names(), **previous_outputs(self.out)}
+            stale, kept = {}, []
+            for name, size in sorted(previous.items()):
+                path = self.out / name
+                if name in new or (not path.exists() and not path.is_symlink()):
+                    continue
+                if size is not None and (path.is_symlink() or _size(path) != size):
+                    kept.append(path)
+                else:
+                    stale[name] = size
+            self._planned = (stale, kept)
+        return self._planned
+
     def commit(self, manifest: dict[str, Any]) -> None:
         """Write ``manifest`` (with ``output.files`` filled in) and swap every output in."""
         manifest.setdefault("output", {})["files"] = self.listing()
         write_json(self.staging / MANIFEST, manifest)
-        new = {f.name for f in self.files}
-        previous = {**self._journal_names(), **previous_outputs(self.out)}
-        stale = {n: s for n, s in previous.items() if n not in new}
-        write_json(self.staging / _JOURNAL, {"outputs": sorted(new | set(previous))})
+        stale, _ = self._plan()
+        write_json(self.staging / _JOURNAL, {"outputs": sorted({f.name for f in self.files} | set(stale))})
         aside = self.staging / _ASIDE
         aside.mkdir()
         done: list[tuple[Path, Path]] = []   # renames made, undone in reverse on failure
@@ -171,8 +191,8 @@ class OutputUnit:
                 if target.is_dir() or (staged.is_dir() and (target.exists() or target.is_symlink())):
                     move(target, aside / f.name)   # a rename cannot replace a folder
                 move(staged, target)
-            for name, size in sorted(stale.items()):
-                self._set_aside(name, size, aside, move)
+            for name in stale:                     # set aside: removed with the staging folder
+                move(self.out / name, aside / name)
             move(self.staging / MANIFEST, self.out / MANIFEST)
         except BaseException:
             for src, dst in reversed(done):
@@ -182,17 +202,6 @@ class OutputUnit:
         self._committed = True
         _fsync_dir(self.out)
         self._remove_staging()
-
-    def _set_aside(self, name: str, size: int | None, aside: Path, move) -> None:
-        """Move a stale output of an earlier run aside (removed with the staging folder)."""
-        path = self.out / name
-        if not path.exists() and not path.is_symlink():
-            return
-        if size is not None and (path.is_symlink() or _size(path) != size):
-            warnings.warn(f"kept {path}: an output of an earlier run, changed since tasksift wrote it",
-                          SelectionWarning, stacklevel=3)
-            return
-        move(path, aside / name)
 
     def _journal_names(self) -> dict[str, int | None]:
         """Output names recorded by swaps that were killed midway (their staging folders)."""
@@ -249,9 +258,3 @@ def _lock(folder: Path) -> int:
             raise
     return fd
 
-
-@contextlib.contextmanager
-def output_unit(out_dir: str | os.PathLike) -> Iterator[OutputUnit]:
-    """``with output_unit(out) as unit: ...``: an :class:`OutputUnit` (see there)."""
-    with OutputUnit(out_dir) as unit:
-        yield unit
