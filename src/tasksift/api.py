@@ -43,6 +43,7 @@ class Selection:
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
+    explanation: Any = None   # a tasksift.report.explain.Explanation (None: select(explain=False))
 
     @property
     def subset(self) -> list[Example]:
@@ -81,9 +82,10 @@ class Selection:
             peak_memory_mb=round(peak_memory_mb(), 1), info=self.info, embedding=self.embedding,
             selected_ids=self.ids)
 
-    def save(self, out_dir: str | Path, fmt: str | None = None) -> Path:
-        """Write the subset (input's format and layout + score columns) and ``manifest.json``
-        into ``out_dir``; returns the subset's path. Both writes are atomic."""
+    def save(self, out_dir: str | Path, fmt: str | None = None, report: bool = True) -> Path:
+        """Write the subset (input's format and layout + score columns), ``report.html``
+        (when ``report`` and the selection was explained) and ``manifest.json`` into
+        ``out_dir``; returns the subset's path. Every write is atomic."""
         from .atomic import write_json
         from .data.writers import write_subset
 
@@ -93,10 +95,23 @@ class Selection:
         t = time.perf_counter()
         path, score_cols = write_subset(self.pool, self.indices, cols, out_dir, fmt)
         self.timings["write"] = time.perf_counter() - t
+        report_path = self.write_report(out_dir) if report else None
         man = self.manifest()
-        man["output"] = {"path": str(path), "score_columns": score_cols}
+        man["output"] = {"path": str(path), "score_columns": score_cols,
+                         "report": str(report_path) if report_path else None}
         write_json(Path(out_dir) / "manifest.json", man)
         return path
+
+    def write_report(self, out_dir: str | Path) -> Path | None:
+        """``out_dir/report.html`` explaining the choice (None, and any old report removed,
+        when the selection was not explained)."""
+        from .report.select_report import write_select_report
+
+        path = Path(out_dir) / "report.html"
+        if self.explanation is None:
+            path.unlink(missing_ok=True)
+            return None
+        return write_select_report(self, path)
 
 
 def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split) -> LoadedData:
@@ -160,7 +175,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
            cache_dir: str | Path | None = None, progress: bool = True, skip_bad: bool = False,
            pool_layout: str = "auto", pool_fields=None, target_layout: str = "auto",
            target_fields=None, split: str | None = None, backend: str = "local",
-           num_workers: int | None = None, ray_address: str | None = None) -> Selection:
+           num_workers: int | None = None, ray_address: str | None = None,
+           explain: bool = True) -> Selection:
     """Select a subset of ``pool`` for the task that ``target`` exemplifies.
 
     pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
@@ -177,6 +193,9 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one; TSDS
         also runs its neighbour search and KDE as Ray tasks over shards of the pool), or an
         :class:`~tasksift.exec.Executor` already built (see :func:`tasksift.exec.make_executor`).
+    explain: find each selected row's nearest target example (output columns
+        ``nearest_target``/``nearest_target_sim``, ``sel.explanation``, the data of
+        ``report.html``; see :mod:`tasksift.report.explain`).
     """
     t0 = time.perf_counter()
     executor = make_executor(backend, workers=num_workers, address=ray_address)
@@ -249,11 +268,19 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         raise RuntimeError(f"method {name} returned duplicate indices")
     check_result_size(idx, k, len(pool_d), info, counted_in_tokens=n_tok is not None)
     note_targets_in_pool(pool_d.examples, target_d.examples, idx, info)
+    columns, explanation = dict(result.columns), None
+    if explain:
+        from .report.explain import explain_selection
+
+        explanation = explain_selection(ctx, idx, columns)
+        columns.update(explanation.pool_columns(len(pool_d), idx))
+        info["nearest_target"] = explanation.describe()
     timings["total"] = time.perf_counter() - t0
     return Selection(indices=idx, ids=pool_d.pool.id_list(idx), scores=result.scores,
-                     columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
+                     columns=columns, method=name if isinstance(method, str) else str(method),
                      config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
-                     timings=timings, embedding=embedding_block(ctx.embed_config, timings))
+                     timings=timings, embedding=embedding_block(ctx.embed_config, timings),
+                     explanation=explanation)
 
 
 def _warn(info: dict[str, Any], message: str) -> None:

@@ -88,6 +88,8 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+    p.add_argument("--no-report", action="store_true", default=None,
+                   help="write neither report.html nor the tasksift_nearest_target columns (skips their cost)")
     p.add_argument("--backend", choices=["local", "ray"], default=None,
                    help="where features (and TSDS neighbour search + KDE) are computed: in this process (default) or on Ray")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
@@ -98,7 +100,7 @@ SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "f
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
                "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "embed_dtype", "embed_runtime",
                "embed_threads", "embed_batch_size", "device", "cache_dir", "no_progress", "backend",
-               "workers", "ray_address")
+               "workers", "ray_address", "no_report")
 
 
 def _setting_table() -> dict[str, Any]:
@@ -122,6 +124,7 @@ def _setting_table() -> dict[str, Any]:
         "embed_runtime": Option(None, "", Choices(*RUNTIMES), None),
         "skip_bad": Option(None, "", bool, None),
         "no_progress": Option(None, "", bool, None),
+        "no_report": Option(None, "", bool, None),
         "quotas": Option(None, "", str, dict, None),
         "fields": Option(None, "", str, dict, None),
         "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
@@ -243,8 +246,8 @@ def run_select(s: dict[str, Any]) -> "Any":
                  pool_layout=s.get("layout") or "auto", pool_fields=s.get("fields"),
                  target_layout=s.get("target_layout") or "auto", target_fields=s.get("target_fields"),
                  split=s.get("split"), backend=s.get("backend") or "local", num_workers=s.get("workers"),
-                 ray_address=s.get("ray_address"))
-    path = sel.save(s["out"], s.get("format"))
+                 ray_address=s.get("ray_address"), explain=not s.get("no_report"))
+    path = sel.save(s["out"], s.get("format"), report=not s.get("no_report"))
     return sel, path
 
 
@@ -266,7 +269,9 @@ def print_summary(sel: Any, path: Path, out=None) -> None:
             print(f"  {key}: {sel.info[key]}", file=out)
     t = ", ".join(f"{k} {v:.1f}s" for k, v in sel.timings.items())
     print(f"  time: {t}", file=out)
-    print(f"  wrote {path} and {Path(path).parent / 'manifest.json'}", file=out)
+    report = Path(path).parent / "report.html"
+    extra = f", {report}" if sel.explanation is not None and report.exists() else ""
+    print(f"  wrote {path}{extra} and {Path(path).parent / 'manifest.json'}", file=out)
 
 
 def print_warnings(sel: Any, out=None) -> None:
@@ -313,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="select a subset of a pool for a target task",
                        description="Select a subset of --pool for the task shown by --target. "
                                    "Writes the subset in the pool's own format with tasksift_* score "
-                                   "columns, and manifest.json.")
+                                   "columns, report.html (why these rows) and manifest.json.")
     add_select_args(p)
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")
