@@ -95,20 +95,20 @@ class Selection:
         t = time.perf_counter()
         path, score_cols = write_subset(self.pool, self.indices, cols, out_dir, fmt)
         self.timings["write"] = time.perf_counter() - t
-        report_path = self.write_report(out_dir) if report else None
+        report_path = self.write_report(out_dir, report)
         man = self.manifest()
         man["output"] = {"path": str(path), "score_columns": score_cols,
                          "report": str(report_path) if report_path else None}
         write_json(Path(out_dir) / "manifest.json", man)
         return path
 
-    def write_report(self, out_dir: str | Path) -> Path | None:
-        """``out_dir/report.html`` explaining the choice (None, and any old report removed,
-        when the selection was not explained)."""
+    def write_report(self, out_dir: str | Path, write: bool = True) -> Path | None:
+        """``out_dir/report.html`` explaining the choice; None, and the report of an earlier
+        run removed, when not ``write`` or the selection was not explained."""
         from .report.select_report import write_select_report
 
         path = Path(out_dir) / "report.html"
-        if self.explanation is None:
+        if not write or self.explanation is None:
             path.unlink(missing_ok=True)
             return None
         return write_select_report(self, path)
