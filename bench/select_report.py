@@ -5,7 +5,7 @@
                                             [--methods random,tsds] [--rounds 3] [--work DIR]
 
 `random` explains by hashed TF-IDF (no embeddings), `tsds` by the embeddings it computed (the
-first run fills the feature cache under --work; it is not counted). Prints one row per method:
+first run fills the feature cache, --cache-dir; it is not counted). Prints one row per method:
 median wall seconds and peak RSS of each variant, their difference, the in-process `explain`
 and `report` stage times from manifest.json and the size of report.html. Exits cleanly (code
 0, with a message) when the shared data is absent.
@@ -28,7 +28,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def write_inputs(work: Path, rows: int, targets: int, seed: int) -> tuple[Path, Path]:
-    """``pool.jsonl`` (``rows`` rows sampled from the shared pool, as prompt/response) and
+    """``pool.jsonl`` (``rows`` rows sampled from the shared pool, as messages: same content ids) and
     ``target.jsonl`` (the first ``targets`` GSM8K train questions) under ``work``."""
     sys.path.insert(0, str(ROOT / "src"))
     from tasksift.data import load_examples
@@ -39,8 +39,7 @@ def write_inputs(work: Path, rows: int, targets: int, seed: int) -> tuple[Path, 
         picked = random.Random(seed).sample(range(len(exs)), min(rows, len(exs)))
         with open(pool_path, "w", encoding="utf-8") as f:
             for ex in exs.examples(sorted(picked)):
-                f.write(json.dumps({"prompt": ex.prompt, "response": ex.response, "source": ex.source},
-                                   ensure_ascii=False) + "\n")
+                f.write(json.dumps({"messages": ex.messages, "origin": ex.source}, ensure_ascii=False) + "\n")
     with open(SHARED / "targets" / "gsm8k" / "train.jsonl", encoding="utf-8") as src, \
             open(target_path, "w", encoding="utf-8") as f:
         for _, line in zip(range(targets), src):
@@ -68,7 +67,8 @@ def main() -> int:
     ap.add_argument("--methods", default="random,tsds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default=None, help="folder for the inputs, outputs and feature cache (default: temporary)")
+    ap.add_argument("--work", default=None, help="folder for the inputs and outputs (default: temporary)")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: WORK/cache)")
     args = ap.parse_args()
     if not (SHARED / "pool").is_dir() or not (SHARED / "targets" / "gsm8k" / "train.jsonl").is_file():
         print(f"bench/select_report.py: real data not found under {SHARED}; nothing to run (skipped)")
@@ -84,7 +84,7 @@ def main() -> int:
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         base = [sys.executable, "-m", "tasksift.cli", "select", "--pool", str(pool), "--target", str(target),
                 "--method", method, "--ratio", str(args.ratio), "--seed", str(args.seed),
-                "--cache-dir", str(work / "cache"), "--no-progress"]
+                "--cache-dir", args.cache_dir or str(work / "cache"), "--no-progress"]
         with_cmd = base + ["--out", str(work / f"out-{method}")]
         without_cmd = base + ["--out", str(work / f"out-{method}-none"), "--no-report"]
         run(with_cmd)                      # warm-up: fills the feature cache, not counted

@@ -77,22 +77,28 @@ def length_stats(words: np.ndarray) -> dict[str, float | None]:
             "p90": float(np.percentile(w, 90))}
 
 
-def log_scale_scores(scores: np.ndarray) -> bool:
-    """Whether scores are plotted as log10 of the positive ones (zeros left out, counted):
-    when every finite score is >= 0 and the positive ones span over three orders of
-    magnitude (probabilities)."""
+def score_scale(scores: np.ndarray) -> tuple[bool, bool]:
+    """How scores are plotted: (leave the zeros out, log10 scale). Scores that are all >= 0
+    (probabilities) leave their zeros out (counted in the table) when over half of the rows
+    are 0 or the positive ones span over three orders of magnitude, which are then shown as
+    log10."""
     s = np.asarray(scores, dtype=np.float64)
     s = s[np.isfinite(s)]
     pos = s[s > 0]
-    return bool(len(pos)) and bool((s >= 0).all()) and float(pos.max() / pos.min()) > 1e3
+    if not len(pos) or not (s >= 0).all():
+        return False, False
+    log = float(pos.max() / pos.min()) > 1e3
+    return log or len(pos) < 0.5 * len(s), log
 
 
-def plotted_scores(scores: np.ndarray, log: bool) -> np.ndarray:
+def plotted_scores(scores: np.ndarray, no_zeros: bool, log: bool) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     s = s[np.isfinite(s)]
+    if no_zeros:
+        s = s[s > 0]
     if not log:
         return s
-    logs = np.log10(s[s > 0])
+    logs = np.log10(s)
     return np.maximum(logs, logs.max() - 8) if len(logs) else logs   # 8 decades: the lowest bin holds the rest
 
 
@@ -194,14 +200,15 @@ def _score_section(sel: Any) -> str:
                 "scores.</p>")
     scores = np.asarray(sel.scores, dtype=np.float64)
     picked = scores[sel.indices]
-    log = log_scale_scores(scores)
-    label = "log10(score); rows with score 0 left out, at most 8 decades" if log else "score"
+    no_zeros, log = score_scale(scores)
+    label = ("log10(score), at most 8 decades" if log else "score") + ("; rows with score 0 left out" if no_zeros else "")
     stats = [(name, int(np.isfinite(v).sum()), *(float(f(v[np.isfinite(v)])) if np.isfinite(v).any() else None
                                                   for f in (np.min, np.median, np.max)), int((v == 0).sum()))
              for name, v in (("pool", scores), ("selected", picked))]
     note = (f" {int((scores == 0).sum()):,} pool rows and {int((picked == 0).sum()):,} selected rows have score 0 "
-            "(left out of the log-scale plot).") if log else ""
-    series = [("pool", plotted_scores(scores, log), _POOL), ("selected", plotted_scores(picked, log), _SUBSET)]
+            "(left out of the plot).") if no_zeros else ""
+    series = [("pool", plotted_scores(scores, no_zeros, log), _POOL),
+              ("selected", plotted_scores(picked, no_zeros, log), _SUBSET)]
     return ("<h2>Score distribution</h2><p class='note'>The method's score of each row (column "
             f"<code>tasksift_score</code>; higher = preferred).{note}</p><div class='grid'>"
             + table(["rows", "scored", "min", "median", "max", "score 0"], stats)
@@ -293,11 +300,11 @@ def _duplicates_section(sel: Any, ex: Any) -> str:
     for i, (g, head) in enumerate(zip(groups, heads), start=1):
         p = float(np.sum(probs[g])) if probs is not None else None
         src = sources[g[0]]
-        rows.append((i, len(g), density[g[0]], sum(1 for r in g if r in chosen), p,
+        rows.append((i, len(g), density[g[0]], sum(1 for r in g if r in chosen), "–" if p is None else f"{p:.3g}",
                      html.escape(str(src)) if src else "–", f"{clip(head.text, ROW_CHARS)}"))
     more = f" ({len(ex.duplicate_groups) - len(groups)} more groups not shown)" if len(ex.duplicate_groups) > len(groups) else ""
     return (intro + f"<p>{len(ex.duplicate_groups)} groups{more}:</p>"
-            + table(["group", "rows in group", "ρ of densest", "selected", "sum of p", "source", "densest row"],
+            + table(["group", "rows in group", "ρ of densest", "selected", "sum of p (selection probability)", "source", "densest row"],
                     rows, raw_cols=(5, 6), css="rows"))
 
 
