@@ -202,7 +202,7 @@ def _score_section(sel: Any) -> str:
     picked = scores[sel.indices]
     no_zeros, log = score_scale(scores)
     label = ("log10(score), at most 8 decades" if log else "score") + ("; rows with score 0 left out" if no_zeros else "")
-    stats = [(name, int(np.isfinite(v).sum()), *(float(f(v[np.isfinite(v)])) if np.isfinite(v).any() else None
+    stats = [(name, int(np.isfinite(v).sum()), *(f"{float(f(v[np.isfinite(v)])):.4g}" if np.isfinite(v).any() else "–"
                                                   for f in (np.min, np.median, np.max)), int((v == 0).sum()))
              for name, v in (("pool", scores), ("selected", picked))]
     note = (f" {int((scores == 0).sum()):,} pool rows and {int((picked == 0).sum()):,} selected rows have score 0 "
@@ -220,7 +220,7 @@ def _length_section(sel: Any) -> str:
     words = np.asarray(sel.pool.pool.words)
     target_words = np.array([len(ex.text.split()) for ex in sel.target.examples], dtype=np.int64)
     series = [("pool", words, _POOL), ("selected", words[sel.indices], _SUBSET), ("target", target_words, _TARGET)]
-    stats = [(name, *length_stats(v).values()) for name, v, _ in series]
+    stats = [(name, *(fmt(x, 1) for x in length_stats(v).values())) for name, v, _ in series]
     return ("<h2>Length: subset vs target</h2><p class='note'>Whitespace-separated words of prompt + response.</p>"
             "<div class='grid'>" + table(["rows", "count", "median", "mean", "p90"], stats)
             + img(_hist_plot(series, "words (log scale)", "length distribution", log_bins=True), "length distribution")
