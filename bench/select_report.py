@@ -2,7 +2,7 @@
 `--no-report`, as whole processes, alternating, on a pool sampled from the shared data.
 
     .venv/bin/python bench/select_report.py [--rows 20000] [--targets 100] [--ratio 0.05]
-                                            [--methods random,tsds] [--rounds 3] [--work DIR]
+        [--methods random,tsds] [--rounds 3] [--sources flan_v2_cot,gpteacher] [--work DIR] [--cache-dir DIR] [--data ../shared/data]
 
 `random` explains by hashed TF-IDF (no embeddings), `tsds` by the embeddings it computed (the
 first run fills the feature cache, --cache-dir; it is not counted). Prints one row per method:
@@ -27,24 +27,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def write_inputs(work: Path, rows: int, targets: int, seed: int) -> tuple[Path, Path]:
-    """``pool.jsonl`` (``rows`` rows sampled from the shared pool, as messages: same content ids) and
-    ``target.jsonl`` (the first ``targets`` GSM8K train questions) under ``work``."""
+def write_inputs(work: Path, rows: int, targets: int, seed: int, sources: list[str] | None
+                 ) -> tuple[Path, Path]:
+    """A pool folder (``rows`` rows sampled from the shared pool, or from its ``sources``
+    subfolders, one ``<source>.jsonl`` of messages per source: same content ids as the
+    originals) and ``target.jsonl`` (the first ``targets`` GSM8K train questions) under ``work``."""
     sys.path.insert(0, str(ROOT / "src"))
     from tasksift.data import load_examples
 
-    pool_path, target_path = work / f"pool{rows}.jsonl", work / "target.jsonl"
-    if not pool_path.exists():
-        exs = load_examples(SHARED / "pool").examples
-        picked = random.Random(seed).sample(range(len(exs)), min(rows, len(exs)))
-        with open(pool_path, "w", encoding="utf-8") as f:
-            for ex in exs.examples(sorted(picked)):
-                f.write(json.dumps({"messages": ex.messages, "origin": ex.source}, ensure_ascii=False) + "\n")
+    pool_dir, target_path = work / f"pool{rows}", work / "target.jsonl"
+    if not pool_dir.is_dir():
+        exs = [(src or Path(ex.source or "pool").parts[0], ex)
+               for src in (sources or [""]) for ex in load_examples(SHARED / "pool" / src).examples]
+        picked = sorted(random.Random(seed).sample(range(len(exs)), min(rows, len(exs))))
+        tmp = work / f".pool{rows}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        files: dict[str, object] = {}
+        for i in picked:
+            top, ex = exs[i]
+            f = files.get(top) or files.setdefault(top, open(tmp / f"{top}.jsonl", "w", encoding="utf-8"))
+            f.write(json.dumps({"messages": ex.messages}, ensure_ascii=False) + "\n")
+        for f in files.values():
+            f.close()
+        tmp.rename(pool_dir)
     with open(SHARED / "targets" / "gsm8k" / "train.jsonl", encoding="utf-8") as src, \
             open(target_path, "w", encoding="utf-8") as f:
         for _, line in zip(range(targets), src):
             f.write(line)
-    return pool_path, target_path
+    return pool_dir, target_path
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
@@ -67,16 +77,23 @@ def main() -> int:
     ap.add_argument("--methods", default="random,tsds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=None, help="shared data folder (default ../shared/data beside the repo)")
+    ap.add_argument("--sources", default=None,
+                    help="comma-separated subfolders of the shared pool to sample from (default: all of it)")
     ap.add_argument("--work", default=None, help="folder for the inputs and outputs (default: temporary)")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: WORK/cache)")
     args = ap.parse_args()
+    global SHARED
+    SHARED = Path(args.data) if args.data else SHARED
     if not (SHARED / "pool").is_dir() or not (SHARED / "targets" / "gsm8k" / "train.jsonl").is_file():
         print(f"bench/select_report.py: real data not found under {SHARED}; nothing to run (skipped)")
         return 0
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tasksift-bench-report-"))
     work.mkdir(parents=True, exist_ok=True)
-    pool, target = write_inputs(work, args.rows, args.targets, args.seed)
-    print(f"pool: {args.rows:,} rows sampled (seed {args.seed}) from {SHARED / 'pool'}; target: {args.targets} GSM8K "
+    sources = [x.strip() for x in args.sources.split(",")] if args.sources else None
+    pool, target = write_inputs(work, args.rows, args.targets, args.seed, sources)
+    print(f"pool: {args.rows:,} rows sampled (seed {args.seed}) from {SHARED / 'pool'} "
+          f"({', '.join(sources) if sources else 'all sources'}); target: {args.targets} GSM8K "
           f"train questions; ratio {args.ratio}; {args.rounds} rounds per variant, alternating")
     print("| method | similarity | with report: wall s | --no-report: wall s | difference s | explain s | report s "
           "| peak RSS MiB with / without | report.html KiB |")
