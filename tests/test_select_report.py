@@ -212,6 +212,8 @@ def test_source_mix_table_sums_to_the_subset_and_the_pool(tmp_path):
     assert sum(_num(r[3]) for r in body) == 17 and sum(_num(r[1]) for r in body) == 60
     assert {r[0]: _num(r[3]) for r in body if _num(r[3])} == sel.source_mix()
     assert sorted(_num(r[1]) for r in body) == [10, 20, 30]
+    assert "take only the values 0, 1" in page                # random's indicator scores: no histogram
+    assert "score distribution" not in [a for a in re.findall(r"alt='([^']*)'", page)]
 
 
 def test_source_table_caps_the_sources_and_keeps_the_sums():

@@ -209,11 +209,15 @@ def _score_section(sel: Any) -> str:
             "(left out of the plot).") if no_zeros else ""
     series = [("pool", plotted_scores(scores, no_zeros, log), _POOL),
               ("selected", plotted_scores(picked, no_zeros, log), _SUBSET)]
+    values = np.unique(scores[np.isfinite(scores)])
+    if len(values) <= 2:     # an indicator (random: 1 = picked): nothing to plot
+        note += f" The scores take only the values {', '.join(f'{v:.4g}' for v in values)}."
+        plot = ""
+    else:
+        plot = img(_hist_plot(series, label, "score: selected vs pool"), "score distribution")
     return ("<h2>Score distribution</h2><p class='note'>The method's score of each row (column "
             f"<code>tasksift_score</code>; higher = preferred).{note}</p><div class='grid'>"
-            + table(["rows", "scored", "min", "median", "max", "score 0"], stats)
-            + img(_hist_plot(series, label, "score: selected vs pool"),
-                  "score distribution") + "</div>")
+            + table(["rows", "scored", "min", "median", "max", "score 0"], stats) + plot + "</div>")
 
 
 def _length_section(sel: Any) -> str:
