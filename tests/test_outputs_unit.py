@@ -30,9 +30,9 @@ def files(tmp_path):
     return pool, target
 
 
-def _select(files, out, *extra) -> int:
+def _select(files, out, *extra, report: bool = False) -> int:
     return main(["select", "--pool", str(files[0]), "--target", str(files[1]), "--method", "random",
-                 "--no-progress", "--out", str(out), *map(str, extra)])
+                 "--no-progress", "--out", str(out), *([] if report else ["--no-report"]), *map(str, extra)])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -45,15 +45,21 @@ def _no_staging(folder: Path) -> bool:
 
 def test_manifest_lists_every_output_with_its_size(files, tmp_path):
     out = tmp_path / "o"
-    assert _select(files, out, "--count", 3, "--export", "llamafactory") == 0
+    assert _select(files, out, "--count", 3, "--export", "llamafactory", report=True) == 0
     man = json.loads((out / "manifest.json").read_text())
     listed = {f["name"]: f for f in man["output"]["files"]}
-    assert set(listed) == {"selected.jsonl", "dataset_info.json"}
+    assert set(listed) == {"selected.jsonl", "dataset_info.json", "report.html"}
     for name, f in listed.items():
         assert f["bytes"] == (out / name).stat().st_size
-    assert listed["selected.jsonl"]["role"] == "subset"
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "manifest.json", "selected.jsonl"]
+    assert listed["selected.jsonl"]["role"] == "subset" and listed["report.html"]["role"] == "report"
+    assert man["output"]["report"] == str(out / "report.html")
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "manifest.json", "report.html",
+                                                     "selected.jsonl"]
     assert previous_outputs(out) == {n: f["bytes"] for n, f in listed.items()}
+    # a rerun with --no-report removes the earlier run's report.html (a stale output)
+    assert _select(files, out, "--count", 3, "--export", "llamafactory") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "manifest.json", "selected.jsonl"]
+    assert json.loads((out / "manifest.json").read_text())["output"]["report"] is None
 
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])

@@ -47,6 +47,7 @@ class Selection:
     timings: dict[str, float] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
     output_files: list[str] = field(default_factory=list)
+    explanation: Any = None   # a tasksift.report.explain.Explanation (None: select(explain=False))
 
     @property
     def subset(self) -> list[Example]:
@@ -85,15 +86,17 @@ class Selection:
             peak_memory_mb=round(peak_memory_mb(), 1), info=self.info, embedding=self.embedding,
             selected_ids=self.ids)
 
-    def save(self, out_dir: str | Path, fmt: str | None = None, export: str | None = None) -> Path:
+    def save(self, out_dir: str | Path, fmt: str | None = None, export: str | None = None,
+             report: bool = True) -> Path:
         """Write every output (:data:`OUTPUT_WRITERS`: the subset, in the input's format and
         layout + score columns, or in the training layout ``export`` (messages, sharegpt,
-        alpaca, llamafactory: see :mod:`tasksift.data.export`); then ``manifest.json``) into
+        alpaca, llamafactory: see :mod:`tasksift.data.export`); ``report.html`` when ``report``
+        and the selection was explained; then ``manifest.json``) into
         ``out_dir`` as one unit (:mod:`tasksift.outputs`: a failure leaves the previous result;
         outputs of the previous run not written again are removed); returns the subset's path."""
         from .data.export import check_export
 
-        settings = SaveSettings(fmt=check_export(export, fmt), export=export)
+        settings = SaveSettings(fmt=check_export(export, fmt), export=export, report=report)
         t = time.perf_counter()
         with OutputUnit(out_dir) as unit:
             for write in OUTPUT_WRITERS:
@@ -103,7 +106,9 @@ class Selection:
                 _warn(self.info, f"kept {path}: an output of an earlier run, changed since tasksift wrote it")
             self.timings["write"] = time.perf_counter() - t
             man = self.manifest()
-            man["output"] = {"path": str(unit.final(subset.name)), **subset.info}
+            page = unit.file("report")
+            man["output"] = {"path": str(unit.final(subset.name)), **subset.info,
+                             "report": str(unit.final(page.name)) if page else None}
             unit.commit(man)
         self.output_files = [f.name for f in unit.files] + ["manifest.json"]
         return unit.final(subset.name)
@@ -115,6 +120,7 @@ class SaveSettings:
 
     fmt: str | None = None
     export: str | None = None
+    report: bool = True
 
 
 def write_subset_output(sel: Selection, unit: OutputUnit, settings: SaveSettings) -> None:
@@ -148,10 +154,21 @@ def write_llamafactory_entry(sel: Selection, unit: OutputUnit, settings: SaveSet
     unit.add("dataset_info.json", "llamafactory_dataset_info", dataset=LLAMAFACTORY_NAME)
 
 
+def write_report_output(sel: Selection, unit: OutputUnit, settings: SaveSettings) -> None:
+    """``report.html`` explaining the choice (:mod:`tasksift.report.select_report`), when asked
+    for and the selection was explained (``select(explain=True)``)."""
+    from .report.select_report import write_select_report
+
+    if not settings.report or sel.explanation is None:
+        return
+    write_select_report(sel, unit.path("report.html"))
+    unit.add("report.html", "report")
+
+
 #: Every output of :meth:`Selection.save` but the manifest, written in this order: a function
 #: (selection, unit, settings) writing into ``unit.path(name)`` and calling ``unit.add(name,
 #: role)``. ``manifest.json`` is written last and lists them all.
-OUTPUT_WRITERS = [write_subset_output, write_llamafactory_entry]
+OUTPUT_WRITERS = [write_subset_output, write_llamafactory_entry, write_report_output]
 
 
 def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split) -> LoadedData:
@@ -216,7 +233,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
            pool_layout: str = "auto", pool_fields=None, target_layout: str = "auto",
            target_fields=None, split: str | None = None, backend: str = "local",
            num_workers: int | None = None, ray_address: str | None = None,
-           distinct: bool = True) -> Selection:
+           distinct: bool = True, explain: bool = True) -> Selection:
     """Select a subset of ``pool`` for the task that ``target`` exemplifies.
 
     pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
@@ -236,6 +253,9 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     distinct: count distinct content (default): pool rows repeating an earlier row's content
         (same example id) are collapsed before the method runs, so no content is picked
         twice (``info["duplicates_collapsed"]``); False keeps every row as a candidate.
+    explain: find each selected row's nearest target example (output columns
+        ``nearest_target``/``nearest_target_sim``, ``sel.explanation``, the data of
+        ``report.html``; see :mod:`tasksift.report.explain`).
     """
     check_seed(seed)
     config = dict(config or {})
@@ -312,18 +332,28 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     if k < budget_rows and not info.get("short") and not (info.get("selector") or {}).get("short"):
         info["short"] = (f"the pool holds {len(pool_d)} distinct rows ({info['duplicates_collapsed']} "
                          f"duplicates collapsed)")
-    scores, columns = result.scores, dict(result.columns)
+    scores, columns, explanation = result.scores, dict(result.columns), None
+    if explain and len(idx):   # on the candidates the method saw; mapped back with the columns below
+        from .report.explain import explain_selection
+
+        explanation = explain_selection(ctx, idx, columns)
+        columns.update(explanation.pool_columns(len(pool_d), idx))
+        info["nearest_target"] = explanation.describe()
     if keep is not None:   # back to positions in the pool as given
         idx = keep[idx]
         scores = None if scores is None else spread(scores, keep, len(full_d))
         columns = {c: spread(v, keep, len(full_d)) for c, v in columns.items()}
+        if explanation is not None:
+            explanation.duplicate_groups = [keep[np.asarray(g, dtype=np.int64)].tolist()
+                                            for g in explanation.duplicate_groups]
     check_result_size(idx, budget_rows, len(full_d), info, counted_in_tokens=n_tok is not None)
     note_targets_in_pool(full_d.examples, target_d.examples, idx, info)
     timings["total"] = time.perf_counter() - t0
     return Selection(indices=idx, ids=full_d.pool.id_list(idx), scores=scores,
                      columns=columns, method=name if isinstance(method, str) else str(method),
                      config=config, budget=b, seed=seed, pool=full_d, target=target_d, info=info,
-                     timings=timings, embedding=embedding_block(ctx.embed_config, timings))
+                     timings=timings, embedding=embedding_block(ctx.embed_config, timings),
+                     explanation=explanation)
 
 
 #: The seeds numpy's generators take.

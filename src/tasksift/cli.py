@@ -93,6 +93,8 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+    p.add_argument("--no-report", action="store_true", default=None,
+                   help="write neither report.html nor the tasksift_nearest_target columns (skips their cost)")
     p.add_argument("--backend", choices=["local", "ray"], default=None,
                    help="where features (and TSDS neighbour search + KDE) are computed: in this process (default) or on Ray")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
@@ -104,7 +106,7 @@ SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "f
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
                "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "embed_dtype", "embed_runtime",
                "embed_threads", "embed_batch_size", "device", "cache_dir", "no_progress", "backend",
-               "workers", "ray_address")
+               "workers", "ray_address", "no_report")
 
 
 def _setting_table() -> dict[str, Any]:
@@ -130,6 +132,7 @@ def _setting_table() -> dict[str, Any]:
         "keep_duplicates": Option(None, "", bool, None),
         "export": Option(None, "", Choices("messages", "sharegpt", "alpaca", "llamafactory"), None),
         "no_progress": Option(None, "", bool, None),
+        "no_report": Option(None, "", bool, None),
         "quotas": Option(None, "", str, dict, None),
         "fields": Option(None, "", str, dict, None),
         "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
@@ -254,8 +257,9 @@ def run_select(s: dict[str, Any]) -> "Any":
                  pool_layout=s.get("layout") or "auto", pool_fields=s.get("fields"),
                  target_layout=s.get("target_layout") or "auto", target_fields=s.get("target_fields"),
                  split=s.get("split"), backend=s.get("backend") or "local", num_workers=s.get("workers"),
-                 ray_address=s.get("ray_address"), distinct=not s.get("keep_duplicates"))
-    path = sel.save(s["out"], s.get("format"), export=s.get("export"))
+                 ray_address=s.get("ray_address"), distinct=not s.get("keep_duplicates"),
+                 explain=not s.get("no_report"))
+    path = sel.save(s["out"], s.get("format"), export=s.get("export"), report=not s.get("no_report"))
     return sel, path
 
 
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="select a subset of a pool for a target task",
                        description="Select a subset of --pool for the task shown by --target. "
                                    "Writes the subset in the pool's own format with tasksift_* score "
-                                   "columns, and manifest.json.")
+                                   "columns, report.html (why these rows) and manifest.json.")
     add_select_args(p)
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")
