@@ -237,31 +237,6 @@ def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray,
     return int((~ok).sum())
 
 
-def _density_groups(dist: np.ndarray, pos: np.ndarray, need: np.ndarray, n_valid: np.ndarray, n: int,
-                    sigma: float, pivots: Callable[[], PivotColumns]
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Rows (positions in U) whose densities are needed, grouped by the nearest query that
-    reached them, each with the columns that can hold their kernel neighbours: the query's
-    list when the ball of radius ``d + sigma`` around the query lies inside it, else the
-    columns that :class:`~.kde.PivotColumns` leaves."""
-    qi, ki = np.nonzero(need)
-    u = pos[qi, ki]
-    order = np.lexsort((dist[qi, ki], u))
-    u, qi, du = u[order], qi[order], dist[qi[order], ki[order]]
-    first = np.concatenate([[True], u[1:] != u[:-1]])
-    u, qi, du = u[first], qi[first], du[first]
-    for i in np.unique(qi):
-        rows = u[qi == i]
-        radius = float(du[qi == i].max()) + sigma
-        radius = radius * (1 + 1e-9) + 1e-9  # float64 rounding of the distances
-        nv = int(n_valid[i])
-        if nv >= n or radius < dist[i, nv - 1]:
-            c = int(np.searchsorted(dist[i, :nv], radius, side="right"))
-            yield rows, np.sort(pos[i, :c])
-        else:
-            yield from pivots().blocks(rows)
-
-
 # ---------------------------------------------------------------------------------------
 # the engine
 
@@ -359,7 +334,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         if need.any():
             with tm("kde"):
                 calls, whole = [], []
-                for rows, cols in _density_groups(dist, pos, need, n_valid, n, sigma, pivots):
+                for rows, cols in pivots().blocks(np.unique(pos[need])):
                     if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
                         whole.append(rows)
                     else:

@@ -4,11 +4,14 @@ nearest rows ``v`` (``u`` itself included, so ``rho >= 1``; ``m`` exact duplicat
 
 The kernel is zero from distance ``sigma`` on, so only rows inside radius ``sigma`` count and
 the sum is the ``kde_k`` largest kernel weights of the row: an exact *range* computation, no
-k-NN search. :func:`range_density` finds the pairs inside the radius by blocked BLAS with a
-threshold (float32 when the rows are float32, with a rounding margin), recomputes their
-distances in float64 from the differences (so a duplicate's weight is exactly 1) and sums each
-row's weights largest first: the value does not depend on which other columns were scanned
-or in which order. :func:`kde_exact` is the plain float64 computation against all rows.
+k-NN search. :func:`range_density` takes the weights of a block of rows against its columns
+from one float64 BLAS product (``|a|^2 + |c|^2 - 2 a.c``; pairs closer than that product's
+rounding bound, duplicates among them, are recomputed from their differences, so a duplicate's
+weight is exactly 1) and sums each row's ``kde_k`` largest, largest first: the value depends
+on the other columns scanned, or their order, only through float64 rounding (relative 1e-15).
+:class:`PivotColumns` says which columns can hold a row's kernel neighbours (triangle
+inequality), so a row is compared with its neighbourhood instead of every row.
+:func:`kde_exact` is the plain float64 computation against all rows.
 """
 from __future__ import annotations
 
@@ -16,62 +19,64 @@ import numpy as np
 
 from ...neighbors import CHUNK_BYTES, block_rows
 
+EPS64 = float(np.finfo(np.float64).eps)
+
 
 def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
-def kernel_pairs(xr: np.ndarray, xc: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (row of ``xr``, row of ``xc``) at L2 distance below ``sigma``, with their
-    float64 kernel weights ``1 - d^2 / sigma^2`` (> 0). Pairs are screened by one BLAS block
-    in the inputs' precision with a margin covering its rounding, then recomputed in float64."""
-    dt = np.float64 if (xr.dtype == np.float64 and xc.dtype == np.float64) else np.float32
-    a, c = np.asarray(xr, dtype=dt), np.asarray(xc, dtype=dt)
+def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
+    """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
+    pair (row of ``xr``, row of ``xc``). Squared distances come from float64 BLAS; those below
+    its rounding bound ``4 (d + 2) eps (|a|^2 + |c|^2)`` are recomputed from the differences."""
+    a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
     an, cn = _sq_norms(a), _sq_norms(c)
-    s2 = float(sigma) ** 2
-    # |fl(a.c) - a.c| <= (d + 2) eps |a||c|: screen with that margin, decide in float64 below
-    eps = float(np.finfo(dt).eps)
-    tol = 4.0 * (a.shape[1] + 2) * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)))
     g = a @ c.T
     g *= -2.0
-    g += an.astype(dt)[:, None]
-    g += cn.astype(dt)[None, :]
-    r, k = np.nonzero(g < s2 + tol)
-    del g
-    w = np.empty(len(r))
-    step = max(1, CHUNK_BYTES // (8 * a.shape[1]) // 4)
-    for s in range(0, len(r), step):
-        diff = np.asarray(xr[r[s:s + step]], dtype=np.float64) - np.asarray(xc[k[s:s + step]], dtype=np.float64)
-        w[s:s + step] = 1.0 - np.einsum("ij,ij->i", diff, diff) / s2
-    keep = w > 0
-    return r[keep], k[keep], w[keep]
+    g += an[:, None]
+    g += cn[None, :]
+    tol = 4.0 * (a.shape[1] + 2) * EPS64 * (float(an.max(initial=0)) + float(cn.max(initial=0)))
+    r, k = np.nonzero(g < tol)
+    if len(r):
+        step = max(1, CHUNK_BYTES // (8 * a.shape[1]) // 4)
+        for s in range(0, len(r), step):
+            diff = a[r[s:s + step]] - c[k[s:s + step]]
+            g[r[s:s + step], k[s:s + step]] = np.einsum("ij,ij->i", diff, diff)
+    g *= -1.0 / float(sigma) ** 2
+    g += 1.0
+    np.maximum(g, 0.0, out=g)
+    return g
 
 
-def sum_largest(rows: np.ndarray, weights: np.ndarray, n_rows: int, kde_k: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the sum of its ``kde_k`` largest weights, added largest first (so the value
-    depends only on the multiset of weights), and its number of positive weights."""
-    order = np.lexsort((-weights, rows))
-    rows, weights = rows[order], weights[order]
-    count = np.bincount(rows, minlength=n_rows)
-    first = np.concatenate([[0], np.cumsum(count)[:-1]])
-    rank = np.arange(len(rows)) - first[rows]
-    top = rank < kde_k
-    return np.bincount(rows[top], weights=weights[top], minlength=n_rows), count
+def sum_largest(w: np.ndarray, kde_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the (rows, cols) weights ``w >= 0``: the sum of its ``kde_k`` largest,
+    added largest first (zeros and the order of the columns do not change it), and its
+    number of positive weights."""
+    cnt = np.count_nonzero(w, axis=1)
+    if len(w) == 0:
+        return np.zeros(0), cnt
+    w = w[:, (w > 0).any(axis=0)]
+    k = min(int(kde_k), int(cnt.max(initial=0)))
+    if k == 0:
+        return np.zeros(len(w)), cnt
+    if k < w.shape[1]:
+        w = np.partition(w, w.shape[1] - k, axis=1)[:, w.shape[1] - k:]
+    w = np.sort(w, axis=1)[:, ::-1]
+    return np.cumsum(w, axis=1)[:, -1], cnt
 
 
 def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Densities of the rows ``xr`` against the columns ``xc`` (which must include each row
-    itself, or its duplicate, for ``rho >= 1``): float64 sums of the ``kde_k`` largest kernel
-    weights, and the number of columns inside the kernel. Memory: blocks of about
-    ``CHUNK_BYTES`` of distances."""
+    itself, or its duplicate, for ``rho >= 1``, and every row's kernel neighbours): float64
+    sums of the ``kde_k`` largest kernel weights, and the number of columns inside the kernel.
+    Memory: blocks of about ``CHUNK_BYTES`` of weights."""
     rho = np.zeros(len(xr))
     cnt = np.zeros(len(xr), dtype=np.int64)
-    step = block_rows(len(xc), 4)
+    step = block_rows(len(xc), 8)
     for s in range(0, len(xr), step):
-        r, _, w = kernel_pairs(xr[s:s + step], xc, sigma)
-        rho[s:s + step], cnt[s:s + step] = sum_largest(r, w, min(step, len(xr) - s), kde_k)
+        rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xr[s:s + step], xc, sigma), kde_k)
     return rho, cnt
 
 
@@ -99,51 +104,81 @@ def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | Non
 
 
 class PivotColumns:
-    """Which columns can hold a row's kernel neighbours, by the triangle inequality
-    ``||u - v|| >= |D(u, p) - D(v, p)|`` around pivot rows ``p``.
+    """Which columns can hold a row's kernel neighbours: cells of ``x`` around ``n_pivots``
+    centres (a few seeded k-means steps) and two triangle-inequality bounds.
 
-    ``n_pivots`` seeded random rows of ``x`` serve as pivots; each row is assigned its nearest
-    pivot, and a block of rows with pivot distances in ``[lo, hi]`` needs only the columns
-    whose distance to that pivot lies in ``[lo - sigma, hi + sigma]`` (widened by the
-    rounding bound of the float32 distances): one contiguous range of the columns sorted by
-    pivot distance. Exact: no column inside the kernel is left out.
+    Every row of ``x`` joins the cell of its nearest centre. For a block of rows ``u`` (one
+    cell ``A``, sorted by distance to its centre) a column ``v`` of cell ``C`` is kept only if
+
+    * *hyperplane*: ``|t(u) - t(v)| <= sigma |c_A - c_C|`` for some ``u``, where
+      ``t(x) = x.c_A - x.c_C`` (Cauchy-Schwarz: ``|t(u) - t(v)| <= ||u - v|| |c_A - c_C|``), and
+    * *annulus*: ``|D(u, c_C) - D(v, c_C)| <= sigma`` for some ``u``,
+
+    both widened by the rounding bound of the float32 products ``x.c`` they come from. Exact:
+    no column inside the kernel is left out. Memory: ``len(x) * n_pivots`` float32 products.
     """
 
-    def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 512, seed: int = 0,
-                 block: int = 512) -> None:
+    def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
+                 block: int = 256, iterations: int = 2) -> None:
         rng = np.random.default_rng(seed)
-        self.pivots = np.sort(rng.choice(len(x), size=min(n_pivots, len(x)), replace=False))
-        dt = np.float64 if x.dtype == np.float64 else np.float32
-        xs = np.asarray(x, dtype=dt)
-        xn = _sq_norms(xs)
-        pn = xn[self.pivots]
-        d2 = np.empty((len(x), len(self.pivots)))
-        step = block_rows(len(self.pivots), 8)
-        for s in range(0, len(x), step):
-            d2[s:s + step] = xn[s:s + step, None] + pn[None, :] - 2.0 * (xs[s:s + step] @ xs[self.pivots].T)
-        self.dist = np.sqrt(np.maximum(d2, 0.0))
-        tol = 4.0 * (x.shape[1] + 2) * float(np.finfo(dt).eps) * 2.0 * float(xn.max(initial=0))
-        self.reach = float(sigma) + 2.0 * np.sqrt(tol) + 1e-9  # |D32 - D| <= sqrt(tol) per distance
-        self.block = int(block)
-        self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        n, d = x.shape
+        self.sigma, self.block = float(sigma), int(block)
+        xs = np.asarray(x, dtype=np.float32)
+        centres = np.asarray(xs[np.sort(rng.choice(n, size=min(int(n_pivots), n), replace=False))], dtype=np.float64)
+        for _ in range(int(iterations) + 1):
+            c32 = centres.astype(np.float32)
+            self.cn = _sq_norms(c32)
+            self.g = self._products(xs, c32)
+            self.cell = np.argmax(self.g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
+            order = np.argsort(self.cell, kind="stable")
+            size = np.bincount(self.cell, minlength=len(centres))
+            used = np.flatnonzero(size)
+            starts = np.concatenate([[0], np.cumsum(size)[:-1]])[used]
+            centres[used] = np.add.reduceat(xs[order], starts, axis=0, dtype=np.float64) / size[used, None]
+        # the last assignment was made against c32: the products g are those of c32
+        self.c32 = c32
+        self.xn = _sq_norms(xs)
+        # |fl32(x.c) - x.c| <= (d + 2) eps |x| |c| (x4 to spare); distances from them carry sqrt of twice that
+        self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0) * self.cn.max(initial=0)))
+        rows = np.arange(n)
+        self.gown = self.g[rows, self.cell].astype(np.float64)
+        self.dist = self._centre_dist(rows, self.cell)
+        self.order = np.argsort(self.cell, kind="stable")
+        self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
 
-    def _by_pivot(self, p: int) -> tuple[np.ndarray, np.ndarray]:
-        if p not in self._sorted:
-            order = np.argsort(self.dist[:, p], kind="stable")
-            self._sorted[p] = (order, self.dist[order, p])
-        return self._sorted[p]
+    @staticmethod
+    def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
+        g = np.empty((len(xs), len(c32)), dtype=np.float32)
+        step = block_rows(len(c32), 4)
+        for s in range(0, len(xs), step):
+            g[s:s + step] = xs[s:s + step] @ c32.T
+        return g
+
+    def _centre_dist(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[rows, cells].astype(np.float64)
+        return np.sqrt(np.maximum(d2, 0.0))
 
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``)."""
-        near = np.argmin(self.dist[rows], axis=1)
+        rows = np.asarray(rows)
+        rows = rows[np.lexsort((self.dist[rows], self.cell[rows]))]
+        cuts = np.flatnonzero(np.diff(self.cell[rows])) + 1
         out = []
-        for p in np.unique(near):
-            mine = rows[near == p]
-            mine = mine[np.argsort(self.dist[mine, p], kind="stable")]
-            order, sd = self._by_pivot(int(p))
-            for a in range(0, len(mine), self.block):
-                blk = mine[a:a + self.block]
-                lo, hi = self.dist[blk[0], p] - self.reach, self.dist[blk[-1], p] + self.reach
-                i, j = np.searchsorted(sd, [lo, hi], side="left")[0], np.searchsorted(sd, hi, side="right")
-                out.append((blk, np.sort(order[i:j])))
+        span_d = np.sqrt(2.0 * self.err) * 2.0 + 1e-9
+        for part in np.split(rows, cuts):
+            A = int(self.cell[part[0]])
+            cA = self.c32[A].astype(np.float64)
+            gap = np.sqrt(np.maximum(_sq_norms(self.c32.astype(np.float64) - cA[None, :]), 0.0))  # |c_A - c_C|
+            for a in range(0, len(part), self.block):
+                blk = part[a:a + self.block]
+                gb = self.g[blk].astype(np.float64)  # (B, P)
+                t = gb[:, [A]] - gb  # t(u) for every cell C
+                reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
+                t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
+                du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
+                d_lo, d_hi = du.min(axis=0) - self.sigma - span_d, du.max(axis=0) + self.sigma + span_d
+                tv = self.g[:, A].astype(np.float64) - self.gown
+                c = self.cell
+                keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (self.dist >= d_lo[c]) & (self.dist <= d_hi[c])
+                out.append((blk, np.flatnonzero(keep)))
         return out
