@@ -5,9 +5,9 @@ nearest rows ``v`` (``u`` itself included, so ``rho >= 1``; ``m`` exact duplicat
 The kernel is zero from distance ``sigma`` on, so only rows inside radius ``sigma`` count and
 the sum is the ``kde_k`` largest kernel weights of the row: an exact *range* computation, no
 k-NN search. :func:`range_density` takes the weights of a block of rows against its columns
-from one float64 BLAS product (``|a|^2 + |c|^2 - 2 a.c``; pairs closer than that product's
-rounding bound, duplicates among them, are recomputed from their differences, so a duplicate's
-weight is exactly 1) and sums each row's ``kde_k`` largest, largest first: the value depends
+from one float64 BLAS product (``1 - (|a|^2 + |c|^2 - 2 a.c) / sigma^2``; weights within that
+product's rounding bound of 1, duplicates among them, are recomputed from the differences, so
+a duplicate's weight is exactly 1) and sums each row's ``kde_k`` largest: the value depends
 on the other columns scanned, or their order, only through float64 rounding (relative 1e-15).
 :class:`PivotColumns` says which columns can hold a row's kernel neighbours (triangle
 inequality), so a row is compared with its neighbourhood instead of every row.
@@ -28,42 +28,45 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
 
 def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
     """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
-    pair (row of ``xr``, row of ``xc``). Squared distances come from float64 BLAS; those below
-    its rounding bound ``4 (d + 2) eps (|a|^2 + |c|^2)`` are recomputed from the differences."""
+    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product of augmented rows
+    ``[2 a / s2, 1 - |a|^2 / s2, -1 / s2] . [c, 1, |c|^2]``. Weights within that product's
+    rounding bound of 1 (duplicates, near-duplicates) are recomputed from the differences, so a
+    duplicate's weight is exactly 1."""
+    s2 = float(sigma) ** 2
     a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
+    d = a.shape[1]
     an, cn = _sq_norms(a), _sq_norms(c)
-    g = a @ c.T
-    g *= -2.0
-    g += an[:, None]
-    g += cn[None, :]
-    tol = 4.0 * (a.shape[1] + 2) * EPS64 * (float(an.max(initial=0)) + float(cn.max(initial=0)))
-    r, k = np.nonzero(g < tol)
+    aa = np.empty((len(a), d + 2))
+    np.multiply(a, 2.0 / s2, out=aa[:, :d])
+    aa[:, d] = 1.0 - an / s2
+    aa[:, d + 1] = -1.0 / s2
+    ca = np.empty((len(c), d + 2))
+    ca[:, :d] = c
+    ca[:, d] = 1.0
+    ca[:, d + 1] = cn
+    w = aa @ ca.T
+    # |fl(w) - w| <= (d + 4) eps * (sum of the terms' magnitudes), x4 to spare
+    tol = 4.0 * (d + 4) * EPS64 * (1.0 + 2.0 * (float(an.max(initial=0)) + float(cn.max(initial=0))) / s2)
+    np.maximum(w, 0.0, out=w)
+    r, k = np.nonzero(w > 1.0 - 2.0 * tol)
     if len(r):
-        step = max(1, CHUNK_BYTES // (8 * a.shape[1]) // 4)
-        for s in range(0, len(r), step):
-            diff = a[r[s:s + step]] - c[k[s:s + step]]
-            g[r[s:s + step], k[s:s + step]] = np.einsum("ij,ij->i", diff, diff)
-    g *= -1.0 / float(sigma) ** 2
-    g += 1.0
-    np.maximum(g, 0.0, out=g)
-    return g
+        step = max(1, CHUNK_BYTES // (8 * d) // 4)
+        for i in range(0, len(r), step):
+            diff = a[r[i:i + step]] - c[k[i:i + step]]
+            w[r[i:i + step], k[i:i + step]] = np.maximum(0.0, 1.0 - np.einsum("ij,ij->i", diff, diff) / s2)
+    return w
 
 
 def sum_largest(w: np.ndarray, kde_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of the (rows, cols) weights ``w >= 0``: the sum of its ``kde_k`` largest,
-    added largest first (zeros and the order of the columns do not change it), and its
-    number of positive weights."""
+    """Per row of the (rows, cols) weights ``w >= 0``: the sum of its ``kde_k`` largest and
+    its number of positive weights."""
     cnt = np.count_nonzero(w, axis=1)
-    if len(w) == 0:
-        return np.zeros(0), cnt
-    w = w[:, (w > 0).any(axis=0)]
-    k = min(int(kde_k), int(cnt.max(initial=0)))
-    if k == 0:
-        return np.zeros(len(w)), cnt
-    if k < w.shape[1]:
-        w = np.partition(w, w.shape[1] - k, axis=1)[:, w.shape[1] - k:]
-    w = np.sort(w, axis=1)[:, ::-1]
-    return np.cumsum(w, axis=1)[:, -1], cnt
+    rho = w.sum(axis=1)
+    over = np.flatnonzero(cnt > kde_k)
+    if len(over):
+        wo = w[over]
+        rho[over] = np.partition(wo, wo.shape[1] - kde_k, axis=1)[:, wo.shape[1] - kde_k:].sum(axis=1)
+    return rho, cnt
 
 
 def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int
@@ -119,7 +122,9 @@ class PivotColumns:
     """
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
-                 block: int = 256, iterations: int = 2) -> None:
+                 block: int = 256, iterations: int = 1) -> None:
+        from scipy import sparse
+
         rng = np.random.default_rng(seed)
         n, d = x.shape
         self.sigma, self.block = float(sigma), int(block)
@@ -130,11 +135,10 @@ class PivotColumns:
             self.cn = _sq_norms(c32)
             self.g = self._products(xs, c32)
             self.cell = np.argmax(self.g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
-            order = np.argsort(self.cell, kind="stable")
+            onehot = sparse.csr_matrix((np.ones(n, dtype=np.float32), (self.cell, np.arange(n))), shape=(len(centres), n))
             size = np.bincount(self.cell, minlength=len(centres))
             used = np.flatnonzero(size)
-            starts = np.concatenate([[0], np.cumsum(size)[:-1]])[used]
-            centres[used] = np.add.reduceat(xs[order], starts, axis=0, dtype=np.float64) / size[used, None]
+            centres[used] = np.asarray(onehot @ xs, dtype=np.float64)[used] / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
         self.xn = _sq_norms(xs)

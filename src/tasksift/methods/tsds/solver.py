@@ -69,7 +69,7 @@ def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callab
     the prefixes lies below the water level and the prefix solution is the full one, exactly.
     The next prefixes come from a guess: the full lists solved with each unknown density set
     to the mean of its query's known ones; a query grows to ``slack`` times its guessed
-    ``K_i + 1`` (and, when its prefix was filled, by half at least). The guess only decides
+    ``K_i + 1``, at most twice its prefix (and, when its prefix was filled, by half at least). The guess only decides
     how many densities are asked for per round, never the result.
 
     densities(J): receives the (M,) prefix lengths and returns the (M, max(J)) densities of
@@ -97,7 +97,7 @@ def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callab
         _, _, K_guess = water_filling(dist, ids, guess, alpha=alpha, C=C)
         want = np.ceil(slack * (K_guess + 1)).astype(np.int64)
         floor = np.where(grow, J + (J + 1) // 2, J)
-        J = np.minimum(n_valid, np.maximum(floor, want))
+        J = np.minimum(n_valid, np.maximum(floor, np.minimum(want, 2 * J)))
 
 
 def objective(gamma, dist: np.ndarray, rho: np.ndarray, *, alpha: float, C: float) -> float:
