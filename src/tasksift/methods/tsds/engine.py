@@ -220,6 +220,14 @@ def _gather(cands: Candidates, rows: np.ndarray, shards: list[tuple[int, int]], 
     return out
 
 
+def present(ids: np.ndarray, n: int) -> np.ndarray:
+    """The sorted distinct values ``>= 0`` of the integer array ``ids`` (all ``< n``): one
+    boolean mask of ``n`` instead of a sort."""
+    mask = np.zeros(int(n), dtype=bool)
+    mask[ids[ids >= 0]] = True
+    return np.flatnonzero(mask)
+
+
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
                     x_sq_max: float, n: int, d: int) -> int:
     """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
@@ -286,7 +294,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("search"):
             d2_k, ids_k = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
         with tm("gather"):
-            Up = np.unique(ids_k[ids_k >= 0])
+            Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
             dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
@@ -295,7 +303,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             x_sq = 1.0 if normalize else float(np.einsum("ij,ij->i", xg, xg, dtype=np.float64).max())
             search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
-            U = np.unique(ids[ids >= 0])
+            U = present(ids, n)
             xu = xg[np.searchsorted(Up, U)] if len(U) < len(Up) else xg
             del xg
     else:
@@ -334,7 +342,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         if need.any():
             with tm("kde"):
                 calls, whole = [], []
-                for rows, cols in pivots().blocks(np.unique(pos[need])):
+                for rows, cols in pivots().blocks(present(pos[need], len(U))):
                     if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
                         whole.append(rows)
                     else:

@@ -26,6 +26,29 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
+def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
+    """Indices of the columns ``xc`` that may lie inside the kernel (distance < ``sigma``) of
+    some row of ``xr``: a float32 BLAS screen, widened by its rounding bound (certified: no
+    such column is left out)."""
+    a32, c32 = np.asarray(xr, dtype=np.float32), np.asarray(xc, dtype=np.float32)
+    an, cn = _sq_norms(a32), _sq_norms(c32)
+    s2 = float(sigma) ** 2
+    # |fl32(a.c) - a.c| <= (d + 2) eps |a| |c|, and the float32 shifts below add a few eps of
+    # (|a|^2 + |c|^2); x4 to spare. float32 rounding of xr/xc itself is covered when they are float64
+    eps = float(np.finfo(np.float32).eps)
+    tol = 4.0 * (a32.shape[1] + 8) * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)) + s2)
+    if xr.dtype != np.float32 or xc.dtype != np.float32:  # the float32 copies moved each row by <= eps |x|
+        tol += 4.0 * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)))
+        tol *= 2.0
+    # d^2 < s2 + tol  <=>  a.c - |c|^2 / 2 > (|a|^2 - s2 - tol) / 2
+    if not (np.isfinite(an).all() and np.isfinite(cn).all()):  # beyond float32's range: no screen
+        return np.arange(len(xc))
+    g = a32 @ c32.T
+    g -= (0.5 * cn).astype(np.float32)[None, :]
+    g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
+    return np.flatnonzero((g > 0).any(axis=0))
+
+
 def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
     """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
     pair (row of ``xr``, row of ``xc``), from one float64 BLAS product of augmented rows
@@ -74,12 +97,15 @@ def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int
     """Densities of the rows ``xr`` against the columns ``xc`` (which must include each row
     itself, or its duplicate, for ``rho >= 1``, and every row's kernel neighbours): float64
     sums of the ``kde_k`` largest kernel weights, and the number of columns inside the kernel.
-    Memory: blocks of about ``CHUNK_BYTES`` of weights."""
+    Per block of rows, :func:`kernel_columns` screens the columns in float32 and
+    :func:`kernel_weights` weighs the rest in float64. Memory: blocks of about ``CHUNK_BYTES``."""
     rho = np.zeros(len(xr))
     cnt = np.zeros(len(xr), dtype=np.int64)
     step = block_rows(len(xc), 8)
     for s in range(0, len(xr), step):
-        rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xr[s:s + step], xc, sigma), kde_k)
+        xb = xr[s:s + step]
+        cols = kernel_columns(xb, xc, sigma)
+        rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xb, xc[cols], sigma), kde_k)
     return rho, cnt
 
 
@@ -110,7 +136,8 @@ class PivotColumns:
     """Which columns can hold a row's kernel neighbours: cells of ``x`` around ``n_pivots``
     centres (a few seeded k-means steps) and two triangle-inequality bounds.
 
-    Every row of ``x`` joins the cell of its nearest centre. For a block of rows ``u`` (one
+    The centres come from ``iterations`` Lloyd steps on ``sample`` seeded rows; every row of
+    ``x`` then joins the cell of its nearest centre. For a block of rows ``u`` (one
     cell ``A``, sorted by distance to its centre) a column ``v`` of cell ``C`` is kept only if
 
     * *hyperplane*: ``|t(u) - t(v)| <= sigma |c_A - c_C|`` for some ``u``, where
@@ -122,33 +149,45 @@ class PivotColumns:
     """
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
-                 block: int = 256, iterations: int = 1) -> None:
+                 block: int = 256, iterations: int = 4, sample: int = 32768) -> None:
         from scipy import sparse
 
         rng = np.random.default_rng(seed)
         n, d = x.shape
         self.sigma, self.block = float(sigma), int(block)
         xs = np.asarray(x, dtype=np.float32)
-        centres = np.asarray(xs[np.sort(rng.choice(n, size=min(int(n_pivots), n), replace=False))], dtype=np.float64)
-        for _ in range(int(iterations) + 1):
+        self.n = n
+        self.trivial = not np.isfinite(_sq_norms(xs)).all()  # beyond float32's range: no pruning
+        if self.trivial:
+            return
+        sample = xs[np.sort(rng.choice(n, size=min(n, int(sample)), replace=False))]
+        centres = np.asarray(sample[np.sort(rng.choice(len(sample), size=min(int(n_pivots), n), replace=False))],
+                             dtype=np.float64)
+        for it in range(int(iterations) + 1):  # Lloyd steps on a sample, then every row assigned
+            last = it == int(iterations)
+            pts = xs if last else sample
             c32 = centres.astype(np.float32)
             self.cn = _sq_norms(c32)
-            self.g = self._products(xs, c32)
-            self.cell = np.argmax(self.g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
-            onehot = sparse.csr_matrix((np.ones(n, dtype=np.float32), (self.cell, np.arange(n))), shape=(len(centres), n))
-            size = np.bincount(self.cell, minlength=len(centres))
+            g = self._products(pts, c32)
+            cell = np.argmax(g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
+            if last:
+                self.g, self.cell = g, cell
+                break
+            onehot = sparse.csr_matrix((np.ones(len(pts), dtype=np.float32), (cell, np.arange(len(pts)))),
+                                       shape=(len(centres), len(pts)))
+            size = np.bincount(cell, minlength=len(centres))
             used = np.flatnonzero(size)
-            centres[used] = np.asarray(onehot @ xs, dtype=np.float64)[used] / size[used, None]
+            centres[used] = np.asarray(onehot @ pts, dtype=np.float64)[used] / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
         self.xn = _sq_norms(xs)
+        if x.dtype != np.float32:  # bounds hold for the float32 copies, each within eps |x| of its row
+            self.sigma += 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0)))
         # |fl32(x.c) - x.c| <= (d + 2) eps |x| |c| (x4 to spare); distances from them carry sqrt of twice that
         self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0) * self.cn.max(initial=0)))
         rows = np.arange(n)
         self.gown = self.g[rows, self.cell].astype(np.float64)
         self.dist = self._centre_dist(rows, self.cell)
-        self.order = np.argsort(self.cell, kind="stable")
-        self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
 
     @staticmethod
     def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
@@ -165,6 +204,8 @@ class PivotColumns:
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``)."""
         rows = np.asarray(rows)
+        if self.trivial:
+            return [(rows[a:a + self.block], np.arange(self.n)) for a in range(0, len(rows), self.block)]
         rows = rows[np.lexsort((self.dist[rows], self.cell[rows]))]
         cuts = np.flatnonzero(np.diff(self.cell[rows])) + 1
         out = []

@@ -92,9 +92,10 @@ def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callab
             return full, s, K, J
         known = np.where(inside, rho_nb, 0.0)
         mean = known.sum(axis=1) / np.maximum(J, 1)
-        guess = np.broadcast_to(mean[:, None], (m, L)).copy()
+        wg = min(L, 2 * w + 1)  # no query grows beyond twice its prefix this round
+        guess = np.broadcast_to(mean[:, None], (m, wg)).copy()
         guess[:, :w] = np.where(inside, rho_nb, guess[:, :w])
-        _, _, K_guess = water_filling(dist, ids, guess, alpha=alpha, C=C)
+        _, _, K_guess = water_filling(dist[:, :wg], ids[:, :wg], guess, alpha=alpha, C=C)
         want = np.ceil(slack * (K_guess + 1)).astype(np.int64)
         floor = np.where(grow, J + (J + 1) // 2, J)
         J = np.minimum(n_valid, np.maximum(floor, np.minimum(want, 2 * J)))
