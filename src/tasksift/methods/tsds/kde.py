@@ -149,7 +149,7 @@ class PivotColumns:
     """
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
-                 block: int = 256, iterations: int = 4, sample: int = 32768) -> None:
+                 block: int = 256, iterations: int = 3, sample: int = 16384) -> None:
         from scipy import sparse
 
         rng = np.random.default_rng(seed)
@@ -188,6 +188,12 @@ class PivotColumns:
         rows = np.arange(n)
         self.gown = self.g[rows, self.cell].astype(np.float64)
         self.dist = self._centre_dist(rows, self.cell)
+        self.order = np.lexsort((self.dist, self.cell))  # members of each cell, by distance to its centre
+        self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
+        self.rmin = np.full(len(centres), np.inf)
+        self.rmax = np.full(len(centres), -np.inf)
+        np.minimum.at(self.rmin, self.cell, self.dist)
+        np.maximum.at(self.rmax, self.cell, self.dist)
 
     @staticmethod
     def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
@@ -222,8 +228,15 @@ class PivotColumns:
                 t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
                 du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
                 d_lo, d_hi = du.min(axis=0) - self.sigma - span_d, du.max(axis=0) + self.sigma + span_d
-                tv = self.g[:, A].astype(np.float64) - self.gown
-                c = self.cell
-                keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (self.dist >= d_lo[c]) & (self.dist <= d_hi[c])
-                out.append((blk, np.flatnonzero(keep)))
+                # cells whose members' centre distances overlap the annulus, then their members
+                cand = np.flatnonzero((d_lo <= self.rmax) & (d_hi >= self.rmin))
+                i = self.starts[cand]
+                span = self.starts[cand + 1] - i
+                idx = self.order[np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span)
+                                 + np.arange(span.sum())]
+                c = self.cell[idx]
+                tv = self.g[idx, A].astype(np.float64) - self.gown[idx]
+                dv = self.dist[idx]
+                keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
+                out.append((blk, np.sort(idx[keep])))
         return out

@@ -57,7 +57,8 @@ def water_filling(dist: np.ndarray, ids: np.ndarray, rho_nb: np.ndarray, *, alph
 
 
 def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callable[[np.ndarray], np.ndarray],
-                            *, alpha: float, C: float, first: int = 128, slack: float = 1.25
+                            *, alpha: float, C: float, first: int = 128, slack: float = 1.1,
+                            cap: float = 2.0
                             ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """:func:`water_filling` on the full lists, asking ``densities`` only for the neighbours
     the plan depends on.
@@ -90,15 +91,15 @@ def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callab
             full = np.zeros((m, L))
             full[:, :w] = gamma
             return full, s, K, J
-        known = np.where(inside, rho_nb, 0.0)
-        mean = known.sum(axis=1) / np.maximum(J, 1)
-        wg = min(L, 2 * w + 1)  # no query grows beyond twice its prefix this round
+        tail = inside & (np.arange(w)[None, :] >= (J // 2)[:, None])  # the later half of each prefix
+        mean = np.where(tail, rho_nb, 0.0).sum(axis=1) / np.maximum(tail.sum(axis=1), 1)
+        wg = int(min(L, np.ceil(cap * w) + 1))  # no query grows beyond cap times its prefix this round
         guess = np.broadcast_to(mean[:, None], (m, wg)).copy()
         guess[:, :w] = np.where(inside, rho_nb, guess[:, :w])
         _, _, K_guess = water_filling(dist[:, :wg], ids[:, :wg], guess, alpha=alpha, C=C)
         want = np.ceil(slack * (K_guess + 1)).astype(np.int64)
         floor = np.where(grow, J + (J + 1) // 2, J)
-        J = np.minimum(n_valid, np.maximum(floor, np.minimum(want, 2 * J)))
+        J = np.minimum(n_valid, np.maximum(floor, np.minimum(want, np.ceil(cap * J).astype(np.int64))))
 
 
 def objective(gamma, dist: np.ndarray, rho: np.ndarray, *, alpha: float, C: float) -> float:
