@@ -100,6 +100,17 @@ class StageTimer:
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
 
 
+def one_blas_thread() -> ContextManager:
+    """BLAS limited to one thread (when ``threadpoolctl`` is installed): the density blocks are
+    many small products, for which a second BLAS thread only adds waiting, most of all on a
+    busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------
 # tasks: module-level and stateless, so any executor can run them
 
@@ -340,7 +351,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         need = np.zeros_like(valid)
         need[:, :w] = (np.arange(w)[None, :] < J[:, None]) & valid[:, :w] & np.isnan(rho_u[pos[:, :w]])
         if need.any():
-            with tm("kde"):
+            with tm("kde"), one_blas_thread():
                 calls, whole = [], []
                 for rows, cols in pivots().blocks(present(pos[need], len(U))):
                     if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
