@@ -16,10 +16,11 @@ Stages (each timed as ``tsds_<stage>``):
    which the float32 bound does not prove it).
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
-   :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`). A row reached by
-   query ``i`` at distance ``d`` can only have kernel neighbours ``v`` with
-   ``||q_i - v|| < d + sigma`` (triangle inequality): when that ball lies inside query
-   ``i``'s list, only the list is scanned, else all of ``U``. Exact either way.
+   :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
+   k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows is compared only
+   with the columns that two triangle-inequality bounds leave, a float32 screen drops the
+   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way;
+   with one BLAS thread (many small products).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
 Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
