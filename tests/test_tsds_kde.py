@@ -77,3 +77,21 @@ def test_rows_beyond_float32_range_are_not_screened_and_stay_exact():
     rho, cnt = range_density(x, x, SIGMA, 10)
     np.testing.assert_allclose(rho[:2], [1 + (1 - 0.25 / SIGMA ** 2)] * 2, rtol=1e-14)
     assert cnt.tolist()[:2] == [2, 2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kde_k", [1, 2, 7, 40])
+def test_screen_by_the_kde_k_nearest_keeps_the_exact_sum(dtype, kde_k):
+    """counts=False also screens out the columns beyond each row's kde_k nearest; with many
+    tied distances at the kde_k-th, the sum must not change."""
+    rng = np.random.default_rng(10 + kde_k)
+    x = tied_clusters(rng, n=400, dtype=dtype)
+    w = exact_weights(x, x)
+    want = (-np.sort(-w, axis=1))[:, :kde_k].sum(axis=1)
+    got, cnt = range_density(x, x, SIGMA, kde_k, counts=False)
+    assert cnt is None
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    full, _ = range_density(x, x, SIGMA, kde_k)
+    np.testing.assert_allclose(got, full, rtol=1e-12, atol=1e-12)
+    fewer = len(kernel_columns(x[:30], x, SIGMA, kde_k)) - len(kernel_columns(x[:30], x, SIGMA))
+    assert fewer < 0 if kde_k == 1 else fewer <= 0  # it screens where the cap binds

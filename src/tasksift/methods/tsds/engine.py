@@ -156,7 +156,7 @@ def density_task(rows: np.ndarray, cols: np.ndarray | None, sigma: float, kde_k:
     die_once(kill)
     t0 = time.perf_counter()
     xc = xu if cols is None else xu[cols]
-    rho, _ = range_density(xu[rows], xc, sigma, kde_k)
+    rho, _ = range_density(xu[rows], xc, sigma, kde_k, counts=False)
     return {"rho": rho, "pairs": int(len(rows) * len(xc)), "seconds": time.perf_counter() - t0,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 

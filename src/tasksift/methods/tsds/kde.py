@@ -26,10 +26,12 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
-def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
+def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | None = None) -> np.ndarray:
     """Indices of the columns ``xc`` that may lie inside the kernel (distance < ``sigma``) of
-    some row of ``xr``: a float32 BLAS screen, widened by its rounding bound (certified: no
-    such column is left out)."""
+    some row of ``xr`` and, with ``kde_k``, also among that row's ``kde_k`` nearest columns: a
+    float32 BLAS screen, widened by its rounding bound (certified: no such column is left
+    out; of columns tied at a row's ``kde_k``-th distance, any may be kept, which leaves the
+    sum of the ``kde_k`` largest weights unchanged)."""
     a32, c32 = np.asarray(xr, dtype=np.float32), np.asarray(xc, dtype=np.float32)
     an, cn = _sq_norms(a32), _sq_norms(c32)
     s2 = float(sigma) ** 2
@@ -44,9 +46,15 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
     if not (np.isfinite(an).all() and np.isfinite(cn).all()):  # beyond float32's range: no screen
         return np.arange(len(xc))
     g = a32 @ c32.T
-    g -= (0.5 * cn).astype(np.float32)[None, :]
-    g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
-    return np.flatnonzero((g > 0).any(axis=0))
+    g -= (0.5 * cn).astype(np.float32)[None, :]  # v = a.c - |c|^2 / 2: larger is nearer, |err| <= tol / 2
+    if kde_k is None or kde_k >= g.shape[1]:
+        g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
+        return np.flatnonzero((g > 0).any(axis=0))
+    inside = g > (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
+    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol
+    kth = np.partition(g, g.shape[1] - int(kde_k), axis=1)[:, g.shape[1] - int(kde_k)]
+    inside &= g >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
+    return np.flatnonzero(inside.any(axis=0))
 
 
 def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
@@ -92,21 +100,23 @@ def sum_largest(w: np.ndarray, kde_k: int) -> tuple[np.ndarray, np.ndarray]:
     return rho, cnt
 
 
-def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int, *, counts: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Densities of the rows ``xr`` against the columns ``xc`` (which must include each row
     itself, or its duplicate, for ``rho >= 1``, and every row's kernel neighbours): float64
     sums of the ``kde_k`` largest kernel weights, and the number of columns inside the kernel.
     Per block of rows, :func:`kernel_columns` screens the columns in float32 and
-    :func:`kernel_weights` weighs the rest in float64. Memory: blocks of about ``CHUNK_BYTES``."""
+    :func:`kernel_weights` weighs the rest in float64. ``counts=False``: the screen also drops
+    the columns beyond each row's ``kde_k`` nearest (faster where the cap binds) and no counts
+    are returned. Memory: blocks of about ``CHUNK_BYTES``."""
     rho = np.zeros(len(xr))
     cnt = np.zeros(len(xr), dtype=np.int64)
     step = block_rows(len(xc), 8)
     for s in range(0, len(xr), step):
         xb = xr[s:s + step]
-        cols = kernel_columns(xb, xc, sigma)
+        cols = kernel_columns(xb, xc, sigma, None if counts else kde_k)
         rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xb, xc[cols], sigma), kde_k)
-    return rho, cnt
+    return rho, (cnt if counts else None)
 
 
 def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | None = None
