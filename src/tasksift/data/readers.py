@@ -333,18 +333,20 @@ def _chunked(raw: RawRows, chunk_rows: int) -> Iterator[RawRows]:
 def _line_blocks(f: Any) -> Iterator[bytes]:
     """The bytes of binary file ``f`` in blocks of about :data:`READ_BYTES` that end with a
     newline (the last one maybe not), so that each block decodes and splits into lines alone."""
-    carry = b""
+    parts: list[bytes] = []   # the line in progress (joined once it ends: long lines stay linear)
     while True:
         block = f.read(READ_BYTES)
         if not block:
-            if carry:
-                yield carry
+            if parts:
+                yield b"".join(parts)
             return
-        block = carry + block
         cut = block.rfind(b"\n") + 1
-        carry = block[cut:]
-        if cut:
-            yield block[:cut]
+        if not cut:
+            parts.append(block)
+            continue
+        parts.append(block[:cut])
+        yield b"".join(parts)
+        parts = [block[cut:]] if cut < len(block) else []
 
 
 def _delimited_chunks(path: Path, delimiter: str, header: bool | None, chunk_rows: int) -> Iterator[RawRows]:
