@@ -4,13 +4,13 @@ messages, in chunks of bounded size, without reading the whole file first."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import tasksift.data.readers as readers
 from tasksift.data import load_examples
-from tasksift.data.readers import (iter_file_chunks, iter_hf, open_hf, read_file, read_hf)
+from tasksift.data.layouts import normalise
+from tasksift.data.readers import iter_file_chunks, iter_hf, open_hf, read_file, read_hf
 from tasksift.errors import DataError
 
 from test_pool import as_tuples, tiny_batches, whole_file_examples  # noqa: F401  (fixture)
@@ -230,8 +230,7 @@ def test_loaded_examples_equal_the_whole_file_path(tmp_path, tiny_batches, small
 
         src = tmp_path / "hf"
         datasets.Dataset.from_list(rows).save_to_disk(str(src))
-        want, _ = __import__("tasksift.data.layouts", fromlist=["normalise"]).normalise(
-            read_hf(src, str(src)), "auto", None)
+        want, _ = normalise(read_hf(src, str(src)), "auto", None)
     else:
         src = tmp_path / f"in.{fmt}"
         if fmt == "json":
@@ -263,7 +262,5 @@ def test_bad_row_message_through_load_examples_is_unchanged(tmp_path, tiny_batch
                  + 'q7,,a7,"[1]"\n')
     d_msg = message(lambda: load_examples(str(p), role="pool", pool_dir=tmp_path))
     raw = read_file(p)
-    from tasksift.data.layouts import normalise
-
     assert message(lambda: normalise(raw, "auto", None, role="pool")) == d_msg
     assert "row 9" in d_msg and "history[0]" in d_msg and str(p) in d_msg and "\n" not in d_msg
