@@ -264,3 +264,23 @@ def test_bad_row_message_through_load_examples_is_unchanged(tmp_path, tiny_batch
     raw = read_file(p)
     assert message(lambda: normalise(raw, "auto", None, role="pool")) == d_msg
     assert "row 9" in d_msg and "history[0]" in d_msg and str(p) in d_msg and "\n" not in d_msg
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "not_gzip", "bad_line"])
+def test_gzipped_jsonl_streams_with_the_whole_file_messages(tmp_path, damage):
+    import gzip
+
+    lines = [json.dumps({"text": f"row {i}"}) for i in range(30)]
+    if damage == "bad_line":
+        lines[17] = '{"text": oops}'
+    blob = gzip.compress(("\n".join(lines) + "\n\n").encode())
+    p = tmp_path / "rows.jsonl.gz"
+    p.write_bytes(blob[: len(blob) - 9] if damage == "truncated" else b"plain" if damage == "not_gzip" else blob)
+    if damage == "none":
+        assert joined(iter_file_chunks(p, chunk_rows=4), 4)[:4] == whole(read_file(p))[:4]
+        return
+    want = message(lambda: read_file(p))
+    assert message(lambda: list(iter_file_chunks(p, chunk_rows=4))) == want
+    if damage == "bad_line":
+        got = joined(iter_file_chunks(p, skip_bad=True, chunk_rows=4), 4)
+        assert got[:3] == whole(read_file(p, skip_bad=True))[:3] and got[2][0]["row"] == 18

@@ -298,7 +298,7 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
     """Like :func:`read_jsonl`, streamed: RawRows of at most ``chunk_rows`` rows each (at
     least one, maybe empty), with the same row numbers, errors and skipped-row reasons."""
     with _open_errors(path):
-        f = open(path, "rb")
+        f = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     rows, numbers, skipped, texts = [], [], [], []
     yielded = False
     with f:
@@ -552,15 +552,29 @@ def iter_json(path: Path, *, chunk_rows: int = 2048) -> Iterator[RawRows]:
         yield RawRows(rows=rows, row_numbers=list(range(n + 1, n + len(rows) + 1)), format="json", path=str(path))
 
 
+def _iter_jsonl_checked(path: Path, skip_bad: bool, chunk_rows: int) -> Iterator[RawRows]:
+    """:func:`iter_jsonl`; for a gzipped file, a problem is named by :func:`read_jsonl` (a
+    damaged stream is found only where it is reached, the whole-file reader names it first)."""
+    if not path.name.lower().endswith(".gz"):
+        yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
+        return
+    try:
+        yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
+    except (DataError, OSError, EOFError) as e:
+        read_jsonl(path, skip_bad=skip_bad)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"not a valid gzip file ({e})", file=str(path)) from None
+
+
 def iter_file_chunks(path: Path, *, skip_bad: bool = False, chunk_rows: int = 2048) -> Iterator[RawRows]:
     """The rows of a data file as RawRows of at most ``chunk_rows`` rows (at least one, maybe
     empty), the same rows, row numbers and errors as :func:`read_file`. JSON lines, CSV/TSV,
-    Parquet and JSON arrays are streamed (see :func:`iter_json` for the JSON files read
-    whole); gzipped JSON lines are read whole."""
+    Parquet and JSON arrays are streamed, JSON lines also gzipped (see :func:`iter_json` for
+    the JSON files read whole)."""
     fmt = file_format(path)
-    gz = path.name.lower().endswith(".gz")
-    if fmt == "jsonl" and not gz:
-        yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
+    if fmt == "jsonl":
+        yield from _iter_jsonl_checked(path, skip_bad, chunk_rows)
     elif fmt == "json":
         yield from iter_json(path, chunk_rows=chunk_rows)
     elif fmt in ("csv", "tsv"):
