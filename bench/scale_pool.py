@@ -10,7 +10,10 @@ input / output rows of words drawn from a Zipf-like vocabulary, ~470 bytes a row
 files are reused when present and deleted at the end unless ``--keep``.
 
 Each run is a whole process (``python -m tasksift.cli select ... --no-progress``) whose peak
-resident memory is its own ``ru_maxrss`` (from ``os.wait4``). With ``--base`` (a checkout of
+resident memory is its own ``ru_maxrss`` (from ``os.wait4``). A child's ``ru_maxrss`` starts at
+its parent's resident size when it is forked, so everything big (generating, converting,
+prefilling) runs in child processes and this script stays small; its own RSS at the last fork
+is printed under the table. With ``--base`` (a checkout of
 today's code, e.g. ``git -C /work/main worktree add /work/scratch/pool/base 70a9998``) the same
 command runs with ``PYTHONPATH`` pointing there for pools of at most ``--base-max-rows`` rows,
 and the table says whether both wrote the same subset (same ``selected_ids`` in the manifest and
@@ -150,6 +153,17 @@ def prefill_embeddings(pool: Path, cache: Path, seed: int) -> None:
     print(f"prefilled {n} rows of 384-d seeded vectors into {store.root}", file=sys.stderr)
 
 
+def own_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def in_child(*argv: str, src: str | None = None) -> None:
+    """This script with ``argv`` in a child process (so its memory is not this one's)."""
+    env = dict(os.environ, PYTHONPATH=src) if src else None
+    subprocess.run([sys.executable, __file__, *argv], env=env, check=True)
+
+
 def segments(cache: Path) -> set[Path]:
     return set(cache.rglob("seg-*.seg"))
 
@@ -191,9 +205,17 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--formats", default="", help="also run random on the first size as these formats")
     ap.add_argument("--prefill", nargs=2, metavar=("POOL", "CACHE"), help=argparse.SUPPRESS)
+    ap.add_argument("--generate", nargs=2, metavar=("N", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--convert", nargs=2, metavar=("JSONL", "FORMATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prefill:
         prefill_embeddings(Path(args.prefill[0]), Path(args.prefill[1]), args.seed)
+        return
+    if args.generate:
+        write_pool(Path(args.generate[1]), int(args.generate[0]), args.seed)
+        return
+    if args.convert:
+        write_formats(Path(args.convert[0]), args.convert[1].split(","))
         return
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -206,7 +228,7 @@ def main() -> None:
         pool = d / f"alpaca_{n}.jsonl"
         if not pool.exists():
             t = time.perf_counter()
-            write_pool(pool, n, args.seed)
+            in_child("--generate", str(n), str(pool), "--seed", str(args.seed))
             made.append(pool)
             print(f"generated {pool} ({pool.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
                   file=sys.stderr)
@@ -220,8 +242,7 @@ def main() -> None:
                 cache = d / f"cache_{n}"
                 shutil.rmtree(cache, ignore_errors=True)
                 t = time.perf_counter()
-                subprocess.run([sys.executable, __file__, "--prefill", str(pool), str(cache), "--seed", str(args.seed)],
-                               env=dict(os.environ, PYTHONPATH=args.src), check=True)
+                in_child("--prefill", str(pool), str(cache), "--seed", str(args.seed), src=args.src)
                 print(f"  prefilled the embedding store in {time.perf_counter() - t:.0f} s", file=sys.stderr)
                 before = segments(cache)
                 extra = ["--cache-dir", str(cache)]
@@ -249,7 +270,8 @@ def main() -> None:
             rows_out.append((n, method, wall if rc == 0 else float("nan"), peak, goal, met, same))
         if args.formats and n == sizes[0] and "random" in methods:
             want = selection_of(d / f"out_{n}_random")[0] if (d / f"out_{n}_random").exists() else None
-            for fpath in write_formats(pool, args.formats.split(",")):
+            in_child("--convert", str(pool), args.formats)
+            for fpath in (pool.with_suffix("." + f) for f in args.formats.split(",")):
                 made.append(fpath)
                 fmt = fpath.suffix[1:]
                 out = d / f"out_{n}_random_{fmt}"
@@ -257,6 +279,11 @@ def main() -> None:
                 same = "n/a" if rc or want is None else (
                     "same ids as jsonl" if json.loads((out / "manifest.json").read_text())["selected_ids"] == want
                     else "ids DIFFER from jsonl")
+                if args.base and n <= args.base_max_rows:
+                    bout = d / f"base_{n}_random_{fmt}"
+                    bwall, bpeak, brc = run_select(Path(args.base) / "src", fpath, target, "random", bout)
+                    same += f" (today: {bwall:.0f} s, {bpeak:.0f} MB)" if brc == 0 else f" (today: rc {brc})"
+                    shutil.rmtree(bout, ignore_errors=True)
                 print(f"  {n} random ({fmt}): {wall:.1f} s, {peak:.0f} MB, rc {rc}, {same}", file=sys.stderr)
                 rows_out.append((n, f"random/{fmt}", wall if rc == 0 else float("nan"), peak, None, "n/a", same))
                 shutil.rmtree(out, ignore_errors=True)
@@ -265,6 +292,7 @@ def main() -> None:
     print(f"{'rows':>10} {'method':>14} {'wall s':>7} {'peak MB':>8} {'goal MB':>8} {'met?':>5}  same as today / note")
     for n, method, wall, peak, goal, met, same in rows_out:
         print(f"{n:>10} {method:>14} {wall:>7.1f} {peak:>8.0f} {goal if goal else '-':>8} {met:>5}  {same}")
+    print(f"(this script's own RSS at its last fork: {own_rss_mb():.0f} MB, the floor of every peak above)")
     if not args.keep:
         for p in made:
             p.unlink(missing_ok=True)
