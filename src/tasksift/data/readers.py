@@ -426,7 +426,7 @@ def iter_parquet(path: Path, *, chunk_rows: int = 2048) -> Iterator[RawRows]:
                 n += len(rows)
     except Exception as e:
         read_parquet(path)   # raises the whole-file reader's message for this file
-        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})",
+        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
                         file=str(path)) from None
     if n == 0:
         yield RawRows(rows=[], row_numbers=[], format="parquet", path=str(path), json_safe=safe)
