@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime
 import numpy as np
 
 from ..data.blocks import RowBlock, SharedPool, share_pool
+from ..data.pool import Pool
 from ..exec import Executor, LocalExecutor
 from ..store import FeatureStore, StoreSpec
 from ..store.store import warn
@@ -158,7 +159,11 @@ def _blocks(todo: list[int], ids: Sequence[str], rows: Sequence[Any], featurizer
     step = max(1, int(block_rows))
     for b, s in enumerate(range(0, len(todo), step)):
         part = todo[s:s + step]
-        items = shared.block(rows, part) if shared is not None else [featurizer.block_item(rows[p]) for p in part]
+        if shared is not None:
+            items: list | RowBlock = shared.block(rows, part)
+        else:   # a pool reads a block's rows batch by batch, not one by one
+            got = rows.examples(part) if isinstance(rows, Pool) else [rows[p] for p in part]
+            items = [featurizer.block_item(r) for r in got]
         yield b, ([ids[p] for p in part], items)
 
 
