@@ -17,8 +17,9 @@ import pytest
 
 from conftest import SHARED_DATA
 from tasksift.data import load_examples
-from tasksift.data.blocks import share_pool
+from tasksift.data.blocks import RowBlock, share_pool
 from tasksift.data.pool import ArrowRows, Pool
+from tasksift.errors import ConfigError
 from tasksift.exec import LocalExecutor, make_executor
 from tasksift.features.pipeline import POOL_FILES, compute_features, open_store
 
@@ -90,6 +91,9 @@ def test_row_blocks_read_the_same_examples_as_the_pool(tmp_path):
     assert block.examples() == view.examples(idx)
     assert {ex.source for ex in block.examples()} == {"a.jsonl", "b.jsonl"}
     assert shared.block(view, []).examples() == []
+    moved = RowBlock(str(tmp_path / "elsewhere" / "rows.arrow"), block.positions, block.columns)
+    with pytest.raises(ConfigError, match="filesystem every worker shares"):
+        moved.examples()
     # a reference is small: a few dozen bytes a row, far less than the rows themselves
     assert len(pickle.dumps(block)) < 64 * len(idx) < len(pickle.dumps(view.examples(idx)))
 

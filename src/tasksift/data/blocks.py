@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from .example import Example
 from .pool import ArrowRows, Pool, PoolColumns
 
@@ -50,7 +51,11 @@ class RowBlock:
         if not len(self.positions):
             return []
         folder = Path(self.path).parent
-        rows = ArrowRows(Path(self.path), np.load(folder / _STARTS_FILE), unlink=False)
+        try:
+            rows = ArrowRows(Path(self.path), np.load(folder / _STARTS_FILE), unlink=False)
+        except FileNotFoundError:
+            raise ConfigError(f"this worker ({socket.gethostname()}) cannot open the pool copy {self.path}: "
+                              f"the feature cache folder must be on a filesystem every worker shares") from None
         return rows.read(self.positions, self.columns, at=np.arange(len(self.positions)))
 
 

@@ -148,6 +148,7 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
                     break
         finally:
             bar.close()
+    del first, uniq, todo   # the store's read builds its own tables: free these first
     values = store.read(ids) if ids else {}
     return FeatureResult(values, rows_computed=computed, rows_cached=cached)
 
