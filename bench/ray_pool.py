@@ -1,7 +1,8 @@
 """Driver memory with ``--backend ray`` vs in-process, on a generated pool.
 
     flock /work/coord/heavy.lock python bench/ray_pool.py [--mode pipeline|select]
-        [--rows 1000000] [--repeats 2] [--workers 2] [--dir /work/scratch/ray] [--keep]
+        [--rows 1000000] [--repeats 2] [--workers 2] [--model static|default] [--count 1000]
+        [--dir /work/scratch/ray] [--keep]
 
 Data: bench/scale_pool.py's generator (``alpaca_<N>.jsonl`` and its 200-row target, reused
 when present). Modes (each run one process, the two backends alternating):
@@ -10,9 +11,9 @@ when present). Modes (each run one process, the two backends alternating):
   (a model-free featurizer: 64 bytes of BLAKE2b of each row's text as a float vector, so the
   run measures the pipeline, not a model) into a fresh store, and the features read back.
   ``same`` compares the SHA-1 of the feature matrix with the first in-process run's.
-* ``select``: ``tasksift select --method knn --count 1000`` with embeddings of a static model
-  (``--embed-model static``, distilled once into ``<dir>/static-model``), fresh
-  ``--cache-dir``; ``same`` compares the selected ids (manifest) with the first in-process run's.
+* ``select``: ``tasksift select --method knn --count 1000`` with embeddings of ``--model``
+  (default ``static``: the static model, distilled once into ``<dir>/static-model``; or e.g.
+  ``default``, the bundled MiniLM), fresh ``--cache-dir``; ``same`` compares the selected ids (manifest) with the first in-process run's.
 
 ``driver MB`` is the measured process's own peak resident memory (``VmHWM``, read at exit);
 ``tree MB`` the peak of the summed RSS of it and every process below it (the Ray cluster:
@@ -136,7 +137,8 @@ def measure(cmd: list[str], env: dict, peak_file: Path) -> tuple[float, float, f
     return wall, int(peak_file.read_text()) / 1024, tree[0] / 2**20, out.decode()
 
 
-def run(mode: str, backend: str, pool: Path, target: Path, work: Path, workers: int, count: int) -> dict:
+def run(mode: str, backend: str, pool: Path, target: Path, work: Path, workers: int, count: int,
+        model: str) -> dict:
     out, cache = work / f"out-{backend}", work / f"cache-{backend}"
     for p in (out, cache):
         shutil.rmtree(p, ignore_errors=True)
@@ -150,7 +152,7 @@ def run(mode: str, backend: str, pool: Path, target: Path, work: Path, workers: 
         same = json.loads(stdout.strip().splitlines()[-1])["same"]
     else:
         cmd = [sys.executable, "-c", SELECT, str(peak), "select", "--pool", str(pool), "--target", str(target),
-               "--method", "knn", "--count", str(count), "--embed-model", str(static_model(work / "static-model")),
+               "--method", "knn", "--count", str(count), "--embed-model", model,
                "--cache-dir", str(cache), "--out", str(out), "--no-progress", "--seed", "0", "--backend", backend]
         if backend == "ray":
             cmd += ["--workers", str(workers)]
@@ -167,6 +169,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--count", type=int, default=1000, help="rows to select (select mode)")
+    ap.add_argument("--model", default="static", help="select mode: 'static' (distilled once) or an --embed-model")
     ap.add_argument("--dir", default="/work/scratch/ray")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the generated pool")
@@ -178,11 +181,12 @@ def main() -> None:
     made = not pool.exists()
     if made:
         write_pool(pool, args.rows, args.seed)
+    model = str(static_model(d / "static-model")) if args.mode == "select" and args.model == "static" else args.model
     results = []
     try:
         for r in range(args.repeats):
             for backend in ("local", "ray"):
-                res = run(args.mode, backend, pool, target, d, args.workers, args.count)
+                res = run(args.mode, backend, pool, target, d, args.workers, args.count, model)
                 print(f"  run {r + 1} {backend}: {res['wall']:.1f} s, driver {res['driver']:.0f} MB, "
                       f"tree {res['tree']:.0f} MB", file=sys.stderr, flush=True)
                 results.append(res)
@@ -191,7 +195,7 @@ def main() -> None:
             pool.unlink(missing_ok=True)
     first = next(r["same"] for r in results if r["backend"] == "local")
     what = ("compute_features(TextFingerprint)" if args.mode == "pipeline"
-            else f"select --method knn --count {args.count}, static embeddings")
+            else f"select --method knn --count {args.count}, --embed-model {args.model}")
     print(f"{args.rows} rows, {what}, {args.workers} Ray workers, median of {args.repeats}")
     print(f"{'backend':>8} {'wall s':>7} {'driver MB':>10} {'tree MB':>8}  same output as local")
     for backend in ("local", "ray"):
