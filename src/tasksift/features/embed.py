@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -107,6 +107,8 @@ class Embedder:
     """
 
     kind = "embed"
+    #: :meth:`compute_block` reports each batch to ``on_rows`` (the progress bar moves per batch)
+    batch_progress = True
 
     def __init__(self, config: EmbedConfig | None = None, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, executor: Executor | None = None) -> None:
@@ -141,8 +143,8 @@ class Embedder:
     def block_item(self, ex: Example) -> str:
         return example_texts([ex], self.config.text, self.config.max_chars)[0]
 
-    def compute_block(self, texts: list) -> dict[str, np.ndarray]:
-        return {"values": self.encode_texts(texts)}
+    def compute_block(self, texts: list, on_rows: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        return {"values": self.encode_texts(texts, on_rows=on_rows)}
 
     # -- the model ------------------------------------------------------------------------
     @property
@@ -161,13 +163,23 @@ class Embedder:
                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
         return self._model
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed raw texts (no cache), float32, L2-normalised if configured."""
+    def encode_texts(self, texts: Sequence[str], on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed raw texts (no cache), float32, L2-normalised if configured; ``on_rows(n)``
+        is called after each batch of ``n`` rows."""
         # Sort by length so each batch pads little; restore order afterwards.
         order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
-        emb = self.model.encode([texts[i] for i in order], batch_size=self.config.resolved_batch_size(),
-                                show_progress_bar=False, convert_to_numpy=True,
-                                normalize_embeddings=self.config.normalize)
+        size = max(1, self.config.resolved_batch_size())
+        parts = []
+        for s in range(0, len(order), size):
+            batch = [texts[i] for i in order[s:s + size]]
+            parts.append(np.asarray(self.model.encode(batch, batch_size=size, show_progress_bar=False,
+                                                      convert_to_numpy=True,
+                                                      normalize_embeddings=self.config.normalize)))
+            if on_rows is not None:
+                on_rows(len(batch))
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        emb = np.concatenate(parts)
         out = np.empty_like(emb)
         out[order] = emb
         return out.astype(np.float32, copy=False)
