@@ -86,15 +86,20 @@ def test_bar_moves_per_batch_and_counts_cached_rows(tiny_embed_model, cache_dir,
 
 
 def test_batches_keep_rows_in_order(tiny_embed_model, cache_dir):
-    """Per-batch encoding (length-sorted, then restored) gives each row its own vector."""
+    """Per-batch encoding (length-sorted, then restored) gives each row its own vector; an
+    encode_texts replaced on the instance (as tests do) still sees every batch."""
     texts = [ex.text for ex in rows(11)]
     batched = Embedder(EmbedConfig(model=tiny_embed_model, device="cpu", batch_size=2),
                        cache_dir=cache_dir, progress=False)
     seen = []
-    out = batched.encode_texts(texts, on_rows=seen.append)
+    out = batched.compute_block(texts, on_rows=seen.append)["values"]
     assert seen == [2, 2, 2, 2, 2, 1]
     one_by_one = np.stack([batched.encode_texts([t])[0] for t in texts])
     np.testing.assert_allclose(out, one_by_one, atol=1e-5)
+    calls = []
+    batched.encode_texts = lambda t: (calls.append(len(t)), one_by_one[[texts.index(x) for x in t]])[1]
+    np.testing.assert_array_equal(batched.compute_block(texts, on_rows=lambda n: None)["values"], one_by_one)
+    assert calls == [2, 2, 2, 2, 2, 1]
 
 
 def test_bar_moves_per_block_when_blocks_run_elsewhere(tiny_embed_model, cache_dir, bars):

@@ -144,7 +144,21 @@ class Embedder:
         return example_texts([ex], self.config.text, self.config.max_chars)[0]
 
     def compute_block(self, texts: list, on_rows: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-        return {"values": self.encode_texts(texts, on_rows=on_rows)}
+        """Embeddings of one block; with ``on_rows`` the block is encoded a batch at a time
+        (longest texts first, as :meth:`encode_texts` would) and ``on_rows(n)`` follows each batch."""
+        if on_rows is None or not texts:
+            return {"values": self.encode_texts(texts)}
+        order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+        size = max(1, self.config.resolved_batch_size())
+        out = None
+        for s in range(0, len(order), size):
+            rows = order[s:s + size]
+            emb = self.encode_texts([texts[i] for i in rows])
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[rows] = emb
+            on_rows(len(rows))
+        return {"values": out}
 
     # -- the model ------------------------------------------------------------------------
     @property
@@ -163,23 +177,13 @@ class Embedder:
                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
         return self._model
 
-    def encode_texts(self, texts: Sequence[str], on_rows: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed raw texts (no cache), float32, L2-normalised if configured; ``on_rows(n)``
-        is called after each batch of ``n`` rows."""
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed raw texts (no cache), float32, L2-normalised if configured."""
         # Sort by length so each batch pads little; restore order afterwards.
         order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
-        size = max(1, self.config.resolved_batch_size())
-        parts = []
-        for s in range(0, len(order), size):
-            batch = [texts[i] for i in order[s:s + size]]
-            parts.append(np.asarray(self.model.encode(batch, batch_size=size, show_progress_bar=False,
-                                                      convert_to_numpy=True,
-                                                      normalize_embeddings=self.config.normalize)))
-            if on_rows is not None:
-                on_rows(len(batch))
-        if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        emb = np.concatenate(parts)
+        emb = self.model.encode([texts[i] for i in order], batch_size=self.config.resolved_batch_size(),
+                                show_progress_bar=False, convert_to_numpy=True,
+                                normalize_embeddings=self.config.normalize)
         out = np.empty_like(emb)
         out[order] = emb
         return out.astype(np.float32, copy=False)
