@@ -52,7 +52,7 @@ class ElsewhereExecutor:
     """An executor that is not the in-process one (as a Ray cluster is not): blocks run
     somewhere a per-batch callback cannot reach, so the bar moves per block."""
 
-    name, workers = "elsewhere", 1
+    name, workers, in_process = "elsewhere", 1, False
 
     def __init__(self):
         self.inner = LocalExecutor()

@@ -289,11 +289,12 @@ def test_shortfall_is_a_warning_and_a_manifest_field(tmp_path, capsys, tiny_embe
     cap = capsys.readouterr()
     assert rc == 0
     warn = [l for l in cap.err.splitlines() if l.startswith("tasksift: warning:")]
+    # duplicates are collapsed before the recipe runs (issue 17), so that is the reason given
     assert warn == ["tasksift: warning: selected 1 rows, 4 fewer than the budget of 5 "
-                    "(the filters left 1 rows, fewer than the budget of 5)"]
+                    "(the pool holds 1 distinct rows (5 duplicates collapsed))"]
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["info"]["shortfall"] == {"budget_rows": 5, "selected": 1, "missing": 4,
-                                        "reason": "the filters left 1 rows, fewer than the budget of 5"}
+                                        "reason": "the pool holds 1 distinct rows (5 duplicates collapsed)"}
     assert man["counts"]["selected"] == 1
 
 

@@ -17,7 +17,9 @@ from .exec import make_executor
 from .features.embed import EmbedConfig
 from .manifest import embedding_block, manifest_dict, peak_memory_mb
 from .methods.base import MethodResult, SelectionContext
+from .methods.params import Interval
 from .methods.registry import get_method
+from .outputs import OutputUnit
 
 
 @dataclass
@@ -27,7 +29,8 @@ class Selection:
     ``indices``: selected pool positions, best first; ``ids``: their example ids;
     ``scores``: one score per pool row (NaN = not scored); ``columns``: per-pool-row arrays
     written to the output; ``subset``: the selected Examples (each keeps its original row in
-    ``.raw``); ``info``/``timings``: diagnostics for the manifest.
+    ``.raw``); ``info``/``timings``: diagnostics for the manifest; ``output_files``: the names
+    the last :meth:`save` wrote.
     """
 
     indices: np.ndarray
@@ -43,6 +46,8 @@ class Selection:
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
+    output_files: list[str] = field(default_factory=list)
+    explanation: Any = None   # a tasksift.report.explain.Explanation (None: select(explain=False))
 
     @property
     def subset(self) -> list[Example]:
@@ -81,22 +86,89 @@ class Selection:
             peak_memory_mb=round(peak_memory_mb(), 1), info=self.info, embedding=self.embedding,
             selected_ids=self.ids)
 
-    def save(self, out_dir: str | Path, fmt: str | None = None) -> Path:
-        """Write the subset (input's format and layout + score columns) and ``manifest.json``
-        into ``out_dir``; returns the subset's path. Both writes are atomic."""
-        from .atomic import write_json
-        from .data.writers import write_subset
+    def save(self, out_dir: str | Path, fmt: str | None = None, export: str | None = None,
+             report: bool = True) -> Path:
+        """Write every output (:data:`OUTPUT_WRITERS`: the subset, in the input's format and
+        layout + score columns, or in the training layout ``export`` (messages, sharegpt,
+        alpaca, llamafactory: see :mod:`tasksift.data.export`); ``report.html`` when ``report``
+        and the selection was explained; then ``manifest.json``) into
+        ``out_dir`` as one unit (:mod:`tasksift.outputs`: a failure leaves the previous result;
+        outputs of the previous run not written again are removed); returns the subset's path."""
+        from .data.export import check_export
 
-        cols = dict(self.columns)
-        if self.scores is not None:
-            cols = {"score": self.scores, **cols}
+        settings = SaveSettings(fmt=check_export(export, fmt), export=export, report=report)
         t = time.perf_counter()
-        path, score_cols = write_subset(self.pool, self.indices, cols, out_dir, fmt)
-        self.timings["write"] = time.perf_counter() - t
-        man = self.manifest()
-        man["output"] = {"path": str(path), "score_columns": score_cols}
-        write_json(Path(out_dir) / "manifest.json", man)
-        return path
+        with OutputUnit(out_dir) as unit:
+            for write in OUTPUT_WRITERS:
+                write(self, unit, settings)
+            subset = unit.file("subset")
+            for path in unit.kept_outputs():
+                _warn(self.info, f"kept {path}: an output of an earlier run, changed since tasksift wrote it")
+            self.timings["write"] = time.perf_counter() - t
+            man = self.manifest()
+            page = unit.file("report")
+            man["output"] = {"path": str(unit.final(subset.name)), **subset.info,
+                             "report": str(unit.final(page.name)) if page else None}
+            unit.commit(man)
+        self.output_files = [f.name for f in unit.files] + ["manifest.json"]
+        return unit.final(subset.name)
+
+
+@dataclass(frozen=True)
+class SaveSettings:
+    """What :meth:`Selection.save` was asked for: output format and export (None = the input's)."""
+
+    fmt: str | None = None
+    export: str | None = None
+    report: bool = True
+
+
+def write_subset_output(sel: Selection, unit: OutputUnit, settings: SaveSettings) -> None:
+    """The subset: ``selected.<ext>``, with ``tasksift_*`` score columns."""
+    from .data.export import row_layout
+    from .data.writers import write_subset
+
+    cols = dict(sel.columns)
+    if sel.scores is not None:
+        cols = {"score": sel.scores, **cols}
+    layout = None
+    if settings.export is not None:
+        layout = row_layout(settings.export, sel.pool.pool.take(sel.indices).batches(), sel.pool.path)
+    path, score_cols = write_subset(sel.pool, sel.indices, cols, unit.staging, settings.fmt, export=layout)
+    info: dict[str, Any] = {"score_columns": score_cols}
+    if settings.export is not None:
+        info["export"] = {"as": settings.export, "layout": layout}
+    unit.add(path.name, "subset", **info)
+
+
+def write_llamafactory_entry(sel: Selection, unit: OutputUnit, settings: SaveSettings) -> None:
+    """``dataset_info.json`` for ``export="llamafactory"``: the entry naming the subset file."""
+    from .atomic import write_json
+    from .data.export import LLAMAFACTORY_NAME, llamafactory_entry
+
+    if settings.export != "llamafactory":
+        return
+    subset = unit.file("subset")
+    entry = llamafactory_entry(subset.info["export"]["layout"], subset.name)
+    write_json(unit.path("dataset_info.json"), {LLAMAFACTORY_NAME: entry})
+    unit.add("dataset_info.json", "llamafactory_dataset_info", dataset=LLAMAFACTORY_NAME)
+
+
+def write_report_output(sel: Selection, unit: OutputUnit, settings: SaveSettings) -> None:
+    """``report.html`` explaining the choice (:mod:`tasksift.report.select_report`), when asked
+    for and the selection was explained (``select(explain=True)``)."""
+    from .report.select_report import write_select_report
+
+    if not settings.report or sel.explanation is None:
+        return
+    write_select_report(sel, unit.path("report.html"))
+    unit.add("report.html", "report")
+
+
+#: Every output of :meth:`Selection.save` but the manifest, written in this order: a function
+#: (selection, unit, settings) writing into ``unit.path(name)`` and calling ``unit.add(name,
+#: role)``. ``manifest.json`` is written last and lists them all.
+OUTPUT_WRITERS = [write_subset_output, write_llamafactory_entry, write_report_output]
 
 
 def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split) -> LoadedData:
@@ -160,7 +232,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
            cache_dir: str | Path | None = None, progress: bool = True, skip_bad: bool = False,
            pool_layout: str = "auto", pool_fields=None, target_layout: str = "auto",
            target_fields=None, split: str | None = None, backend: str = "local",
-           num_workers: int | None = None, ray_address: str | None = None) -> Selection:
+           num_workers: int | None = None, ray_address: str | None = None,
+           distinct: bool = True, explain: bool = True) -> Selection:
     """Select a subset of ``pool`` for the task that ``target`` exemplifies.
 
     pool, target: a path (file or folder), hub id, ``datasets.Dataset``, list of row dicts,
@@ -177,7 +250,16 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one; TSDS
         also runs its neighbour search and KDE as Ray tasks over shards of the pool), or an
         :class:`~tasksift.exec.Executor` already built (see :func:`tasksift.exec.make_executor`).
+    distinct: count distinct content (default): pool rows repeating an earlier row's content
+        (same example id) are collapsed before the method runs, so no content is picked
+        twice (``info["duplicates_collapsed"]``); False keeps every row as a candidate.
+    explain: find each selected row's nearest target example (output columns
+        ``nearest_target``/``nearest_target_sim``, ``sel.explanation``, the data of
+        ``report.html``; see :mod:`tasksift.report.explain`).
     """
+    check_seed(seed)
+    config = dict(config or {})
+    check_method_options(method, config)   # before any expensive work
     t0 = time.perf_counter()
     executor = make_executor(backend, workers=num_workers, address=ray_address)
     timings: dict[str, float] = {}
@@ -185,18 +267,18 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     target_d = _as_loaded(target, "target", target_layout, target_fields, skip_bad, split)
     timings["load"] = time.perf_counter() - t0
     b = make_budget(budget, count=count, ratio=ratio, tokens=tokens)
+    k = b.rows(len(pool_d)) if tokens is None else 0   # rows: of the pool as given
+    info: dict[str, Any] = {"backend": executor.name}
+    full_d, (pool_d, keep) = pool_d, candidates(pool_d, distinct, info)   # pool_d: the candidates
     n_tok = None
     if tokens is not None:   # the budget's unit: whitespace-separated words of the rendered row
         n_tok = pool_d.pool.words.astype(np.int64)
-    k = b.rows(len(pool_d), n_tok)
-    config = dict(config or {})
+        k = b.rows(len(pool_d), n_tok)
+    budget_rows, k = k, min(k, len(pool_d))
     name = method if isinstance(method, str) else "recipe"
-    if isinstance(method, str) and "->" not in method:
-        get_method(method)(**config)  # validate options before any expensive work
     ctx = SelectionContext(pool_d.pool, list(target_d.examples), seed=seed, cache_dir=cache_dir,
                            progress=progress, embed_config=embed, executor=executor)
     ctx.timings = timings
-    info: dict[str, Any] = {"backend": executor.name}
     if group_by:
         groups = _groups(pool_d, group_by)
         garr = np.asarray([str(g) for g in groups])
@@ -247,13 +329,93 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     idx = np.asarray(result.indices, dtype=np.int64)
     if len(np.unique(idx)) != len(idx):
         raise RuntimeError(f"method {name} returned duplicate indices")
-    check_result_size(idx, k, len(pool_d), info, counted_in_tokens=n_tok is not None)
-    note_targets_in_pool(pool_d.examples, target_d.examples, idx, info)
+    if k < budget_rows and not info.get("short") and not (info.get("selector") or {}).get("short"):
+        info["short"] = (f"the pool holds {len(pool_d)} distinct rows ({info['duplicates_collapsed']} "
+                         f"duplicates collapsed)")
+    scores, columns, explanation = result.scores, dict(result.columns), None
+    if explain and len(idx):   # on the candidates the method saw; mapped back with the columns below
+        from .report.explain import explain_selection
+
+        explanation = explain_selection(ctx, idx, columns)
+        columns.update(explanation.pool_columns(len(pool_d), idx))
+        info["nearest_target"] = explanation.describe()
+    if keep is not None:   # back to positions in the pool as given
+        idx = keep[idx]
+        scores = None if scores is None else spread(scores, keep, len(full_d))
+        columns = {c: spread(v, keep, len(full_d)) for c, v in columns.items()}
+        if explanation is not None:
+            explanation.duplicate_groups = [keep[np.asarray(g, dtype=np.int64)].tolist()
+                                            for g in explanation.duplicate_groups]
+    check_result_size(idx, budget_rows, len(full_d), info, counted_in_tokens=n_tok is not None)
+    note_targets_in_pool(full_d.examples, target_d.examples, idx, info)
     timings["total"] = time.perf_counter() - t0
-    return Selection(indices=idx, ids=pool_d.pool.id_list(idx), scores=result.scores,
-                     columns=dict(result.columns), method=name if isinstance(method, str) else str(method),
-                     config=config, budget=b, seed=seed, pool=pool_d, target=target_d, info=info,
-                     timings=timings, embedding=embedding_block(ctx.embed_config, timings))
+    return Selection(indices=idx, ids=full_d.pool.id_list(idx), scores=scores,
+                     columns=columns, method=name if isinstance(method, str) else str(method),
+                     config=config, budget=b, seed=seed, pool=full_d, target=target_d, info=info,
+                     timings=timings, embedding=embedding_block(ctx.embed_config, timings),
+                     explanation=explanation)
+
+
+#: The seeds numpy's generators take.
+SEED_RANGE = Interval(int, 0, 2**32 - 1)
+
+
+def check_seed(seed: Any) -> None:
+    """One-line ConfigError for a seed numpy would refuse (negative, too large, not an int)."""
+    if not SEED_RANGE.accepts(seed):
+        raise ConfigError(f"seed must be {SEED_RANGE.describe()}, got {seed!r}")
+
+
+def check_method_options(method: str | Sequence | Mapping, config: Mapping[str, Any]) -> None:
+    """Options checked against the (last, selecting) method's declared table: one
+    ConfigError before anything is loaded."""
+    if isinstance(method, str) and "->" not in method:
+        get_method(method)(**dict(config))
+        return
+    from .recipe import parse_recipe
+
+    last = parse_recipe(method).steps[-1]
+    get_method(last.name)(**{**last.options, **dict(config)})
+
+
+def candidates(data: LoadedData, distinct: bool, info: dict[str, Any]) -> tuple[LoadedData, np.ndarray | None]:
+    """The rows a method chooses from: with ``distinct``, the first row of each content
+    (and their positions in ``data``), else every row (positions None). Records
+    ``info["duplicates_collapsed"]`` (or ``duplicates_kept``: rows repeating earlier content)."""
+    first = distinct_rows(data.pool)
+    repeats = 0 if first is None else len(data) - len(first)
+    if not distinct or first is None:
+        info["duplicates_collapsed"] = 0
+        if repeats:
+            info["duplicates_kept"] = repeats
+        return data, None
+    info["duplicates_collapsed"] = repeats
+    view = LoadedData(data.pool.take(first), path=data.path, format=data.format, layout=data.layout,
+                      sources=data.sources, layouts=data.layouts)
+    return view, first
+
+
+def distinct_rows(pool: Any) -> np.ndarray | None:
+    """Positions of the first row of each distinct content (example id), in pool order;
+    None when no row repeats another."""
+    import pyarrow as pa
+
+    ids = pool.ids
+    table = pa.table({"id": ids, "pos": pa.array(np.arange(len(ids), dtype=np.int64))})
+    first = table.group_by("id").aggregate([("pos", "min")]).column("pos_min").to_numpy()
+    return None if len(first) == len(ids) else np.sort(first)
+
+
+def spread(values: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """Per-candidate ``values`` as one entry per pool row (``positions`` of the candidates);
+    the other rows get NaN (float values) or None."""
+    values = np.asarray(values)
+    if values.dtype.kind in "fc":
+        out = np.full(n, np.nan, dtype=values.dtype)
+    else:
+        out = np.full(n, None, dtype=object)
+    out[positions] = values
+    return out
 
 
 def _warn(info: dict[str, Any], message: str) -> None:

@@ -56,6 +56,11 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-O", help="output folder (subset + manifest.json)")
     p.add_argument("--format", choices=["json", "jsonl", "csv", "tsv", "parquet", "hf"],
                    help="output format (default: the pool's own; jsonl for a folder of several files)")
+    p.add_argument("--export", choices=["messages", "sharegpt", "alpaca", "llamafactory"], default=None,
+                   help="write the subset in this training layout whatever the pool mixed (jsonl unless --format "
+                        "json|parquet); llamafactory adds dataset_info.json")
+    p.add_argument("--keep-duplicates", action="store_true", default=None,
+                   help="keep pool rows that repeat earlier content as candidates (default: each content once)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--config", help="YAML file with any of these settings, plus method options under 'options:'")
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
@@ -88,17 +93,20 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $TASKSIFT_CACHE or ~/.cache/tasksift)")
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+    p.add_argument("--no-report", action="store_true", default=None,
+                   help="write neither report.html nor the tasksift_nearest_target columns (skips their cost)")
     p.add_argument("--backend", choices=["local", "ray"], default=None,
                    help="where features (and TSDS neighbour search + KDE) are computed: in this process (default) or on Ray")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default $RAY_ADDRESS or a local cluster)")
 
 
-SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "seed",
+SELECT_KEYS = ("pool", "target", "method", "ratio", "count", "tokens", "out", "format", "export",
+               "keep_duplicates", "seed",
                "group_by", "quotas", "layout", "fields", "target_layout", "target_fields", "split",
                "skip_bad", "embed_model", "embed_text", "embed_max_tokens", "embed_dtype", "embed_runtime",
                "embed_threads", "embed_batch_size", "device", "cache_dir", "no_progress", "backend",
-               "workers", "ray_address")
+               "workers", "ray_address", "no_report")
 
 
 def _setting_table() -> dict[str, Any]:
@@ -121,7 +129,10 @@ def _setting_table() -> dict[str, Any]:
         "embed_dtype": Option(None, "", Choices(*DTYPES), None),
         "embed_runtime": Option(None, "", Choices(*RUNTIMES), None),
         "skip_bad": Option(None, "", bool, None),
+        "keep_duplicates": Option(None, "", bool, None),
+        "export": Option(None, "", Choices("messages", "sharegpt", "alpaca", "llamafactory"), None),
         "no_progress": Option(None, "", bool, None),
+        "no_report": Option(None, "", bool, None),
         "quotas": Option(None, "", str, dict, None),
         "fields": Option(None, "", str, dict, None),
         "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
@@ -232,8 +243,11 @@ def run_select(s: dict[str, Any]) -> "Any":
     from .api import select
     from .data.writers import check_writable
 
+    from .data.export import check_export
+
     method, options = resolve_method(s["method"], dict(s.get("options") or {}))
     s = {**s, "method": method, "options": options}
+    check_export(s.get("export"), s.get("format"))   # a format the export cannot use: before any work
     check_writable(s["out"])
     embed = embed_config(s)
     sel = select(s["pool"], s["target"], method=s["method"], count=s.get("count"), ratio=s.get("ratio"),
@@ -243,8 +257,9 @@ def run_select(s: dict[str, Any]) -> "Any":
                  pool_layout=s.get("layout") or "auto", pool_fields=s.get("fields"),
                  target_layout=s.get("target_layout") or "auto", target_fields=s.get("target_fields"),
                  split=s.get("split"), backend=s.get("backend") or "local", num_workers=s.get("workers"),
-                 ray_address=s.get("ray_address"))
-    path = sel.save(s["out"], s.get("format"))
+                 ray_address=s.get("ray_address"), distinct=not s.get("keep_duplicates"),
+                 explain=not s.get("no_report"))
+    path = sel.save(s["out"], s.get("format"), export=s.get("export"), report=not s.get("no_report"))
     return sel, path
 
 
@@ -264,9 +279,17 @@ def print_summary(sel: Any, path: Path, out=None) -> None:
     for key in ("support_size", "filled", "fill_rule", "ann_recall", "index"):
         if key in sel.info:
             print(f"  {key}: {sel.info[key]}", file=out)
+    if sel.info.get("duplicates_collapsed"):
+        print(f"  duplicates collapsed: {sel.info['duplicates_collapsed']} pool rows repeat earlier content; "
+              f"each content was a candidate once (--keep-duplicates keeps them)", file=out)
+    elif sel.info.get("duplicates_kept"):
+        print(f"  duplicates kept: {sel.info['duplicates_kept']} pool rows repeat earlier content and were "
+              f"candidates too (the subset may hold the same content more than once)", file=out)
     t = ", ".join(f"{k} {v:.1f}s" for k, v in sel.timings.items())
     print(f"  time: {t}", file=out)
-    print(f"  wrote {path} and {Path(path).parent / 'manifest.json'}", file=out)
+    extra = [f for f in sel.output_files if f not in (Path(path).name, "manifest.json")]
+    also = "".join(f", {Path(path).parent / f}" for f in extra)
+    print(f"  wrote {path}{also} and {Path(path).parent / 'manifest.json'}", file=out)
 
 
 def print_warnings(sel: Any, out=None) -> None:
@@ -313,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="select a subset of a pool for a target task",
                        description="Select a subset of --pool for the task shown by --target. "
                                    "Writes the subset in the pool's own format with tasksift_* score "
-                                   "columns, and manifest.json.")
+                                   "columns, report.html (why these rows) and manifest.json.")
     add_select_args(p)
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("demo", help="write the built-in example pool and target, then select from it")

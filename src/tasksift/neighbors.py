@@ -256,19 +256,27 @@ class TopK:
         """Merge one block: ``dists`` (n_queries, b) and ``ids`` (b,) shared by all queries or
         (n_queries, b) per query; ids < 0 are ignored."""
         ids = np.asarray(ids, dtype=np.int64)
-        ok = dists <= self.bound[:, None].astype(dists.dtype)
-        ok &= (ids >= 0) if ids.ndim == 2 else (ids >= 0)[None, :]
-        rows, cols = np.nonzero(ok)
-        if not len(rows):
-            return
-        cuts = np.flatnonzero(np.diff(rows)) + 1
-        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
-            r, c = int(rows[a]), cols[a:b]
-            d = np.concatenate([self.dists[r], dists[r, c]])
-            i = np.concatenate([self.ids[r], ids[r, c] if ids.ndim == 2 else ids[c]])
-            self.dists[r], self.ids[r], bound = keep_smallest(d, i, self.k)
+        shared = ids.ndim == 1
+        valid = None if (shared and (len(ids) == 0 or ids.min() >= 0)) else ids >= 0
+        bound = self.bound.astype(dists.dtype)
+        for r in range(len(dists)):  # one row at a time: no index arrays over the whole block
+            row_ok = valid if (valid is None or shared) else valid[r]
+            if np.isinf(self.bound[r]):
+                c = None if row_ok is None else np.flatnonzero(row_ok)
+            else:
+                keep = dists[r] <= bound[r]
+                if row_ok is not None:
+                    keep &= row_ok
+                c = np.flatnonzero(keep)
+                if not len(c):
+                    continue
+            dr = dists[r] if c is None else dists[r, c]
+            ir = (ids if shared else ids[r]) if c is None else (ids[c] if shared else ids[r, c])
+            d = np.concatenate([self.dists[r], dr])
+            i = np.concatenate([self.ids[r], ir])
+            self.dists[r], self.ids[r], bnd = keep_smallest(d, i, self.k)
             if len(d) >= self.k:
-                self.bound[r] = bound
+                self.bound[r] = bnd
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(distances, ids), each (n_queries, k), ascending per row with ties by lower id,

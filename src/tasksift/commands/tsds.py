@@ -26,7 +26,8 @@ pool embeddings. Distances are L2 on the embeddings as given; the default --C 5.
 --sigma 0 gives the KNN-Uniform variant (no density penalty on near-duplicates).
 When the support of the probabilities is smaller than --count (without replacement), all
 supported rows are taken and the rest are the unselected rows nearest to any query
-(L2, ties by lower row number); summary.json says how many were filled that way."""
+(L2, ties by lower row number); summary.json says how many were filled that way.
+The candidates file is memory-mapped and read shard by shard, so it may exceed memory."""
 
 
 def register(subparsers: Any) -> None:
@@ -62,13 +63,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=handler)
 
 
-def load_npy(path: str, what: str) -> np.ndarray:
-    """Load a 2-d numeric array from ``path``; DataError (naming the file) otherwise."""
+def load_npy(path: str, what: str, *, mmap: bool = False) -> np.ndarray:
+    """Load a 2-d numeric array from ``path`` (``mmap``: as a read-only memory map); DataError
+    (naming the file) otherwise."""
     f = Path(path)
     if not f.is_file():
         raise DataError(f"{what} file not found", file=path)
     try:
-        a = np.load(f, allow_pickle=False)
+        a = np.load(f, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"not a readable .npy array ({str(e).splitlines()[0][:100]})", file=path) from None
     if not isinstance(a, np.ndarray):
@@ -84,16 +86,24 @@ def handler(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 0:
         raise ConfigError(f"--count must be >= 0, got {args.count}")
     q = load_npy(args.query, "query")
-    x = load_npy(args.candidates, "candidates")
-    check_embeddings(q, x, query_name=args.query, candidates_name=args.candidates)
+    # the candidates stay on disk: the engine reads them shard by shard and checks their values
+    x = load_npy(args.candidates, "candidates", mmap=True)
+    check_embeddings(q, x if (x.ndim != 2 or x.size == 0) else x[:1], query_name=args.query,
+                     candidates_name=args.candidates)
+    source = args.candidates if x.flags.c_contiguous else x
     if args.count is not None and args.sampling != "with_replacement" and args.count > len(x):
         raise ConfigError(f"--count {args.count} is larger than the {len(x)} candidate rows in {args.candidates}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out exists and is not a folder", file=args.out)
     t0 = time.perf_counter()
-    res = tsds(q, x, alpha=args.alpha, C=args.C, sigma=args.sigma, max_k=args.max_k,
-               kde_k=args.kde_k, index=args.index, seed=args.seed, normalize=args.normalize)
+    try:
+        res = tsds(q, source, alpha=args.alpha, C=args.C, sigma=args.sigma, max_k=args.max_k,
+                   kde_k=args.kde_k, index=args.index, seed=args.seed, normalize=args.normalize)
+    except DataError as e:
+        if e.file != "candidates":
+            raise
+        raise DataError(str(e).split(": ", 1)[-1], file=args.candidates) from None
     summary: dict[str, Any] = {
         "query": str(args.query), "candidates": str(args.candidates),
         "settings": {"alpha": args.alpha, "C": args.C, "sigma": args.sigma, "max_k": args.max_k,

@@ -1,8 +1,10 @@
 """``load_examples``: one entry point from a path, folder, hub id or Dataset to a :class:`Pool`.
 
-Files are read in batches of rows (JSON lines are streamed; other formats are read as a whole,
-then normalised a batch at a time) and each batch's Examples go straight into an Arrow-backed
-:class:`~tasksift.data.pool.Pool`, so no whole-input list of Example objects is ever built.
+Every input is read in batches of rows (JSON lines, CSV/TSV, Parquet, JSON arrays and Hugging
+Face datasets are streamed; see :func:`~tasksift.data.readers.iter_file_chunks` for the few
+files read whole) and each batch's Examples go straight into an Arrow-backed
+:class:`~tasksift.data.pool.Pool`, so neither the whole input's rows nor a whole-input list of
+Example objects is ever held.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from ..errors import DataError
 from .example import Example
 from .layouts import detect_layout, normalise, parse_fields
 from .pool import BATCH_ROWS, NotJsonSafe, Pool, PoolWriter, as_pool
-from .readers import RawRows, data_files, is_hf_folder, iter_file_chunks, read_hf
+from .readers import (RawRows, arrow_schema_is_json_safe, data_files, is_hf_folder, iter_file_chunks,
+                      iter_hf, open_hf)
 
 
 class LoadedData:
@@ -63,14 +66,14 @@ class _Input:
     """One file (or dataset) of the input: where its rows come from."""
 
     rel: str
-    chunks: Iterator[RawRows] | None = None     # set for files
-    raw: RawRows | None = None                  # set for datasets read whole
+    chunks: Iterator[RawRows]
     json_safe: bool = True
 
 
 def _hf_input(rel: str, obj: Any, split: str | None) -> _Input:
-    raw = read_hf(obj, rel, split)
-    return _Input(rel=rel, raw=raw, json_safe=raw.json_safe)
+    ds = open_hf(obj, rel, split)
+    return _Input(rel=rel, chunks=iter_hf(ds, rel, chunk_rows=BATCH_ROWS),
+                  json_safe=arrow_schema_is_json_safe(ds.data.schema))
 
 
 def _inputs(source: Any, role: str, split: str | None, skip_bad: bool) -> tuple[str, list[_Input], bool]:
@@ -98,12 +101,6 @@ def _inputs(source: Any, role: str, split: str | None, skip_bad: bool) -> tuple[
     if _looks_like_hub_id(str(source)):
         return name, [_hf_input(name, str(source), split)], False
     raise DataError(f"{role} file not found", file=name)
-
-
-def _slices(raw: RawRows) -> Iterator[RawRows]:
-    for s in range(0, max(len(raw.rows), 1), BATCH_ROWS):
-        yield replace(raw, rows=raw.rows[s:s + BATCH_ROWS], row_numbers=raw.row_numbers[s:s + BATCH_ROWS],
-                      skipped=[])
 
 
 def _merge(a: RawRows, b: RawRows) -> RawRows:
@@ -196,13 +193,8 @@ def _load(name: str, inputs: list[_Input], multi: bool, layout: str, fields: Any
             read_skipped: list[dict] = []
             row_skipped: list[dict] = []
             info: dict[str, Any] = {}
-            if inp.raw is not None:
-                read_skipped.extend(inp.raw.skipped)
-                chunks: Iterator[RawRows] = _slices(replace(inp.raw, skipped=[]))
-            else:
-                chunks = inp.chunks  # type: ignore[assignment]
             full = False
-            for exs, texts in _file_examples(chunks, layout, fields, inp.rel if multi else None, skip_bad,
+            for exs, texts in _file_examples(inp.chunks, layout, fields, inp.rel if multi else None, skip_bad,
                                       read_skipped, row_skipped, info, role):
                 if limit is not None and count + len(exs) >= limit:
                     exs, full = exs[:limit - count], True

@@ -88,9 +88,11 @@ class ArrowRows:
     """Rows in an Arrow IPC file (``raw``: the row's JSON text; ``messages``: the
     conversation as a list of role/content structs), one record
     batch per :data:`BATCH_ROWS` rows. The file is unlinked once opened, so nothing is left
-    behind however the process ends; the last batches read are kept decoded."""
+    behind however the process ends (``unlink=False``: a reader of a file someone else owns,
+    e.g. a worker reading a pool's shared copy); the last batches read are kept decoded."""
 
-    def __init__(self, path: Path, batch_starts: np.ndarray, folder: Path | None = None) -> None:
+    def __init__(self, path: Path, batch_starts: np.ndarray, folder: Path | None = None, *,
+                 unlink: bool = True) -> None:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
@@ -98,6 +100,8 @@ class ArrowRows:
         self._reader = ipc.open_file(self._file)
         self.batch_starts = np.asarray(batch_starts, dtype=np.int64)
         self._cache: OrderedDict[int, Any] = OrderedDict()
+        if not unlink:
+            return
         try:
             os.unlink(path)
             if folder is not None:
@@ -116,10 +120,21 @@ class ArrowRows:
             self._cache.popitem(last=False)
         return rb
 
-    def read(self, positions: np.ndarray, columns: PoolColumns) -> list[Example]:
+    def copy_to(self, path: str | os.PathLike) -> None:
+        """Write the Arrow file (readable here though unlinked) to ``path``, a chunk at a time."""
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        with open(path, "wb") as out:
+            for offset in range(0, size, 1 << 22):
+                out.write(os.pread(fd, min(1 << 22, size - offset), offset))
+
+    def read(self, positions: np.ndarray, columns: PoolColumns, at: np.ndarray | None = None) -> list[Example]:
+        """The Examples at the stored ``positions``; each row's columns are ``columns`` at ``at``
+        (default: at ``positions``; a block's own columns: ``0..len-1``)."""
         import pyarrow as pa
 
         positions = np.asarray(positions, dtype=np.int64)
+        at = positions if at is None else np.asarray(at, dtype=np.int64)
         out: list[Example | None] = [None] * len(positions)
         batch_of = np.searchsorted(self.batch_starts, positions, side="right") - 1
         order = np.argsort(batch_of, kind="stable")
@@ -135,9 +150,9 @@ class ArrowRows:
             whole = len(js) == rb.num_rows and bool((local_np == np.arange(len(js))).all())
             raws = (rb.column(0) if whole else rb.column(0).take(local)).to_pylist()
             msgs = (rb.column(1) if whole else rb.column(1).take(local)).to_pylist()
-            ids = columns.ids.take(pa.array(positions[js])).to_pylist()
+            ids = columns.ids.take(pa.array(at[js])).to_pylist()
             for j, raw, msg, id_ in zip(js, raws, msgs, ids):
-                p = int(positions[j])
+                p = int(at[j])
                 info = files[int(columns.file[p])]
                 out[j] = Example(messages=msg, raw=json.loads(raw), row=int(columns.rows[p]),
                                  source=info.source, layout=info.layout, id=id_)
@@ -258,6 +273,12 @@ class Pool(Sequence):
         """Each example's ``source`` (object array; None for a single-file input)."""
         names = np.array([f.source for f in self._base.files] or [None], dtype=object)
         return names[self._col(self._base.file)]
+
+    def stored_rows(self) -> tuple[MemoryRows | ArrowRows, PoolColumns, np.ndarray]:
+        """Where this pool's rows live: the row store, the stored pool's columns and each row's
+        position in them (for code that reads blocks of rows elsewhere: :mod:`tasksift.data.blocks`)."""
+        positions = self._index if self._index is not None else np.arange(len(self), dtype=np.int64)
+        return self._store, self._base, positions
 
     def fingerprint(self) -> str:
         """Hash of the ids in order: equal for equal content, whatever the file."""

@@ -3,13 +3,14 @@ datasets. Every row comes back as it is in the file (a dict), with its 1-based r
 problems raise :class:`~tasksift.errors.DataError` naming the file and row."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -208,8 +209,9 @@ def read_parquet(path: Path) -> RawRows:
                    json_safe=arrow_schema_is_json_safe(table.schema))
 
 
-def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
-    """A ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder or a hub id."""
+def open_hf(obj: Any, name: str, split: str | None = None) -> Any:
+    """The ``datasets.Dataset`` named by ``obj``: a ``Dataset``/``DatasetDict`` (``split``, or
+    "train"), a ``save_to_disk`` folder or a hub id. Rows are not read."""
     import datasets
 
     if isinstance(obj, (str, Path)):
@@ -227,9 +229,27 @@ def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
         if want is None or want not in obj:
             raise DataError(f"dataset has splits {sorted(obj)}; name one with --split", file=name)
         obj = obj[want]
-    rows = obj.to_list()
+    return obj
+
+
+def read_hf(obj: Any, name: str, split: str | None = None) -> RawRows:
+    """A ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder or a hub id, read whole."""
+    ds = open_hf(obj, name, split)
+    rows = ds.to_list()
     return RawRows(rows=rows, row_numbers=list(range(1, len(rows) + 1)), format="hf", path=name,
-                   json_safe=arrow_schema_is_json_safe(obj.data.schema))
+                   json_safe=arrow_schema_is_json_safe(ds.data.schema))
+
+
+def iter_hf(ds: Any, name: str, *, chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """Like :func:`read_hf` on an opened Dataset (:func:`open_hf`), streamed: RawRows of at
+    most ``chunk_rows`` rows (at least one, maybe empty), each a contiguous ``select`` of
+    the (memory-mapped) dataset turned into rows as ``Dataset.to_list`` does."""
+    safe = arrow_schema_is_json_safe(ds.data.schema)
+    n = len(ds)
+    for s in range(0, max(n, 1), chunk_rows):
+        rows = ds.select(range(s, min(n, s + chunk_rows))).to_list() if n else []
+        yield RawRows(rows=rows, row_numbers=list(range(s + 1, s + len(rows) + 1)), format="hf", path=name,
+                      json_safe=safe)
 
 
 def arrow_type_is_json_safe(t: Any) -> bool:
@@ -278,7 +298,7 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
     """Like :func:`read_jsonl`, streamed: RawRows of at most ``chunk_rows`` rows each (at
     least one, maybe empty), with the same row numbers, errors and skipped-row reasons."""
     with _open_errors(path):
-        f = open(path, "rb")
+        f = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     rows, numbers, skipped, texts = [], [], [], []
     yielded = False
     with f:
@@ -296,19 +316,273 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
         yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped, texts=texts)
 
 
-def iter_file_chunks(path: Path, *, skip_bad: bool = False, chunk_rows: int = 2048) -> Iterator[RawRows]:
-    """The rows of a data file as RawRows of at most ``chunk_rows`` rows (at least one, maybe
-    empty): JSON lines are streamed, other formats read whole by :func:`read_file` and sliced."""
-    if file_format(path) == "jsonl" and not path.name.lower().endswith(".gz"):
+#: Bytes read at a time by the streaming CSV/TSV and JSON-array readers.
+READ_BYTES = 1 << 20
+_JSON_WS = b" \t\n\r"           # what JSON counts as whitespace
+_NON_WS = re.compile(r"[^ \t\n\r]")
+
+
+def _chunked(raw: RawRows, chunk_rows: int) -> Iterator[RawRows]:
+    """A RawRows read whole, as RawRows of at most ``chunk_rows`` rows (at least one)."""
+    rows, numbers = raw.rows, raw.row_numbers
+    for s in range(0, max(len(rows), 1), chunk_rows):
+        yield replace(raw, rows=rows[s:s + chunk_rows], row_numbers=numbers[s:s + chunk_rows],
+                      skipped=raw.skipped if s == 0 else [])
+
+
+def _line_blocks(f: Any) -> Iterator[bytes]:
+    """The bytes of binary file ``f`` in blocks of about :data:`READ_BYTES` that end with a
+    newline (the last one maybe not), so that each block decodes and splits into lines alone."""
+    parts: list[bytes] = []   # the line in progress (joined once it ends: long lines stay linear)
+    while True:
+        block = f.read(READ_BYTES)
+        if not block:
+            if parts:
+                yield b"".join(parts)
+            return
+        cut = block.rfind(b"\n") + 1
+        if not cut:
+            parts.append(block)
+            continue
+        parts.append(block[:cut])
+        yield b"".join(parts)
+        parts = [block[cut:]] if cut < len(block) else []
+
+
+def _delimited_chunks(path: Path, delimiter: str, header: bool | None, chunk_rows: int) -> Iterator[RawRows]:
+    fmt = "tsv" if delimiter == "\t" else "csv"
+    with _open_errors(path):
+        f = open(path, "rb")
+
+    def lines() -> Iterator[str]:
+        for i, block in enumerate(_line_blocks(f)):
+            text = block.decode("utf-8")
+            yield from io.StringIO(text[1:] if i == 0 and text.startswith("\ufeff") else text, newline="")
+
+    with f:
+        reader = csv.reader(lines(), delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        cols: list[str] | None = None
+        number = 0          # non-blank rows so far: the whole-file reader's row numbers
+        rows, numbers = [], []
+        yielded = False
+        try:
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                number += 1
+                if cols is None:
+                    if header is None:
+                        header = looks_like_header(cells, path)
+                    cols = [c.strip() for c in cells] if header else [f"column_{i + 1}" for i in range(len(cells))]
+                    if header:
+                        continue
+                if len(cells) != len(cols):
+                    raise DataError(f"has {len(cells)} cells, expected {len(cols)}", file=str(path), row=number)
+                rows.append(dict(zip(cols, cells)))
+                numbers.append(number)
+                if len(rows) >= chunk_rows:
+                    yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), header=bool(header))
+                    rows, numbers, yielded = [], [], True
+        except csv.Error as e:
+            raise DataError(f"malformed {fmt.upper()}: {e}", file=str(path), row=reader.line_num) from None
+        if cols is None:
+            raise DataError("file is empty", file=str(path))
+        if rows or not yielded:
+            yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), header=bool(header))
+
+
+def iter_delimited(path: Path, delimiter: str, header: bool | None = None, *,
+                   chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """Like :func:`read_delimited`, streamed: the file is decoded and parsed a block of lines
+    at a time and comes back as RawRows of at most ``chunk_rows`` rows (at least one, maybe
+    empty), with the same header guess and row numbers. On any problem the whole-file reader
+    is run to name it, so the message is the one it has always been (a file with several
+    problems reports the one the whole-file reader finds first)."""
+    try:
+        yield from _delimited_chunks(path, delimiter, header, chunk_rows)
+    except (DataError, UnicodeDecodeError) as e:
+        read_delimited(path, delimiter, header)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"not valid UTF-8 ({e})", file=str(path)) from None
+
+
+def iter_parquet(path: Path, *, chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """Like :func:`read_parquet`, streamed with ``ParquetFile.iter_batches``: RawRows of at
+    most ``chunk_rows`` rows (at least one, maybe empty). A file that cannot be read is
+    reported as :func:`read_parquet` reports it."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    try:
+        pf = pq.ParquetFile(path)
+        safe = arrow_schema_is_json_safe(pf.schema_arrow)
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            rows = batch.to_pylist()
+            if rows:
+                yield RawRows(rows=rows, row_numbers=list(range(n + 1, n + len(rows) + 1)), format="parquet",
+                              path=str(path), json_safe=safe)
+                n += len(rows)
+    except Exception as e:
+        read_parquet(path)   # raises the whole-file reader's message for this file
+        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
+                        file=str(path)) from None
+    if n == 0:
+        yield RawRows(rows=[], row_numbers=[], format="parquet", path=str(path), json_safe=safe)
+
+
+class _NotAnArray(Exception):
+    """The JSON file's first value is not an array (an object, a wrapper, JSON lines...)."""
+
+
+class _JsonText:
+    """The text of a binary file, decoded a block at a time; ``buf[pos:]`` is what is unread."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.decoder = f, codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.eof, self.started = "", 0, False, False
+
+    def fill(self) -> bool:
+        """Append the next block (at least as long as what is unread); False at end of file."""
+        if self.eof:
+            return False
+        block = self.f.read(max(READ_BYTES, len(self.buf) - self.pos))
+        self.eof = not block
+        text = self.decoder.decode(block, final=self.eof)
+        if not self.started and text:
+            self.started, text = True, text[1:] if text.startswith("\ufeff") else text
+        self.buf, self.pos = self.buf[self.pos:] + text, 0
+        return True
+
+    def next_char(self) -> str:
+        """The next non-whitespace character (not consumed); "" at end of file."""
+        while True:
+            m = _NON_WS.search(self.buf, self.pos)
+            if m:
+                self.pos = m.start()
+                return self.buf[self.pos]
+            self.pos = len(self.buf)
+            if not self.fill():
+                return ""
+
+
+def _json_array_items(f: Any) -> Iterator[Any]:
+    """The items of the JSON array that is binary file ``f``, each parsed by ``json``'s own
+    decoder (so values are exactly those of ``json.loads``). Raises :class:`_NotAnArray`
+    before yielding anything when the file is not an array, and ValueError (UnicodeDecodeError,
+    JSONDecodeError) when it is malformed or followed by more data."""
+    text, decoder = _JsonText(f), json.JSONDecoder()
+    if text.next_char() != "[":
+        raise _NotAnArray
+    text.pos += 1
+    if text.next_char() == "]":
+        text.pos += 1
+    else:
+        while True:
+            text.next_char()
+            while True:
+                try:
+                    item, end = decoder.raw_decode(text.buf, text.pos)
+                except json.JSONDecodeError:
+                    if text.fill():
+                        continue   # the item runs past the block
+                    raise
+                if end == len(text.buf) and text.fill():
+                    continue       # a number may go on in the next block
+                break
+            text.pos = end
+            yield item
+            c = text.next_char()
+            text.pos += 1
+            if c == "]":
+                break
+            if c != ",":
+                raise ValueError(f"expected ',' or ']', got {c!r}")
+    if text.next_char():
+        raise ValueError("extra data after the array")
+
+
+def _ends_with_bracket(path: Path) -> bool:
+    """Whether the last non-whitespace byte of the file is ``]``."""
+    with _open_errors(path), open(path, "rb") as f:
+        end = f.seek(0, 2)
+        while end > 0:
+            start = max(0, end - 4096)
+            f.seek(start)
+            tail = f.read(end - start).rstrip(_JSON_WS)
+            if tail:
+                return tail.endswith(b"]")
+            end = start
+    return False
+
+
+def iter_json(path: Path, *, chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """Like :func:`read_json`, streamed where the file is one JSON array (the usual shape of a
+    big file): its items are parsed one at a time and come back as RawRows of at most
+    ``chunk_rows`` rows (at least one, maybe empty). Everything else is read whole by
+    :func:`read_json` (an object wrapping its rows, columnar or single-row objects, JSON lines
+    named .json, gzipped files): its wrapper key or columns are only known once the whole object
+    is read. A malformed file is reported by :func:`read_json`, in its words; an array followed
+    by more data, which :func:`read_json` reads as JSON lines, is an error here."""
+    if path.name.lower().endswith(".gz") or not _ends_with_bracket(path):
+        yield from _chunked(read_json(path), chunk_rows)
+        return
+    with _open_errors(path):
+        f = open(path, "rb")
+    rows: list[Any] = []
+    n = 0
+    with f:
+        try:
+            for item in _json_array_items(f):
+                rows.append(item)
+                if len(rows) >= chunk_rows:
+                    yield RawRows(rows=rows, row_numbers=list(range(n + 1, n + len(rows) + 1)), format="json",
+                                  path=str(path))
+                    n += len(rows)
+                    rows = []
+        except _NotAnArray:
+            yield from _chunked(read_json(path), chunk_rows)
+            return
+        except ValueError as e:
+            read_json(path)   # raises the whole-file reader's message for a malformed file
+            raise DataError(f"a JSON array followed by more data ({e}); a file of JSON lines should be "
+                            f"named .jsonl", file=str(path)) from None
+    if rows or n == 0:
+        yield RawRows(rows=rows, row_numbers=list(range(n + 1, n + len(rows) + 1)), format="json", path=str(path))
+
+
+def _iter_jsonl_checked(path: Path, skip_bad: bool, chunk_rows: int) -> Iterator[RawRows]:
+    """:func:`iter_jsonl`; for a gzipped file, a problem is named by :func:`read_jsonl` (a
+    damaged stream is found only where it is reached, the whole-file reader names it first)."""
+    if not path.name.lower().endswith(".gz"):
         yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
         return
-    raw = read_file(path, skip_bad=skip_bad)
-    rows, numbers = raw.rows, raw.row_numbers
-    raw.rows, raw.row_numbers = [], []
-    for s in range(0, max(len(rows), 1), chunk_rows):
-        yield RawRows(rows=rows[s:s + chunk_rows], row_numbers=numbers[s:s + chunk_rows], format=raw.format,
-                      path=raw.path, skipped=raw.skipped if s == 0 else [], header=raw.header,
-                      wrapper=raw.wrapper, json_safe=raw.json_safe)
+    try:
+        yield from iter_jsonl(path, skip_bad=skip_bad, chunk_rows=chunk_rows)
+    except (DataError, OSError, EOFError) as e:
+        read_jsonl(path, skip_bad=skip_bad)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"not a valid gzip file ({e})", file=str(path)) from None
+
+
+def iter_file_chunks(path: Path, *, skip_bad: bool = False, chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """The rows of a data file as RawRows of at most ``chunk_rows`` rows (at least one, maybe
+    empty), the same rows, row numbers and errors as :func:`read_file`. JSON lines, CSV/TSV,
+    Parquet and JSON arrays are streamed, JSON lines also gzipped (see :func:`iter_json` for
+    the JSON files read whole)."""
+    fmt = file_format(path)
+    if fmt == "jsonl":
+        yield from _iter_jsonl_checked(path, skip_bad, chunk_rows)
+    elif fmt == "json":
+        yield from iter_json(path, chunk_rows=chunk_rows)
+    elif fmt in ("csv", "tsv"):
+        yield from iter_delimited(path, "," if fmt == "csv" else "\t", chunk_rows=chunk_rows)
+    elif fmt == "parquet":
+        yield from iter_parquet(path, chunk_rows=chunk_rows)
+    else:
+        yield from _chunked(read_file(path, skip_bad=skip_bad), chunk_rows)
 
 
 def data_files(folder: Path) -> Iterator[Path]:

@@ -7,6 +7,8 @@
 - a Hugging Face dataset -> ``selected/`` (``save_to_disk``).
 - a folder of several files -> ``selected.jsonl`` (each row as in its file, plus
   ``tasksift_source``).
+- with ``export`` -> every row rebuilt from its normalised Example in one training layout
+  (:mod:`tasksift.data.export`), jsonl (or json, parquet), plus the same score columns.
 All writes are atomic (a temporary file renamed into place) and stream the subset a batch at
 a time from the pool (CSV/TSV and Parquet take two passes: column names/types, then rows); only
 a column-wise JSON wrapper and a Hugging Face dataset hold the subset's rows at once.
@@ -23,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import DataError
+from .export import export_format, export_row
 from .loading import LoadedData
 
 OUTPUT_FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "hf")
@@ -80,14 +83,19 @@ def _merged(raw: Any, cells: dict) -> dict:
 
 
 def output_rows(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
-                batch: int = WRITE_BATCH) -> Iterator[list[dict]]:
-    """The output rows (original row + score cells) of ``indices``, in that order, a batch
-    at a time; only that batch's Examples are built."""
+                batch: int = WRITE_BATCH, export: str | None = None) -> Iterator[list[dict]]:
+    """The output rows (original row, or the example in the row layout ``export`` (see
+    :mod:`tasksift.data.export`), + score cells) of ``indices``, in that order, a batch at a
+    time; only that batch's Examples are built."""
     idx = np.asarray(indices, dtype=np.int64)
     for s in range(0, len(idx), batch):
         part = idx[s:s + batch]
         exs = data.pool.examples(part)
-        yield [_merged(ex.raw, c) for ex, c in zip(exs, score_rows(data, part, columns, first_rank=s + 1))]
+        cells = score_rows(data, part, columns, first_rank=s + 1)
+        if export is None:
+            yield [_merged(ex.raw, c) for ex, c in zip(exs, cells)]
+        else:
+            yield [{**export_row(ex, export, data.path), **c} for ex, c in zip(exs, cells)]
 
 
 _ROWS_MARK = "\u0000tasksift-rows\u0000"
@@ -122,32 +130,38 @@ def _csv_keys(batches: Iterator[list[dict]]) -> list[str]:
     return list(keys)
 
 
-def _parquet_schema(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray]) -> Any:
+def _parquet_schema(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
+                    export: str | None = None) -> Any:
     """The schema ``pa.Table.from_pylist`` would infer for all output rows (names from the
     first row, each column's type unified over every batch)."""
     import pyarrow as pa
 
     names: list[str] | None = None
     schemas = []
-    for rows in output_rows(data, indices, columns):
+    for rows in output_rows(data, indices, columns, export=export):
         names = names if names is not None else list(rows[0])
         schemas.append(pa.table({k: pa.array([r.get(k) for r in rows]) for k in names}).schema)
     return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
 
 
 def write_subset(data: LoadedData, indices: Sequence[int], columns: Mapping[str, np.ndarray],
-                 out_dir: str | os.PathLike, fmt: str | None = None) -> tuple[Path, list[str]]:
+                 out_dir: str | os.PathLike, fmt: str | None = None,
+                 export: str | None = None) -> tuple[Path, list[str]]:
     """Write the subset, streaming it a batch at a time to a temporary file renamed into
-    place; returns (path written, score column names in order)."""
+    place; returns (path written, score column names in order). ``export``: a row layout of
+    :data:`tasksift.data.export.ROW_BUILDERS` to write every row in (default: each row as
+    read); it is written as jsonl unless ``fmt`` names json or parquet."""
     out = check_writable(out_dir)
+    if export is not None:
+        fmt = export_format(fmt, export)
     fmt = fmt or ("jsonl" if data.format == "mixed" else data.format)
     if fmt not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
     indices = np.asarray(indices, dtype=np.int64)
     score_cols = list(score_rows(data, indices[:1], columns)[0]) if len(indices) else []
-    single = next(iter(data.sources.values())) if len(data.sources) == 1 else None
+    single = next(iter(data.sources.values())) if len(data.sources) == 1 and export is None else None
     header = single.header if single is not None and fmt == data.format else True
-    rows = (lambda: output_rows(data, indices, columns))
+    rows = (lambda: output_rows(data, indices, columns, export=export))
     if fmt == "jsonl":
         path = out / "selected.jsonl"
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -183,7 +197,7 @@ def write_subset(data: LoadedData, indices: Sequence[int], columns: Mapping[str,
         import pyarrow.parquet as pq
 
         path = out / "selected.parquet"
-        schema = _parquet_schema(data, indices, columns)
+        schema = _parquet_schema(data, indices, columns, export)
         with atomic_path(path, suffix=".parquet") as tmp:
             with pq.ParquetWriter(str(tmp), schema) as w:
                 for batch in rows():

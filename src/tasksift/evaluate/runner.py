@@ -200,7 +200,8 @@ class Evaluation:
         label = arm["method"]
         sel = select(self.pool, self.task.target, method=method, seed=int(arm["seed"]),
                      config=_method_config(self.recipe, label), cache_dir=self.cache_dir, progress=self.progress,
-                     embed=EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device), **kw)
+                     embed=EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device),
+                     explain=False, **kw)   # an arm needs the indices only, not report.html's data
         return sel.indices, dict(sel.timings), dict(sel.info)
 
     def _score(self, model, tok) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -21,6 +21,9 @@ class Executor(Protocol):
     name: str
     #: how many blocks may run at the same time
     workers: int
+    #: whether blocks run in this process (so may use its objects, e.g. an open pool); when
+    #: False, workers are other processes, possibly on other machines, and read their own rows
+    in_process: bool
 
     def map_tasks(self, fn: Callable[..., Any], calls: Iterable[tuple[Hashable, tuple]], *,
                   shared: Mapping[str, Any] | None = None) -> Iterator[tuple[Hashable, Any]]:

@@ -12,6 +12,7 @@ class LocalExecutor:
 
     name = "local"
     workers = 1
+    in_process = True
 
     def __init__(self) -> None:
         self._workers: dict[Any, Callable[[Any], Any]] = {}

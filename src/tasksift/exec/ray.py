@@ -46,6 +46,7 @@ class RayExecutor:
     task or actor call whose process died (up to 3 times)."""
 
     name = "ray"
+    in_process = False
 
     def __init__(self, workers: int | None = None, address: str | None = None) -> None:
         self.ray = ray_init(address)

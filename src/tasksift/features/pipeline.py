@@ -14,6 +14,14 @@ A featurizer whose ``compute_block`` takes an ``on_rows`` callback (it says so w
 ``batch_progress = True``) reports each batch inside a block as it finishes, so the progress
 bar moves per batch wherever the block runs in this process; elsewhere the bar moves per block.
 
+When the executor's workers are other processes (:attr:`Executor.in_process` False: Ray) and
+the rows are a file-backed :class:`~tasksift.data.pool.Pool`, the driver sends no rows: blocks
+are :class:`~tasksift.data.blocks.RowBlock` references into a shared copy of the pool's file
+(under ``<store root>/.pool-files``, which must be a folder every worker can open), and the
+workers read them, both to compute the rows' store ids and to compute the features. The
+driver holds the pool's columns and the ids, never the rows' texts. Other rows (a list, an
+in-memory pool) are read here and sent to the workers block by block.
+
 A featurizer is shipped to worker processes by pickling: it must drop whatever it loaded in
 this process (a model) when pickled and load it again on first use there.
 """
@@ -25,8 +33,16 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime
 
 import numpy as np
 
+from ..data.blocks import RowBlock, SharedPool, share_pool
+from ..data.pool import Pool
 from ..exec import Executor, LocalExecutor
 from ..store import FeatureStore, StoreSpec
+from ..store.store import warn
+
+#: where shared copies of pools go, under the feature store's root
+POOL_FILES = ".pool-files"
+#: rows per block when workers compute the store ids of a pool's rows
+ID_BLOCK_ROWS = 8192
 
 
 @runtime_checkable
@@ -74,8 +90,9 @@ def open_store(featurizer: Featurizer, cache_dir: str | os.PathLike | None) -> F
 @dataclass(frozen=True, eq=False)
 class StoreWriter:
     """Worker factory: builds, in the worker, the function that computes one block
-    ``(ids, items)`` with ``featurizer`` and writes it into the store ``spec`` names; it
-    returns the block's row count. Unhashable on purpose: an in-process executor must not keep
+    ``(ids, items)`` (``items``: the rows' :meth:`Featurizer.block_item`, or a
+    :class:`RowBlock` of the rows to read first) with ``featurizer`` and writes it into the
+    store ``spec`` names; it returns the block's row count. Unhashable on purpose: an in-process executor must not keep
     it (and the model its featurizer holds) after the run."""
 
     featurizer: Any
@@ -86,8 +103,10 @@ class StoreWriter:
     def __call__(self) -> Callable[[tuple[list, list]], int]:
         featurizer, store, on_rows = self.featurizer, self.spec.open(), self.on_rows
 
-        def run(block: tuple[list, list]) -> int:
+        def run(block: tuple[list, list | RowBlock]) -> int:
             ids, items = block
+            if isinstance(items, RowBlock):
+                items = [featurizer.block_item(ex) for ex in items.examples()]
             kw = {"on_rows": on_rows} if on_rows is not None else {}
             store.write(ids, featurizer.compute_block(list(items), **kw))
             return len(ids)
@@ -105,7 +124,11 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
     from tqdm.auto import tqdm
 
     executor = executor if executor is not None else LocalExecutor()
-    ids = [featurizer.row_id(r) for r in rows]
+    shared = None if executor.in_process or not len(rows) else _shared_rows(rows, store)
+    if shared is None:
+        ids = [featurizer.row_id(r) for r in rows]
+    else:
+        ids = _remote_row_ids(featurizer, rows, shared, executor, max(block_rows, ID_BLOCK_ROWS))
     first: dict[str, int] = {}
     for pos, i in enumerate(ids):
         first.setdefault(i, pos)
@@ -119,12 +142,12 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
                disable=not progress or not uniq, dynamic_ncols=True)
     bar.set_postfix_str(f"{cached:,} from cache")
     if todo:
-        per_batch = getattr(featurizer, "batch_progress", False) and isinstance(executor, LocalExecutor)
+        per_batch = getattr(featurizer, "batch_progress", False) and executor.in_process
         worker = StoreWriter(featurizer, store.spec, on_rows=bar.update if per_batch else None)
         try:
             # a segment may vanish under us (another run moved it aside as corrupt): retry those rows
             for _ in range(3):
-                for _, n in executor.map_blocks(worker, _blocks(todo, ids, rows, featurizer, block_rows),
+                for _, n in executor.map_blocks(worker, _blocks(todo, ids, rows, featurizer, block_rows, shared),
                                                 accelerator=featurizer.accelerator):
                     computed += n
                     if not per_batch:
@@ -136,13 +159,46 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
             bar.close()
     else:
         bar.close()
+    del first, uniq, todo   # the store's read builds its own tables: free these first
     values = store.read(ids) if ids else {}
     return FeatureResult(values, rows_computed=computed, rows_cached=cached)
 
 
 def _blocks(todo: list[int], ids: Sequence[str], rows: Sequence[Any], featurizer: Featurizer,
-            block_rows: int) -> Iterator[tuple[int, tuple[list, list]]]:
-    """``(block number, (ids, items))`` for the positions ``todo``, made as they are asked for."""
-    for b, s in enumerate(range(0, len(todo), max(1, int(block_rows)))):
-        part = todo[s:s + block_rows]
-        yield b, ([ids[p] for p in part], [featurizer.block_item(rows[p]) for p in part])
+            block_rows: int, shared: SharedPool | None) -> Iterator[tuple[int, tuple[list, list | RowBlock]]]:
+    """``(block number, (ids, items))`` for the positions ``todo``, made as they are asked for
+    (``items``: a :class:`RowBlock` reference when ``shared``, else the rows' block items)."""
+    step = max(1, int(block_rows))
+    for b, s in enumerate(range(0, len(todo), step)):
+        part = todo[s:s + step]
+        if shared is not None:
+            items: list | RowBlock = shared.block(rows, part)
+        else:   # a pool reads a block's rows batch by batch, not one by one
+            got = rows.examples(part) if isinstance(rows, Pool) else [rows[p] for p in part]
+            items = [featurizer.block_item(r) for r in got]
+        yield b, ([ids[p] for p in part], items)
+
+
+def _shared_rows(rows: Sequence[Any], store: FeatureStore) -> SharedPool | None:
+    """A copy of a file-backed pool's rows that workers can read (None: the rows are sent)."""
+    try:
+        return share_pool(rows, store.root / POOL_FILES)
+    except OSError as e:
+        warn(f"cannot write a copy of the pool for the workers under {store.root / POOL_FILES} "
+             f"({e.strerror or type(e).__name__}); the rows are read here and sent to them")
+        return None
+
+
+def block_row_ids(block: RowBlock, *, featurizer: Featurizer) -> list[str]:
+    """The store ids of the rows of ``block`` (run by a worker)."""
+    return [featurizer.row_id(ex) for ex in block.examples()]
+
+
+def _remote_row_ids(featurizer: Featurizer, rows: Any, shared: SharedPool, executor: Executor,
+                    step: int) -> list[str]:
+    """The store ids of every row, computed by the executor's workers from the shared rows."""
+    n = len(rows)
+    calls = ((b, (shared.block(rows, np.arange(s, min(s + step, n))),))
+             for b, s in enumerate(range(0, n, step)))
+    parts = dict(executor.map_tasks(block_row_ids, calls, shared={"featurizer": featurizer}))
+    return [i for b in range(len(parts)) for i in parts[b]]

@@ -16,10 +16,11 @@ Stages (each timed as ``tsds_<stage>``):
    which the float32 bound does not prove it).
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
-   :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`). A row reached by
-   query ``i`` at distance ``d`` can only have kernel neighbours ``v`` with
-   ``||q_i - v|| < d + sigma`` (triangle inequality): when that ball lies inside query
-   ``i``'s list, only the list is scanned, else all of ``U``. Exact either way.
+   :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
+   k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows is compared only
+   with the columns that two triangle-inequality bounds leave, a float32 screen drops the
+   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way;
+   with one BLAS thread (many small products).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
 Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
@@ -100,6 +101,17 @@ class StageTimer:
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
 
 
+def one_blas_thread() -> ContextManager:
+    """BLAS limited to one thread (when ``threadpoolctl`` is installed): the density blocks are
+    many small products, for which a second BLAS thread only adds waiting, most of all on a
+    busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------
 # tasks: module-level and stateless, so any executor can run them
 
@@ -144,7 +156,7 @@ def density_task(rows: np.ndarray, cols: np.ndarray | None, sigma: float, kde_k:
     die_once(kill)
     t0 = time.perf_counter()
     xc = xu if cols is None else xu[cols]
-    rho, _ = range_density(xu[rows], xc, sigma, kde_k)
+    rho, _ = range_density(xu[rows], xc, sigma, kde_k, counts=False)
     return {"rho": rho, "pairs": int(len(rows) * len(xc)), "seconds": time.perf_counter() - t0,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
@@ -220,6 +232,14 @@ def _gather(cands: Candidates, rows: np.ndarray, shards: list[tuple[int, int]], 
     return out
 
 
+def present(ids: np.ndarray, n: int) -> np.ndarray:
+    """The sorted distinct values ``>= 0`` of the integer array ``ids`` (all ``< n``): one
+    boolean mask of ``n`` instead of a sort."""
+    mask = np.zeros(int(n), dtype=bool)
+    mask[ids[ids >= 0]] = True
+    return np.flatnonzero(mask)
+
+
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
                     x_sq_max: float, n: int, d: int) -> int:
     """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
@@ -235,31 +255,6 @@ def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray,
     last = d2_f32[:, -1].astype(np.float64)
     ok = (ids_f32[:, -1] < 0) | (last - tol > dist_L.astype(np.float64) ** 2)
     return int((~ok).sum())
-
-
-def _density_groups(dist: np.ndarray, pos: np.ndarray, need: np.ndarray, n_valid: np.ndarray, n: int,
-                    sigma: float, pivots: Callable[[], PivotColumns]
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Rows (positions in U) whose densities are needed, grouped by the nearest query that
-    reached them, each with the columns that can hold their kernel neighbours: the query's
-    list when the ball of radius ``d + sigma`` around the query lies inside it, else the
-    columns that :class:`~.kde.PivotColumns` leaves."""
-    qi, ki = np.nonzero(need)
-    u = pos[qi, ki]
-    order = np.lexsort((dist[qi, ki], u))
-    u, qi, du = u[order], qi[order], dist[qi[order], ki[order]]
-    first = np.concatenate([[True], u[1:] != u[:-1]])
-    u, qi, du = u[first], qi[first], du[first]
-    for i in np.unique(qi):
-        rows = u[qi == i]
-        radius = float(du[qi == i].max()) + sigma
-        radius = radius * (1 + 1e-9) + 1e-9  # float64 rounding of the distances
-        nv = int(n_valid[i])
-        if nv >= n or radius < dist[i, nv - 1]:
-            c = int(np.searchsorted(dist[i, :nv], radius, side="right"))
-            yield rows, np.sort(pos[i, :c])
-        else:
-            yield from pivots().blocks(rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,7 +306,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("search"):
             d2_k, ids_k = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
         with tm("gather"):
-            Up = np.unique(ids_k[ids_k >= 0])
+            Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
             dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
@@ -320,7 +315,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             x_sq = 1.0 if normalize else float(np.einsum("ij,ij->i", xg, xg, dtype=np.float64).max())
             search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
-            U = np.unique(ids[ids >= 0])
+            U = present(ids, n)
             xu = xg[np.searchsorted(Up, U)] if len(U) < len(Up) else xg
             del xg
     else:
@@ -357,9 +352,9 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         need = np.zeros_like(valid)
         need[:, :w] = (np.arange(w)[None, :] < J[:, None]) & valid[:, :w] & np.isnan(rho_u[pos[:, :w]])
         if need.any():
-            with tm("kde"):
+            with tm("kde"), one_blas_thread():
                 calls, whole = [], []
-                for rows, cols in _density_groups(dist, pos, need, n_valid, n, sigma, pivots):
+                for rows, cols in pivots().blocks(present(pos[need], len(U))):
                     if cols is None or 2 * len(cols) > len(U):  # scan all of U in place, no copy
                         whole.append(rows)
                     else:

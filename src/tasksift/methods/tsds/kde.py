@@ -4,11 +4,14 @@ nearest rows ``v`` (``u`` itself included, so ``rho >= 1``; ``m`` exact duplicat
 
 The kernel is zero from distance ``sigma`` on, so only rows inside radius ``sigma`` count and
 the sum is the ``kde_k`` largest kernel weights of the row: an exact *range* computation, no
-k-NN search. :func:`range_density` finds the pairs inside the radius by blocked BLAS with a
-threshold (float32 when the rows are float32, with a rounding margin), recomputes their
-distances in float64 from the differences (so a duplicate's weight is exactly 1) and sums each
-row's weights largest first: the value does not depend on which other columns were scanned
-or in which order. :func:`kde_exact` is the plain float64 computation against all rows.
+k-NN search. :func:`range_density` takes the weights of a block of rows against its columns
+from one float64 BLAS product (``1 - (|a|^2 + |c|^2 - 2 a.c) / sigma^2``; weights within that
+product's rounding bound of 1, duplicates among them, are recomputed from the differences, so
+a duplicate's weight is exactly 1) and sums each row's ``kde_k`` largest: the value depends
+on the other columns scanned, or their order, only through float64 rounding (relative 1e-15).
+:class:`PivotColumns` says which columns can hold a row's kernel neighbours (triangle
+inequality), so a row is compared with its neighbourhood instead of every row.
+:func:`kde_exact` is the plain float64 computation against all rows.
 """
 from __future__ import annotations
 
@@ -16,63 +19,104 @@ import numpy as np
 
 from ...neighbors import CHUNK_BYTES, block_rows
 
+EPS64 = float(np.finfo(np.float64).eps)
+
 
 def _sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
-def kernel_pairs(xr: np.ndarray, xc: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (row of ``xr``, row of ``xc``) at L2 distance below ``sigma``, with their
-    float64 kernel weights ``1 - d^2 / sigma^2`` (> 0). Pairs are screened by one BLAS block
-    in the inputs' precision with a margin covering its rounding, then recomputed in float64."""
-    dt = np.float64 if (xr.dtype == np.float64 and xc.dtype == np.float64) else np.float32
-    a, c = np.asarray(xr, dtype=dt), np.asarray(xc, dtype=dt)
-    an, cn = _sq_norms(a), _sq_norms(c)
+def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | None = None) -> np.ndarray:
+    """Indices of the columns ``xc`` that may lie inside the kernel (distance < ``sigma``) of
+    some row of ``xr`` and, with ``kde_k``, also among that row's ``kde_k`` nearest columns: a
+    float32 BLAS screen, widened by its rounding bound (certified: no such column is left
+    out; of columns tied at a row's ``kde_k``-th distance, any may be kept, which leaves the
+    sum of the ``kde_k`` largest weights unchanged)."""
+    a32, c32 = np.asarray(xr, dtype=np.float32), np.asarray(xc, dtype=np.float32)
+    an, cn = _sq_norms(a32), _sq_norms(c32)
     s2 = float(sigma) ** 2
-    # |fl(a.c) - a.c| <= (d + 2) eps |a||c|: screen with that margin, decide in float64 below
-    eps = float(np.finfo(dt).eps)
-    tol = 4.0 * (a.shape[1] + 2) * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)))
-    g = a @ c.T
-    g *= -2.0
-    g += an.astype(dt)[:, None]
-    g += cn.astype(dt)[None, :]
-    r, k = np.nonzero(g < s2 + tol)
-    del g
-    w = np.empty(len(r))
-    step = max(1, CHUNK_BYTES // (8 * a.shape[1]) // 4)
-    for s in range(0, len(r), step):
-        diff = np.asarray(xr[r[s:s + step]], dtype=np.float64) - np.asarray(xc[k[s:s + step]], dtype=np.float64)
-        w[s:s + step] = 1.0 - np.einsum("ij,ij->i", diff, diff) / s2
-    keep = w > 0
-    return r[keep], k[keep], w[keep]
+    # |fl32(a.c) - a.c| <= (d + 2) eps |a| |c|, and the float32 shifts below add a few eps of
+    # (|a|^2 + |c|^2); x4 to spare. float32 rounding of xr/xc itself is covered when they are float64
+    eps = float(np.finfo(np.float32).eps)
+    tol = 4.0 * (a32.shape[1] + 8) * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)) + s2)
+    if xr.dtype != np.float32 or xc.dtype != np.float32:  # the float32 copies moved each row by <= eps |x|
+        tol += 4.0 * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)))
+        tol *= 2.0
+    # d^2 < s2 + tol  <=>  a.c - |c|^2 / 2 > (|a|^2 - s2 - tol) / 2
+    if not (np.isfinite(an).all() and np.isfinite(cn).all()):  # beyond float32's range: no screen
+        return np.arange(len(xc))
+    g = a32 @ c32.T
+    g -= (0.5 * cn).astype(np.float32)[None, :]  # v = a.c - |c|^2 / 2: larger is nearer, |err| <= tol / 2
+    if kde_k is None or kde_k >= g.shape[1]:
+        g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
+        return np.flatnonzero((g > 0).any(axis=0))
+    inside = g > (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
+    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol
+    kth = np.partition(g, g.shape[1] - int(kde_k), axis=1)[:, g.shape[1] - int(kde_k)]
+    inside &= g >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
+    return np.flatnonzero(inside.any(axis=0))
 
 
-def sum_largest(rows: np.ndarray, weights: np.ndarray, n_rows: int, kde_k: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the sum of its ``kde_k`` largest weights, added largest first (so the value
-    depends only on the multiset of weights), and its number of positive weights."""
-    order = np.lexsort((-weights, rows))
-    rows, weights = rows[order], weights[order]
-    count = np.bincount(rows, minlength=n_rows)
-    first = np.concatenate([[0], np.cumsum(count)[:-1]])
-    rank = np.arange(len(rows)) - first[rows]
-    top = rank < kde_k
-    return np.bincount(rows[top], weights=weights[top], minlength=n_rows), count
+def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
+    """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
+    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product of augmented rows
+    ``[2 a / s2, 1 - |a|^2 / s2, -1 / s2] . [c, 1, |c|^2]``. Weights within that product's
+    rounding bound of 1 (duplicates, near-duplicates) are recomputed from the differences, so a
+    duplicate's weight is exactly 1."""
+    s2 = float(sigma) ** 2
+    a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
+    d = a.shape[1]
+    an, cn = _sq_norms(a), _sq_norms(c)
+    aa = np.empty((len(a), d + 2))
+    np.multiply(a, 2.0 / s2, out=aa[:, :d])
+    aa[:, d] = 1.0 - an / s2
+    aa[:, d + 1] = -1.0 / s2
+    ca = np.empty((len(c), d + 2))
+    ca[:, :d] = c
+    ca[:, d] = 1.0
+    ca[:, d + 1] = cn
+    w = aa @ ca.T
+    # |fl(w) - w| <= (d + 4) eps * (sum of the terms' magnitudes), x4 to spare
+    tol = 4.0 * (d + 4) * EPS64 * (1.0 + 2.0 * (float(an.max(initial=0)) + float(cn.max(initial=0))) / s2)
+    np.maximum(w, 0.0, out=w)
+    r, k = np.nonzero(w > 1.0 - 2.0 * tol)
+    if len(r):
+        step = max(1, CHUNK_BYTES // (8 * d) // 4)
+        for i in range(0, len(r), step):
+            diff = a[r[i:i + step]] - c[k[i:i + step]]
+            w[r[i:i + step], k[i:i + step]] = np.maximum(0.0, 1.0 - np.einsum("ij,ij->i", diff, diff) / s2)
+    return w
 
 
-def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def sum_largest(w: np.ndarray, kde_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the (rows, cols) weights ``w >= 0``: the sum of its ``kde_k`` largest and
+    its number of positive weights."""
+    cnt = np.count_nonzero(w, axis=1)
+    rho = w.sum(axis=1)
+    over = np.flatnonzero(cnt > kde_k)
+    if len(over):
+        wo = w[over]
+        rho[over] = np.partition(wo, wo.shape[1] - kde_k, axis=1)[:, wo.shape[1] - kde_k:].sum(axis=1)
+    return rho, cnt
+
+
+def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int, *, counts: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Densities of the rows ``xr`` against the columns ``xc`` (which must include each row
-    itself, or its duplicate, for ``rho >= 1``): float64 sums of the ``kde_k`` largest kernel
-    weights, and the number of columns inside the kernel. Memory: blocks of about
-    ``CHUNK_BYTES`` of distances."""
+    itself, or its duplicate, for ``rho >= 1``, and every row's kernel neighbours): float64
+    sums of the ``kde_k`` largest kernel weights, and the number of columns inside the kernel.
+    Per block of rows, :func:`kernel_columns` screens the columns in float32 and
+    :func:`kernel_weights` weighs the rest in float64. ``counts=False``: the screen also drops
+    the columns beyond each row's ``kde_k`` nearest (faster where the cap binds) and no counts
+    are returned. Memory: blocks of about ``CHUNK_BYTES``."""
     rho = np.zeros(len(xr))
     cnt = np.zeros(len(xr), dtype=np.int64)
-    step = block_rows(len(xc), 4)
+    step = block_rows(len(xc), 8)
     for s in range(0, len(xr), step):
-        r, _, w = kernel_pairs(xr[s:s + step], xc, sigma)
-        rho[s:s + step], cnt[s:s + step] = sum_largest(r, w, min(step, len(xr) - s), kde_k)
-    return rho, cnt
+        xb = xr[s:s + step]
+        cols = kernel_columns(xb, xc, sigma, None if counts else kde_k)
+        rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xb, xc[cols], sigma), kde_k)
+    return rho, (cnt if counts else None)
 
 
 def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | None = None
@@ -99,51 +143,110 @@ def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | Non
 
 
 class PivotColumns:
-    """Which columns can hold a row's kernel neighbours, by the triangle inequality
-    ``||u - v|| >= |D(u, p) - D(v, p)|`` around pivot rows ``p``.
+    """Which columns can hold a row's kernel neighbours: cells of ``x`` around ``n_pivots``
+    centres (a few seeded k-means steps) and two triangle-inequality bounds.
 
-    ``n_pivots`` seeded random rows of ``x`` serve as pivots; each row is assigned its nearest
-    pivot, and a block of rows with pivot distances in ``[lo, hi]`` needs only the columns
-    whose distance to that pivot lies in ``[lo - sigma, hi + sigma]`` (widened by the
-    rounding bound of the float32 distances): one contiguous range of the columns sorted by
-    pivot distance. Exact: no column inside the kernel is left out.
+    The centres come from ``iterations`` Lloyd steps on ``sample`` seeded rows; every row of
+    ``x`` then joins the cell of its nearest centre. For a block of rows ``u`` (one
+    cell ``A``, sorted by distance to its centre) a column ``v`` of cell ``C`` is kept only if
+
+    * *hyperplane*: ``|t(u) - t(v)| <= sigma |c_A - c_C|`` for some ``u``, where
+      ``t(x) = x.c_A - x.c_C`` (Cauchy-Schwarz: ``|t(u) - t(v)| <= ||u - v|| |c_A - c_C|``), and
+    * *annulus*: ``|D(u, c_C) - D(v, c_C)| <= sigma`` for some ``u``,
+
+    both widened by the rounding bound of the float32 products ``x.c`` they come from. Exact:
+    no column inside the kernel is left out. Memory: ``len(x) * n_pivots`` float32 products.
     """
 
-    def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 512, seed: int = 0,
-                 block: int = 512) -> None:
-        rng = np.random.default_rng(seed)
-        self.pivots = np.sort(rng.choice(len(x), size=min(n_pivots, len(x)), replace=False))
-        dt = np.float64 if x.dtype == np.float64 else np.float32
-        xs = np.asarray(x, dtype=dt)
-        xn = _sq_norms(xs)
-        pn = xn[self.pivots]
-        d2 = np.empty((len(x), len(self.pivots)))
-        step = block_rows(len(self.pivots), 8)
-        for s in range(0, len(x), step):
-            d2[s:s + step] = xn[s:s + step, None] + pn[None, :] - 2.0 * (xs[s:s + step] @ xs[self.pivots].T)
-        self.dist = np.sqrt(np.maximum(d2, 0.0))
-        tol = 4.0 * (x.shape[1] + 2) * float(np.finfo(dt).eps) * 2.0 * float(xn.max(initial=0))
-        self.reach = float(sigma) + 2.0 * np.sqrt(tol) + 1e-9  # |D32 - D| <= sqrt(tol) per distance
-        self.block = int(block)
-        self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
+                 block: int = 256, iterations: int = 3, sample: int = 16384) -> None:
+        from scipy import sparse
 
-    def _by_pivot(self, p: int) -> tuple[np.ndarray, np.ndarray]:
-        if p not in self._sorted:
-            order = np.argsort(self.dist[:, p], kind="stable")
-            self._sorted[p] = (order, self.dist[order, p])
-        return self._sorted[p]
+        rng = np.random.default_rng(seed)
+        n, d = x.shape
+        self.sigma, self.block = float(sigma), int(block)
+        xs = np.asarray(x, dtype=np.float32)
+        self.n = n
+        self.trivial = not np.isfinite(_sq_norms(xs)).all()  # beyond float32's range: no pruning
+        if self.trivial:
+            return
+        sample = xs[np.sort(rng.choice(n, size=min(n, int(sample)), replace=False))]
+        centres = np.asarray(sample[np.sort(rng.choice(len(sample), size=min(int(n_pivots), n), replace=False))],
+                             dtype=np.float64)
+        for it in range(int(iterations) + 1):  # Lloyd steps on a sample, then every row assigned
+            last = it == int(iterations)
+            pts = xs if last else sample
+            c32 = centres.astype(np.float32)
+            self.cn = _sq_norms(c32)
+            g = self._products(pts, c32)
+            cell = np.argmax(g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
+            if last:
+                self.g, self.cell = g, cell
+                break
+            onehot = sparse.csr_matrix((np.ones(len(pts), dtype=np.float32), (cell, np.arange(len(pts)))),
+                                       shape=(len(centres), len(pts)))
+            size = np.bincount(cell, minlength=len(centres))
+            used = np.flatnonzero(size)
+            centres[used] = np.asarray(onehot @ pts, dtype=np.float64)[used] / size[used, None]
+        # the last assignment was made against c32: the products g are those of c32
+        self.c32 = c32
+        self.xn = _sq_norms(xs)
+        if x.dtype != np.float32:  # bounds hold for the float32 copies, each within eps |x| of its row
+            self.sigma += 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0)))
+        # |fl32(x.c) - x.c| <= (d + 2) eps |x| |c| (x4 to spare); distances from them carry sqrt of twice that
+        self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0) * self.cn.max(initial=0)))
+        rows = np.arange(n)
+        self.gown = self.g[rows, self.cell].astype(np.float64)
+        self.dist = self._centre_dist(rows, self.cell)
+        self.order = np.lexsort((self.dist, self.cell))  # members of each cell, by distance to its centre
+        self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
+        self.rmin = np.full(len(centres), np.inf)
+        self.rmax = np.full(len(centres), -np.inf)
+        np.minimum.at(self.rmin, self.cell, self.dist)
+        np.maximum.at(self.rmax, self.cell, self.dist)
+
+    @staticmethod
+    def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
+        g = np.empty((len(xs), len(c32)), dtype=np.float32)
+        step = block_rows(len(c32), 4)
+        for s in range(0, len(xs), step):
+            g[s:s + step] = xs[s:s + step] @ c32.T
+        return g
+
+    def _centre_dist(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[rows, cells].astype(np.float64)
+        return np.sqrt(np.maximum(d2, 0.0))
 
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``)."""
-        near = np.argmin(self.dist[rows], axis=1)
+        rows = np.asarray(rows)
+        if self.trivial:
+            return [(rows[a:a + self.block], np.arange(self.n)) for a in range(0, len(rows), self.block)]
+        rows = rows[np.lexsort((self.dist[rows], self.cell[rows]))]
+        cuts = np.flatnonzero(np.diff(self.cell[rows])) + 1
         out = []
-        for p in np.unique(near):
-            mine = rows[near == p]
-            mine = mine[np.argsort(self.dist[mine, p], kind="stable")]
-            order, sd = self._by_pivot(int(p))
-            for a in range(0, len(mine), self.block):
-                blk = mine[a:a + self.block]
-                lo, hi = self.dist[blk[0], p] - self.reach, self.dist[blk[-1], p] + self.reach
-                i, j = np.searchsorted(sd, [lo, hi], side="left")[0], np.searchsorted(sd, hi, side="right")
-                out.append((blk, np.sort(order[i:j])))
+        span_d = np.sqrt(2.0 * self.err) * 2.0 + 1e-9
+        for part in np.split(rows, cuts):
+            A = int(self.cell[part[0]])
+            cA = self.c32[A].astype(np.float64)
+            gap = np.sqrt(np.maximum(_sq_norms(self.c32.astype(np.float64) - cA[None, :]), 0.0))  # |c_A - c_C|
+            for a in range(0, len(part), self.block):
+                blk = part[a:a + self.block]
+                gb = self.g[blk].astype(np.float64)  # (B, P)
+                t = gb[:, [A]] - gb  # t(u) for every cell C
+                reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
+                t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
+                du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
+                d_lo, d_hi = du.min(axis=0) - self.sigma - span_d, du.max(axis=0) + self.sigma + span_d
+                # cells whose members' centre distances overlap the annulus, then their members
+                cand = np.flatnonzero((d_lo <= self.rmax) & (d_hi >= self.rmin))
+                i = self.starts[cand]
+                span = self.starts[cand + 1] - i
+                idx = self.order[np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span)
+                                 + np.arange(span.sum())]
+                c = self.cell[idx]
+                tv = self.g[idx, A].astype(np.float64) - self.gown[idx]
+                dv = self.dist[idx]
+                keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
+                out.append((blk, np.sort(idx[keep])))
         return out

@@ -60,7 +60,8 @@ class TSDSSelection(SelectionMethod):
         with ctx.timed("tsds_sample"):
             idx, sinfo = draw(p, k, rng=ctx.rng, sampling=c["sampling"],
                               fill_key=lambda: nearest_query_distance(*prepare(q, x, bool(c["normalize"]))))
-        columns = {"tsds_prob": p}
+        # rho: the KDE density the plan divided each row's capacity by (NaN where not needed)
+        columns = {"tsds_prob": p, "tsds_density": res.rho}
         if c["sampling"] == "with_replacement":
             counts = np.bincount(idx, minlength=len(p)).astype(np.float64)
             _, first = np.unique(idx, return_index=True)

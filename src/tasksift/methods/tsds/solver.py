@@ -57,24 +57,29 @@ def water_filling(dist: np.ndarray, ids: np.ndarray, rho_nb: np.ndarray, *, alph
 
 
 def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callable[[np.ndarray], np.ndarray],
-                            *, alpha: float, C: float, first: int = 128
+                            *, alpha: float, C: float, first: int = 128, slack: float = 1.1,
+                            cap: float = 2.0
                             ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """:func:`water_filling` on the full lists, asking ``densities`` only for the neighbours
     the plan depends on.
 
     The solution depends on the densities of each query's first ``K_i + 1`` neighbours only
     (the water level never reaches further along a list, whose prefix sums increase). So the
-    lists are solved on prefixes of ``J_i`` neighbours (``first``, then grown for every
-    query whose prefix was filled completely, by half) until every query stops inside its prefix
-    (``K_i < J_i``) or has its whole list: then no event beyond the prefixes lies below the
-    water level and the prefix solution is the full one, exactly.
+    lists are solved on prefixes of ``J_i`` neighbours (``first`` to begin with) until every
+    query stops inside its prefix (``K_i < J_i``) or has its whole list: then no event beyond
+    the prefixes lies below the water level and the prefix solution is the full one, exactly.
+    The next prefixes come from a guess: the full lists solved with each unknown density set
+    to the mean of its query's known ones; a query grows to ``slack`` times its guessed
+    ``K_i + 1``, at most twice its prefix (and, when its prefix was filled, by half at least). The guess only decides
+    how many densities are asked for per round, never the result.
 
     densities(J): receives the (M,) prefix lengths and returns the (M, max(J)) densities of
     the neighbours (values beyond a query's prefix are ignored).
     Returns (gamma (M, L), s, K, J the prefix lengths used).
     """
     m, L = ids.shape
-    n_valid = (ids >= 0).sum(axis=1)
+    valid = ids >= 0
+    n_valid = valid.sum(axis=1)
     J = np.minimum(n_valid, max(1, int(first)))
     while True:
         w = int(J.max())
@@ -86,7 +91,15 @@ def solve_needing_densities(dist: np.ndarray, ids: np.ndarray, densities: Callab
             full = np.zeros((m, L))
             full[:, :w] = gamma
             return full, s, K, J
-        J = np.where(grow, np.minimum(n_valid, J + (J + 1) // 2), J)
+        tail = inside & (np.arange(w)[None, :] >= (J // 2)[:, None])  # the later half of each prefix
+        mean = np.where(tail, rho_nb, 0.0).sum(axis=1) / np.maximum(tail.sum(axis=1), 1)
+        wg = int(min(L, np.ceil(cap * w) + 1))  # no query grows beyond cap times its prefix this round
+        guess = np.broadcast_to(mean[:, None], (m, wg)).copy()
+        guess[:, :w] = np.where(inside, rho_nb, guess[:, :w])
+        _, _, K_guess = water_filling(dist[:, :wg], ids[:, :wg], guess, alpha=alpha, C=C)
+        want = np.ceil(slack * (K_guess + 1)).astype(np.int64)
+        floor = np.where(grow, J + (J + 1) // 2, J)
+        J = np.minimum(n_valid, np.maximum(floor, np.minimum(want, np.ceil(cap * J).astype(np.int64))))
 
 
 def objective(gamma, dist: np.ndarray, rho: np.ndarray, *, alpha: float, C: float) -> float:
