@@ -17,9 +17,12 @@ model distilled from the default model):
 * speed vs float32: the modes embed the same ``--speed-rows`` rows in turn (A B C A B C ...,
   ``--rounds`` rounds, models loaded once, no cache): median rows/s and the median of the
   per-round ratios to float32, so a machine whose speed drifts still compares fairly;
-* quality vs float32: Jaccard of the TSDS selection at 1%, the share of selected rows from
-  FLAN's gsm8k (the on-task rows), and kNN-10 overlap (the 10 nearest pool rows of each
-  target row, and of 500 sampled pool rows).
+* quality vs float32: Jaccard of the TSDS selection at 1% (TSDS draws its rows at random
+  from its selection probabilities, so the header also gives float32 seed 0 vs seed 1, the
+  floor of this column), Jaccard of the 1% rows of highest TSDS probability, the overlap of
+  the two probability vectors (sum of min(p, p_float32): 1 = the same distribution), the
+  share of selected rows from FLAN's gsm8k (the on-task rows), and kNN-10 overlap (the 10
+  nearest pool rows of each target row, and of 500 sampled pool rows).
 
 Last column: ``select --estimate``'s pool-embedding time (empty cache; scaled to the rows of
 the recorded run) against the measured cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
@@ -84,11 +87,23 @@ def cold_run(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Exam
     return emb, e.embed(target, desc=f"{mode} target")
 
 
-def tsds_pick(pool: list[Example], target: list[Example], pe: np.ndarray, te: np.ndarray, k: int) -> np.ndarray:
-    ctx = SelectionContext(pool, target, seed=0, progress=False)
+def tsds_pick(pool: list[Example], target: list[Example], pe: np.ndarray, te: np.ndarray, k: int,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """TSDS's selection (its seeded draw of ``k`` rows) and its selection probabilities."""
+    ctx = SelectionContext(pool, target, seed=seed, progress=False)
     ctx.set_embeddings("pool", pe)
     ctx.set_embeddings("target", te)
-    return np.asarray(get_method("tsds")().select(ctx, k).indices, dtype=np.int64)
+    res = get_method("tsds")().select(ctx, k)
+    return np.asarray(res.indices, dtype=np.int64), np.asarray(res.scores, dtype=np.float64)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return len(set(a.tolist()) & set(b.tolist())) / max(1, len(set(a.tolist()) | set(b.tolist())))
+
+
+def top_k(p: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` rows of highest probability (ties: lower row first)."""
+    return np.argsort(-p, kind="stable")[:k]
 
 
 def knn_overlap(q_a: np.ndarray, p_a: np.ndarray, q_b: np.ndarray, p_b: np.ndarray, k: int = 10,
@@ -197,21 +212,27 @@ def main() -> int:
     speed = speed_rounds(modes, configs, texts, args.rounds, cache) if args.rounds else {}
     k = max(1, round(args.ratio * len(pool)))
     ref_pe, ref_te = embs["float32"]
-    ref_pick = tsds_pick(pool, target, ref_pe, ref_te, k)
+    ref_pick, ref_p = tsds_pick(pool, target, ref_pe, ref_te, k)
+    # TSDS draws k rows from its probabilities: float32 with another seed is the floor of the
+    # draw's Jaccard (any change of the vectors beyond ~1e-5 reshuffles the draw like a new seed)
+    seed_floor = jaccard(ref_pick, tsds_pick(pool, target, ref_pe, ref_te, k, seed=1)[0])
     rng = np.random.default_rng(0)
     probe = rng.choice(len(pool), size=min(500, len(pool)), replace=False)
     chars = np.mean([len(ex.text[:4000]) for ex in pool])
     print(f"\n{len(pool):,} rows of the real pool sample (mean {chars:.0f} chars), {len(target)} GSM8K target rows; "
           f"TSDS selects {k} ({100 * args.ratio:g}%); device {args.device}; cold runs: one each, under the load of "
-          f"the moment; speed: {args.rounds} alternating rounds on {len(texts)} rows")
+          f"the moment; speed: {args.rounds} alternating rounds on {len(texts)} rows; TSDS draw Jaccard of "
+          f"float32 seed 0 vs seed 1 (the floor of that column): {seed_floor:.3f}")
     print("| mode | dim | cold rows/s | cold peak RSS MiB | speed rows/s (median) | vs float32 (median) "
-          "| TSDS Jaccard vs float32 | gsm8k share | kNN-10 target->pool | kNN-10 pool->pool "
-          "| --estimate / measured cold |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| TSDS Jaccard vs float32 (draw) | TSDS top-1% Jaccard | TSDS prob. overlap | gsm8k share "
+          "| kNN-10 target->pool | kNN-10 pool->pool | --estimate / measured cold |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in modes:
         pe, te = embs[m]
-        pick = tsds_pick(pool, target, pe, te, k)
-        jac = len(set(pick) & set(ref_pick)) / max(1, len(set(pick) | set(ref_pick)))
+        pick, p = tsds_pick(pool, target, pe, te, k)
+        jac = jaccard(pick, ref_pick)
+        jac_top = jaccard(top_k(p, k), top_k(ref_p, k))
+        overlap = float(np.minimum(p, ref_p).sum())          # 1: the same distribution to draw from
         share = np.mean(["gsm8k" in (pool[i].source or "") for i in pick])
         kt = knn_overlap(te, pe, ref_te, ref_pe)
         kp = knn_overlap(pe[probe], pe, ref_pe[probe], ref_pe, self_rows=probe)
@@ -225,7 +246,8 @@ def main() -> int:
         else:
             sp = rt = "-"
         ev = estimate_vs_measured(m, configs[m], pool, target, record, cache) if args.estimate_check else "-"
-        print(f"| {m} | {pe.shape[1]} | {cold} | {peak} | {sp} | {rt} | {jac:.3f} | {share:.3f} | {kt:.3f} "
+        print(f"| {m} | {pe.shape[1]} | {cold} | {peak} | {sp} | {rt} | {jac:.3f} | {jac_top:.3f} | {overlap:.3f} "
+              f"| {share:.3f} | {kt:.3f} "
               f"| {kp:.3f} | {ev} |")
     if args.million:
         print(million(args.million, pool, args.device))

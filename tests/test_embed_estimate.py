@@ -86,3 +86,31 @@ def test_cli_estimate_needs_no_out_and_writes_nothing(tiny_pool, tiny_embed_mode
     out = capsys.readouterr().out
     assert rc == 0 and "pool 35 rows, 30 unique, 0 already cached" in out and "| embed pool | 30 |" in out
     assert shards(tmp_path / "c") == []
+
+
+def test_estimate_reads_only_the_sampled_rows_of_a_stored_pool(tiny_pool, tiny_embed_model, tmp_path, monkeypatch):
+    """A columnar pool's ids and text lengths come from its columns: the estimate decodes only
+    the rows it times (it once read all 113k pool rows one at a time, ~60 s)."""
+    from tasksift.data import load_examples
+    from tasksift.data.pool import ArrowRows, Pool
+    from tasksift.estimate import text_chars
+
+    pool_path, target_path = tiny_pool
+    pool = load_examples(pool_path)
+    assert isinstance(pool.examples, Pool) and isinstance(pool.examples._store, ArrowRows)
+    exs = list(pool.examples)
+    cfg = EmbedConfig(model=tiny_embed_model, device="cpu", max_chars=30)
+    assert embedding_ids(pool.examples, cfg) == embedding_ids(exs, cfg)
+    positions = [3, 0, 17, 3]
+    want = [min(len(exs[i].text), 30) for i in positions]
+    assert text_chars(pool.examples, positions, cfg).tolist() == want == text_chars(exs, positions, cfg).tolist()
+    resp = EmbedConfig(model=tiny_embed_model, device="cpu", text="response")
+    assert text_chars(pool.examples, positions, resp).tolist() == [len(exs[i].response) for i in positions]
+
+    read = []
+    real_read = ArrowRows.read
+    monkeypatch.setattr(ArrowRows, "read", lambda self, pos, cols: read.append(len(pos)) or real_read(self, pos, cols))
+    est = estimate_select(pool, load_examples(target_path), "tsds", ratio=0.1, sample=4,
+                          embed=EmbedConfig(model=tiny_embed_model, device="cpu"), cache_dir=tmp_path / "c")
+    assert est.unique_rows == 30
+    assert sum(read) <= 4 + 2                            # the pool sample (+ the target's rows)

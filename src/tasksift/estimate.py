@@ -22,6 +22,7 @@ import numpy as np
 
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
+from .data.pool import Pool
 from .errors import ConfigError
 from .store import FeatureStore
 from .features.embed import EmbedConfig, Embedder, example_texts
@@ -89,8 +90,29 @@ def fmt_seconds(s: float) -> str:
 
 def embedding_ids(examples: Sequence[Example], config: EmbedConfig) -> list[str]:
     """The feature-cache ids the embedder uses for ``examples`` (checked against the
-    embedder by the tests)."""
-    return [ex.id + ":" + config.text for ex in examples]
+    embedder by the tests); a :class:`Pool`'s ids come from its id column, no row is read."""
+    ids = examples.id_list() if isinstance(examples, Pool) else [ex.id for ex in examples]
+    return [i + ":" + config.text for i in ids]
+
+
+def rows_at(examples: Sequence[Example], positions: Sequence[int]) -> list[Example]:
+    """The examples at ``positions`` (a :class:`Pool` reads each stored batch once)."""
+    if isinstance(examples, Pool):
+        return examples.examples(np.asarray(positions, dtype=np.int64))
+    return [examples[i] for i in positions]
+
+
+def text_chars(examples: Sequence[Example], positions: Sequence[int], config: EmbedConfig) -> np.ndarray:
+    """Characters of the text the embedder would embed for each row at ``positions`` (cut at
+    ``max_chars``): a :class:`Pool`'s ``chars`` column for the whole text (no row is read),
+    else the texts themselves, read a batch at a time."""
+    if isinstance(examples, Pool) and config.text == "text":
+        return np.minimum(examples.chars[np.asarray(positions, dtype=np.int64)], config.max_chars).astype(np.float64)
+    out = np.empty(len(positions), dtype=np.float64)
+    for s in range(0, len(positions), 4096):
+        part = rows_at(examples, positions[s:s + 4096])
+        out[s:s + len(part)] = [len(t) for t in example_texts(part, config.text, config.max_chars)]
+    return out
 
 
 def method_needs(method: str | Sequence | Mapping) -> set[str]:
@@ -154,8 +176,7 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
     earlier stage's per-token rate (same model)."""
     cfg = embedder.config
     n = len(todo)
-    texts_all = example_texts([examples[i] for i in todo], cfg.text, cfg.max_chars)
-    chars = np.asarray([len(t) for t in texts_all], dtype=np.float64)
+    chars = text_chars(examples, todo, cfg)
     if n == 0:
         return StageEstimate(stage, 0, 0.0, None, "all cached"), measured or {}
     if measured is None:
@@ -166,7 +187,7 @@ def estimate_embedding(embedder: Embedder, examples: Sequence[Example], todo: li
         static = isinstance(model, StaticEncoder)
         k = min(n, sample * (16 if static else 1))
         pick = rng.choice(n, size=k, replace=False)
-        texts = [texts_all[i] for i in pick]
+        texts = example_texts(rows_at(examples, [todo[i] for i in pick]), cfg.text, cfg.max_chars)
         if static:
             model.model.encode(texts[:8])                   # warm-up
             t = time.perf_counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -107,6 +107,8 @@ class Embedder:
     """
 
     kind = "embed"
+    #: :meth:`compute_block` reports each batch to ``on_rows`` (the progress bar moves per batch)
+    batch_progress = True
 
     def __init__(self, config: EmbedConfig | None = None, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, executor: Executor | None = None) -> None:
@@ -141,8 +143,22 @@ class Embedder:
     def block_item(self, ex: Example) -> str:
         return example_texts([ex], self.config.text, self.config.max_chars)[0]
 
-    def compute_block(self, texts: list) -> dict[str, np.ndarray]:
-        return {"values": self.encode_texts(texts)}
+    def compute_block(self, texts: list, on_rows: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Embeddings of one block; with ``on_rows`` the block is encoded a batch at a time
+        (longest texts first, as :meth:`encode_texts` would) and ``on_rows(n)`` follows each batch."""
+        if on_rows is None or not texts:
+            return {"values": self.encode_texts(texts)}
+        order = np.argsort([len(t) for t in texts], kind="stable")[::-1]
+        size = max(1, self.config.resolved_batch_size())
+        out = None
+        for s in range(0, len(order), size):
+            rows = order[s:s + size]
+            emb = self.encode_texts([texts[i] for i in rows])
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[rows] = emb
+            on_rows(len(rows))
+        return {"values": out}
 
     # -- the model ------------------------------------------------------------------------
     @property

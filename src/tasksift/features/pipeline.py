@@ -10,6 +10,10 @@ workers compute each block and write it into the store themselves (so a crash lo
 the blocks in flight, and a rerun computes only what is missing). The features of every row are
 then read back from the store.
 
+A featurizer whose ``compute_block`` takes an ``on_rows`` callback (it says so with
+``batch_progress = True``) reports each batch inside a block as it finishes, so the progress
+bar moves per batch wherever the block runs in this process; elsewhere the bar moves per block.
+
 When the executor's workers are other processes (:attr:`Executor.in_process` False: Ray) and
 the rows are a file-backed :class:`~tasksift.data.pool.Pool`, the driver sends no rows: blocks
 are :class:`~tasksift.data.blocks.RowBlock` references into a shared copy of the pool's file
@@ -93,16 +97,18 @@ class StoreWriter:
 
     featurizer: Any
     spec: StoreSpec
+    on_rows: Callable[[int], None] | None = None  # per-batch progress (in-process runs only)
     __hash__ = None  # type: ignore[assignment]
 
     def __call__(self) -> Callable[[tuple[list, list]], int]:
-        featurizer, store = self.featurizer, self.spec.open()
+        featurizer, store, on_rows = self.featurizer, self.spec.open(), self.on_rows
 
         def run(block: tuple[list, list | RowBlock]) -> int:
             ids, items = block
             if isinstance(items, RowBlock):
                 items = [featurizer.block_item(ex) for ex in items.examples()]
-            store.write(ids, featurizer.compute_block(list(items)))
+            kw = {"on_rows": on_rows} if on_rows is not None else {}
+            store.write(ids, featurizer.compute_block(list(items), **kw))
             return len(ids)
 
         return run
@@ -132,22 +138,27 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
     computed = 0
     if todo:
         store.check_writable()
-        bar = tqdm(total=len(uniq), initial=cached, desc=desc or f"{featurizer.kind} features", unit="row",
-                   disable=not progress, dynamic_ncols=True)
-        bar.set_postfix_str(f"{cached} from cache")
-        worker = StoreWriter(featurizer, store.spec)
+    bar = tqdm(total=len(uniq), initial=cached, desc=desc or f"{featurizer.kind} features", unit="row",
+               disable=not progress or not uniq, dynamic_ncols=True)
+    bar.set_postfix_str(f"{cached:,} from cache")
+    if todo:
+        per_batch = getattr(featurizer, "batch_progress", False) and executor.in_process
+        worker = StoreWriter(featurizer, store.spec, on_rows=bar.update if per_batch else None)
         try:
             # a segment may vanish under us (another run moved it aside as corrupt): retry those rows
             for _ in range(3):
                 for _, n in executor.map_blocks(worker, _blocks(todo, ids, rows, featurizer, block_rows, shared),
                                                 accelerator=featurizer.accelerator):
                     computed += n
-                    bar.update(n)
+                    if not per_batch:
+                        bar.update(n)
                 todo = [first[uniq[p]] for p in store.missing(uniq)]
                 if not todo:
                     break
         finally:
             bar.close()
+    else:
+        bar.close()
     del first, uniq, todo   # the store's read builds its own tables: free these first
     values = store.read(ids) if ids else {}
     return FeatureResult(values, rows_computed=computed, rows_cached=cached)
