@@ -347,3 +347,17 @@ def test_one_step_recipe_forms_run_as_their_method(tmp_path, capsys):
     assert man["config"] == {"max_words": 6, "order": "first"}
     assert main(base + ["--method", "length(min_words=x) -> random", "--out", str(tmp_path / "c")]) == 2
     assert "option min_words must be an integer >= 0 or null, got 'x'" in capsys.readouterr().err
+
+
+def test_per_selected_views_follow_indices(tmp_path, tiny_embed_model):
+    from tasksift.features.embed import EmbedConfig
+
+    pool = [{"instruction": f"task {i} about apples {'x' * i}", "output": str(i)} for i in range(30)]
+    sel = tasksift.select(pool, pool[:3], method="tsds", count=5, embed=EmbedConfig(model=tiny_embed_model),
+                          cache_dir=tmp_path / "c", progress=False)
+    assert len(sel.scores) == len(pool) and len(sel.selected_scores) == len(sel.indices) == 5
+    np.testing.assert_array_equal(sel.selected_scores, np.asarray(sel.scores)[sel.indices])
+    np.testing.assert_array_equal(sel.selected_probabilities, sel.probabilities[sel.indices])
+    assert (sel.selected_probabilities > 0).all()          # tsds draws only rows with mass
+    rnd = tasksift.select(pool, pool[:3], method="random", count=4, seed=0, progress=False, explain=False)
+    assert rnd.selected_probabilities is None and len(rnd.selected_scores) == 4

@@ -27,7 +27,8 @@ class Selection:
     """The result of :func:`select`.
 
     ``indices``: selected pool positions, best first; ``ids``: their example ids;
-    ``scores``: one score per pool row (NaN = not scored); ``columns``: per-pool-row arrays
+    ``scores``: one score per pool row (NaN = not scored; ``selected_scores`` gives them per
+    selected row, in the order of ``indices``); ``columns``: per-pool-row arrays
     written to the output; ``subset``: the selected Examples (each keeps its original row in
     ``.raw``); ``info``/``timings``: diagnostics for the manifest; ``output_files``: the names
     the last :meth:`save` wrote.
@@ -60,6 +61,17 @@ class Selection:
             if k in self.columns:
                 return self.columns[k]
         return None
+
+    @property
+    def selected_scores(self) -> np.ndarray | None:
+        """``scores`` of the selected rows, one per entry of ``indices`` (same order)."""
+        return None if self.scores is None else np.asarray(self.scores)[self.indices]
+
+    @property
+    def selected_probabilities(self) -> np.ndarray | None:
+        """``probabilities`` of the selected rows, one per entry of ``indices`` (same order)."""
+        p = self.probabilities
+        return None if p is None else np.asarray(p)[self.indices]
 
     def source_mix(self, depth: int = 1) -> dict[str, int]:
         """Selected rows per pool source (first ``depth`` path parts), largest first."""
