@@ -84,6 +84,7 @@ def test_results_rows_and_metrics(smoke_run):
         assert r["timings"][key] >= 0
     assert r["train"]["steps"] == 3
     assert sum(r["source_mix"].values()) == r["n_selected"]
+    assert r["embed"]["dtype"] in ("float32", "bfloat16") and r["embed"]["model"]   # the vectors knn used
     assert len(r["item_scores"]["loss"]) == 12 and set(r["item_scores"]["mc"]) <= {0.0, 1.0}
     assert isinstance(r["efficiency"], float) and r["feasibility_rank"] == 2
     full = rows["full|ratio=1|seed=0"]

@@ -154,6 +154,26 @@ def test_dtype_option_validated_and_fingerprint_kept():
     assert "loss_answer" in recipe_from_dict({**d, "scorers": ["loss_answer"]}).scorers
 
 
+def test_embed_dtype_validated_fingerprint_kept_and_passed_to_selection(tmp_path):
+    from tasksift.evaluate.combine import _recipe_key
+    from tasksift.evaluate.config import EMBED_DTYPES
+    from tasksift.features.embed_models import DTYPES
+
+    assert EMBED_DTYPES == DTYPES
+    d = {"pool": "p", "task": {"kind": "gsm8k"}, "methods": ["knn"]}
+    auto = recipe_from_dict(d)
+    assert auto.embed_dtype == "auto"
+    assert auto.fingerprint() == recipe_from_dict({**d, "embed_dtype": "auto"}).fingerprint()
+    f32 = recipe_from_dict({**d, "embed_dtype": "float32"})
+    assert f32.fingerprint() != auto.fingerprint()
+    old = {k: v for k, v in auto.to_dict().items() if k != "embed_dtype"}   # a run.json from before the option
+    assert _recipe_key(old) == _recipe_key(auto.to_dict()) != _recipe_key(f32.to_dict())
+    with pytest.raises(ConfigError, match="embed_dtype"):
+        recipe_from_dict({**d, "embed_dtype": "fp8"})
+    ev = Evaluation(f32, tmp_path / "out", progress=False)
+    assert ev.embed_config().dtype == "float32" and ev.embed_config().resolved_dtype() == "float32"
+
+
 def test_cli_seeds_override(seed_dirs, tmp_path, capsys):
     work, _ = seed_dirs
     rfile = tmp_path / "r.yaml"

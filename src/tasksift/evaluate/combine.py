@@ -28,6 +28,8 @@ def _recipe_key(recipe: dict[str, Any]) -> str:
     for part in ("finetune", "scoring"):   # a default dtype = the same recipe as before the option existed
         if isinstance(d.get(part), dict) and d[part].get("dtype") == "float32":
             d[part] = {k: v for k, v in d[part].items() if k != "dtype"}
+    if d.get("embed_dtype") in (None, "auto"):       # the default = recipes from before the option
+        d.pop("embed_dtype", None)
     if isinstance(d.get("finetune"), dict):
         d["finetune"] = {k: v for k, v in d["finetune"].items() if k != "gradient_checkpointing"}
     return json.dumps(d, sort_keys=True, default=str)

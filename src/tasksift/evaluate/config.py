@@ -32,6 +32,8 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
                     char_ngram: 5, jaccard_threshold: 0.8}
     scoring: {max_length: 1024, batch_tokens: 4096, dtype: float32}
     embed_model: default               # sentence-transformers model for embedding methods
+    embed_dtype: auto                  # as `tasksift select --embed-dtype` (auto: bfloat16 where the
+                                       # CPU has it); float32 reproduces runs from before that option
     cache_dir: null                    # feature cache (default: <out>/cache)
 
 Relative paths are resolved against the current directory (run from the project root);
@@ -53,6 +55,7 @@ from ..errors import ConfigError
 
 SCORERS = ("loss", "loss_answer", "mc", "em")
 DTYPES = ("float32", "bfloat16")
+EMBED_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")   # tasksift.features.embed_models.DTYPES
 TASK_KINDS = ("gsm8k", "bbh", "csqa", "xcopa", "strategyqa", "jsonl")
 
 FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "epochs": None, "lr": 2e-4, "r": 8, "alpha": 16,
@@ -65,7 +68,7 @@ SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096, "d
 
 _TOP_KEYS = {"name", "pool", "pool_sample", "pool_layout", "pool_fields", "task", "methods", "method_options",
              "budgets", "seeds", "full", "base_model", "gguf_file", "device", "finetune", "scorers",
-             "primary_scorer", "generation", "contamination", "embed_model", "cache_dir", "scoring",
+             "primary_scorer", "generation", "contamination", "embed_model", "embed_dtype", "cache_dir", "scoring",
              "out", "keep_adapters", "progress"}
 
 
@@ -94,6 +97,7 @@ class EvalRecipe:
     contamination: dict[str, Any] = field(default_factory=lambda: dict(CONTAMINATION_DEFAULTS))
     scoring: dict[str, Any] = field(default_factory=lambda: dict(SCORING_DEFAULTS))
     embed_model: str = "default"
+    embed_dtype: str = "auto"
     cache_dir: str | None = None
     out: str | None = None
     keep_adapters: bool = False
@@ -121,6 +125,8 @@ class EvalRecipe:
         for part in ("finetune", "scoring"):   # a default dtype keeps the fingerprint of runs from before the option
             if d[part].get("dtype") == "float32":
                 d[part].pop("dtype")
+        if d.get("embed_dtype") == "auto":
+            d.pop("embed_dtype")
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -207,6 +213,9 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
     for part, where in ((ft, "finetune"), (sc, "scoring")):
         if part["dtype"] not in DTYPES:
             raise ConfigError(f"{where}.dtype must be one of {', '.join(DTYPES)}, got {part['dtype']!r}", file=source)
+    ed = str(d.get("embed_dtype") or "auto")
+    if ed not in EMBED_DTYPES:
+        raise ConfigError(f"embed_dtype must be one of {', '.join(EMBED_DTYPES)}, got {ed!r}", file=source)
     ps = d.get("pool_sample")
     if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 1):
         raise ConfigError(f"pool_sample must be a positive integer, got {ps!r}", file=source)
@@ -220,7 +229,7 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         generation=_merge(GENERATION_DEFAULTS, d.get("generation"), "generation"),
         contamination=_merge(CONTAMINATION_DEFAULTS, d.get("contamination"), "contamination"),
         scoring=sc,
-        embed_model=str(d.get("embed_model") or "default"), cache_dir=d.get("cache_dir"),
+        embed_model=str(d.get("embed_model") or "default"), embed_dtype=ed, cache_dir=d.get("cache_dir"),
         out=d.get("out"), keep_adapters=bool(d.get("keep_adapters", False)),
         progress=bool(d.get("progress", True)))
 

@@ -188,7 +188,6 @@ class Evaluation:
     # -- arms -------------------------------------------------------------------------
     def _select(self, arm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
         from ..api import select
-        from ..features.embed import EmbedConfig
 
         assert self.pool is not None and self.task is not None
         n = len(self.pool)
@@ -200,9 +199,14 @@ class Evaluation:
         label = arm["method"]
         sel = select(self.pool, self.task.target, method=method, seed=int(arm["seed"]),
                      config=_method_config(self.recipe, label), cache_dir=self.cache_dir, progress=self.progress,
-                     embed=EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device),
-                     explain=False, **kw)   # an arm needs the indices only, not report.html's data
+                     embed=self.embed_config(), explain=False, **kw)   # an arm needs the indices only, not report.html's data
         return sel.indices, dict(sel.timings), dict(sel.info)
+
+    def embed_config(self):
+        """The embedding settings of every arm's selection (the recipe's embed_model / embed_dtype)."""
+        from ..features.embed import EmbedConfig
+
+        return EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device, dtype=self.recipe.embed_dtype)
 
     def _score(self, model, tok) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.task is not None
@@ -233,6 +237,8 @@ class Evaluation:
             timings["select"] = time.perf_counter() - t
             timings["select_stages"] = {k: round(v, 4) for k, v in sel_timings.items()}
             row["peak_rss_mb_after_select"] = round(peak_memory_mb(), 1)
+            cfg = self.embed_config()
+            row["embed"] = {"model": cfg.model, "dtype": cfg.resolved_dtype()}   # what the vectors were, if used
             subset = [self.pool.examples[int(i)] for i in idx]
             row["n_selected"] = len(subset)
             mix: dict[str, int] = {}
