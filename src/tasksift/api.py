@@ -342,8 +342,8 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     if len(np.unique(idx)) != len(idx):
         raise RuntimeError(f"method {name} returned duplicate indices")
     if k < budget_rows and not info.get("short") and not (info.get("selector") or {}).get("short"):
-        info["short"] = (f"the pool holds {len(pool_d)} distinct rows ({info['duplicates_collapsed']} "
-                         f"duplicates collapsed)")
+        info["short"] = (f"the pool holds {len(pool_d)} distinct rows "      # only collapsing makes k short
+                         f"({info.get('duplicates_collapsed', 0)} duplicates collapsed)")
     scores, columns, explanation = result.scores, dict(result.columns), None
     if explain and len(idx):   # on the candidates the method saw; mapped back with the columns below
         from .report.explain import explain_selection
