@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from tasksift.evaluate import paired as P
-from tasksift.evaluate.style import answer_style, is_rationale_first, word_count
+from tasksift.data.style import answer_style, is_rationale_first, word_count
 from tasksift.evaluate.summary import base_chance, paired_vs_random, publishable, style_table
 from tasksift.evaluate.survey import (PUBLISHED_POINTS, reference_line, survey_efficiency, survey_feasibility,
                                       simplicity_penalty)

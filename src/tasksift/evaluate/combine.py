@@ -89,7 +89,7 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
 def _task_meta(recipe: dict[str, Any]) -> dict[str, Any]:
     """Task-level metadata recomputed from the task's data when it is at hand ({} otherwise)."""
     from ..errors import TasksiftError
-    from .style import answer_style, example_responses
+    from ..data.style import answer_style, example_responses
     from .tasks import load_task
 
     try:

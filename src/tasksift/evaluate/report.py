@@ -480,7 +480,7 @@ def render_report(rows: list[dict], summary: dict) -> str:
              "<h2>Answer style of each subset vs the target examples</h2>",
              "<p>Words per response; <i>rationale-first</i>: the response ends with an explicit final-answer "
              "statement (\"the answer is\", \"####\", \"answer:\") preceded by at least 10 words; <i>bare</i>: "
-             "under 10 words (see <code>tasksift.evaluate.style</code>).</p>", _style_block(summary),
+             "under 10 words (see <code>tasksift.data.style</code>).</p>", _style_block(summary),
              "<h2>Score vs selected fraction</h2><div class='grid'>" +
              "".join(f"<img src='{u}' alt='score vs SDF'>" for u in imgs_score) +
              f"<img src='{_pir_vs_sdf(rows, summary, colors)}' alt='PIR vs SDF'></div>",

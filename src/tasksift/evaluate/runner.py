@@ -35,7 +35,7 @@ from .config import EvalRecipe, budget_label, method_label
 from .contamination import OverlapResult, find_overlaps, pool_text
 from .metrics import compute_metrics
 from .scorers import ITEM_SCORERS, ModelScorer, aggregate
-from .style import answer_style, example_responses
+from ..data.style import answer_style, example_responses
 from .summary import enrich_summary
 from .tasks import TaskData, load_task
 

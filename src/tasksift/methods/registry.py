@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 #: Modules (relative to ``tasksift.methods``) that hold built-in methods.
 BUILTIN_MODULES = [
-    "random_", "knn", "tsds", "lobass", "ifd", "perplexity", "dsir", "less", "diversity", "dedup",
+    "random_", "knn", "tsds", "lobass", "ifd", "perplexity", "dsir", "less", "diversity", "dedup", "answer_style",
 ]
 
 COST_CLASSES = ("cheap", "moderate", "expensive")
