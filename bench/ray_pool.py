@@ -80,6 +80,9 @@ class TextFingerprint:
     def row_id(self, ex) -> str:
         return ex.id
 
+    def content_row_id(self, content_id: str) -> str:
+        return content_id
+
     def block_item(self, ex) -> str:
         return ex.text
 

@@ -152,3 +152,26 @@ def test_streamed_dsir_equals_whole_matrix_dsir(tmp_path, monkeypatch, opts):
     res = get_method("dsir")(**opts).select(SelectionContext(d.pool, target, seed=5), 10)
     assert np.array_equal(res.columns["dsir_log_weight"], want_w)
     assert res.indices.tolist() == want_idx.tolist()
+
+
+@pytest.mark.parametrize("buckets", [10, 70_000])
+def test_count_spill_gives_back_the_same_matrices(buckets):
+    import scipy.sparse as sp
+
+    from tasksift.features.ngram import CountSpill
+
+    rng = np.random.default_rng(0)
+    mats = [sp.random(n, buckets, density=0.01, random_state=s, format="csr") for s, n in enumerate([5, 0, 40, 1])]
+    mats = [sp.csr_matrix((np.ceil(m.data * 9), m.indices, m.indptr), shape=m.shape) for m in mats]
+    mats[2] = mats[2] * 70_000.0 if mats[2].nnz else mats[2]      # counts beyond uint16: stored as floats
+    mats.append(sp.csr_matrix(np.where(rng.random((3, buckets)) < .2, 2.5, 0)))   # non-integer values
+    spill = CountSpill(buckets)
+    for m in mats:
+        spill.add(m)
+    got = list(spill)
+    spill.close()
+    assert len(got) == len(mats)
+    for g, m in zip(got, mats):
+        assert g.shape == m.shape and g.dtype == np.float64
+        assert np.array_equal(g.indptr, m.indptr) and np.array_equal(g.indices, m.indices)
+        assert np.array_equal(g.data, m.data)

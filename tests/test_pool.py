@@ -284,3 +284,22 @@ def test_select_on_a_file_equals_select_on_its_rows(tmp_path, tiny_batches, meth
     pa_, pb = a.save(tmp_path / "a"), b.save(tmp_path / "b")
     assert pa_.read_bytes() == pb.read_bytes()
     assert a.manifest()["pool"]["fingerprint"] == b.manifest()["pool"]["fingerprint"]
+
+
+def test_text_batches_equal_the_examples_texts(tmp_path):
+    import json as _json
+
+    from tasksift.data import load_examples
+
+    rows = [{"instruction": f"Q{i} ünï?", "input": "" if i % 3 else f"ctx {i}", "output": f"A {i}."} for i in range(5000)]
+    rows += [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
+    rows += [{"text": "plain row"}]
+    (tmp_path / "p.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    pool = load_examples(tmp_path / "p.jsonl", role="pool").pool
+    view = pool.take(np.random.default_rng(0).permutation(len(pool))[:3001])
+    for p in (pool, view, pool_mod.Pool.from_examples(pool.examples(range(50)))):
+        for field in ("text", "prompt", "response"):
+            got = [t for b in p.text_batches(field, size=777) for t in b]
+            assert got == [getattr(ex, field) for ex in p]
+    with pytest.raises(ValueError, match="field"):
+        next(pool.text_batches("raw"))

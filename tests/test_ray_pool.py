@@ -214,3 +214,41 @@ def test_ray_selection_equals_local_end_to_end(tmp_path, tiny_embed_model, ray_e
     remote = select(folder, target, cache_dir=tmp_path / "b", backend=ray_executor, **kw)
     assert remote.ids == local.ids and list(remote.indices) == list(local.indices)
     assert remote.info["backend"] == "ray"
+
+
+class ContentStats(TextStats):
+    """TextStats whose store ids derive from the pool's content ids (``content_row_id``)."""
+
+    kind = "contentstats"
+
+    def content_row_id(self, content_id: str) -> str:
+        return content_id + ":stats"
+
+
+def test_ids_from_content_ids_skip_the_copy_and_every_read_when_all_rows_are_cached(
+        tmp_path, ray_executor, monkeypatch):
+    from tasksift.data import blocks as blocks_mod
+    from tasksift.features import pipeline as pipeline_mod
+
+    pool = load_examples(write_pool(tmp_path / "pool", 600), role="pool").pool
+    local = compute_features(TextStats(), pool, open_store(TextStats(), tmp_path / "local"), LocalExecutor(),
+                             block_rows=128, progress=False)
+    log = tmp_path / "log"
+    f = ContentStats(log=str(log))
+    store = open_store(f, tmp_path / "c")
+    # the workers read each row once (features only: no id pass), the driver none
+    _no_driver_reads(monkeypatch)
+    monkeypatch.setattr(pipeline_mod, "_remote_row_ids", lambda *a, **k: pytest.fail("an id pass over the rows"))
+    first = compute_features(f, pool, store, ray_executor, block_rows=128, progress=False)
+    assert first.rows_computed == len(pool) - 5
+    assert len(log.read_text().split()) == len(pool) - 5
+    for k in FIELDS:
+        np.testing.assert_array_equal(first.values[k], local.values[k])
+    # every row cached: no copy of the pool file, no row read anywhere
+    monkeypatch.setattr(ArrowRows, "copy_to", lambda *a, **k: pytest.fail("the pool file was copied"))
+    monkeypatch.setattr(blocks_mod.SharedPool, "__init__", lambda *a, **k: pytest.fail("a shared copy was made"))
+    again = compute_features(f, pool, store, ray_executor, block_rows=128, progress=False)
+    assert again.rows_computed == 0 and again.rows_cached == len(pool) - 5
+    for k in FIELDS:
+        np.testing.assert_array_equal(again.values[k], local.values[k])
+    assert len(log.read_text().split()) == len(pool) - 5

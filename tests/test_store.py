@@ -151,3 +151,26 @@ def test_two_processes_writing_the_same_config_stay_consistent(tmp_path):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
     assert len(list(st.dir.glob("seg-*.seg"))) == 60
+
+
+def test_read_takes_encoded_ids_and_holds_no_per_id_objects(tmp_path):
+    import tracemalloc
+
+    n = 60_000
+    st = FeatureStore(tmp_path, "toy", {"v": 1})
+    for s in range(0, n, 10_000):
+        st.write([f"row-{i:08d}" for i in range(s, s + 10_000)], {"n": np.arange(s, s + 10_000, dtype=np.int32)})
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, n, size=n)                       # shuffled, with duplicates
+    ids = np.array([f"row-{i:08d}".encode() for i in pick])
+    fresh = _fresh(tmp_path)
+    assert fresh.missing(ids[:5]) == [] and fresh.missing(np.array([b"row-x", ids[0]])) == [0]
+    fresh.read(ids[:10])                                    # open the index and verify outside the count
+    tracemalloc.start()
+    got = fresh.read(ids)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got["n"], pick)
+    np.testing.assert_array_equal(fresh.read([f"row-{i:08d}" for i in pick[:100]])["n"], pick[:100])
+    per_row = (peak - got["n"].nbytes) / n
+    assert per_row < 60, f"{per_row:.0f} bytes an id besides the output"

@@ -128,6 +128,33 @@ class ArrowRows:
             for offset in range(0, size, 1 << 22):
                 out.write(os.pread(fd, min(1 << 22, size - offset), offset))
 
+    def _columns_at(self, positions: np.ndarray, columns: tuple[int, ...]) -> Iterator[tuple]:
+        """Per stored batch the rows ``positions`` fall in: ``(js, *values)``, ``js`` the
+        indices into ``positions`` of that batch's rows and one Python list per column."""
+        import pyarrow as pa
+
+        batch_of = np.searchsorted(self.batch_starts, positions, side="right") - 1
+        order = np.argsort(batch_of, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, batch_of[order][1:] != batch_of[order][:-1]]) if len(order) else []
+        ends = list(bounds[1:]) + [len(order)]
+        for a, e in zip(bounds, ends):
+            js = order[a:e]
+            b = int(batch_of[js[0]])
+            rb = self._batch(b)
+            local_np = positions[js] - self.batch_starts[b]
+            whole = len(js) == rb.num_rows and bool((local_np == np.arange(len(js))).all())
+            local = None if whole else pa.array(local_np)
+            yield (js, *[(rb.column(c) if whole else rb.column(c).take(local)).to_pylist() for c in columns])
+
+    def read_messages(self, positions: np.ndarray) -> list[list[dict]]:
+        """The conversations of the rows at the stored ``positions`` (raw rows not decoded)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out: list = [None] * len(positions)
+        for js, msgs in self._columns_at(positions, (1,)):
+            for j, m in zip(js.tolist(), msgs):
+                out[j] = m
+        return out
+
     def read(self, positions: np.ndarray, columns: PoolColumns, at: np.ndarray | None = None) -> list[Example]:
         """The Examples at the stored ``positions``; each row's columns are ``columns`` at ``at``
         (default: at ``positions``; a block's own columns: ``0..len-1``)."""
@@ -136,20 +163,8 @@ class ArrowRows:
         positions = np.asarray(positions, dtype=np.int64)
         at = positions if at is None else np.asarray(at, dtype=np.int64)
         out: list[Example | None] = [None] * len(positions)
-        batch_of = np.searchsorted(self.batch_starts, positions, side="right") - 1
-        order = np.argsort(batch_of, kind="stable")
-        bounds = np.flatnonzero(np.r_[True, batch_of[order][1:] != batch_of[order][:-1]]) if len(order) else []
-        ends = list(bounds[1:]) + [len(order)]
         files = columns.files
-        for a, e in zip(bounds, ends):
-            js = order[a:e]
-            b = int(batch_of[js[0]])
-            rb = self._batch(b)
-            local_np = positions[js] - self.batch_starts[b]
-            local = pa.array(local_np)
-            whole = len(js) == rb.num_rows and bool((local_np == np.arange(len(js))).all())
-            raws = (rb.column(0) if whole else rb.column(0).take(local)).to_pylist()
-            msgs = (rb.column(1) if whole else rb.column(1).take(local)).to_pylist()
+        for js, raws, msgs in self._columns_at(positions, (0, 1)):
             ids = columns.ids.take(pa.array(at[js])).to_pylist()
             for j, raw, msg, id_ in zip(js, raws, msgs, ids):
                 p = int(at[j])
@@ -227,6 +242,26 @@ class Pool(Sequence):
             return
         for s in range(0, n, size):
             yield self.examples(np.arange(s, min(s + size, n)))
+
+    def text_batches(self, field: str = "text", size: int = BATCH_ROWS) -> Iterator[list[str]]:
+        """Each row's ``text``, ``prompt`` or ``response`` (as :class:`Example` defines them),
+        in pool order, a list of at most ``size`` at a time. Reads only the conversations:
+        the raw rows are not decoded (about 4x faster than :meth:`batches`)."""
+        if field not in ("text", "prompt", "response"):
+            raise ValueError(f"field must be text, prompt or response, got {field!r}")
+        if not isinstance(self._store, ArrowRows):
+            for batch in self.batches(size):
+                yield [getattr(ex, field) for ex in batch]
+            return
+        n = len(self)
+        starts = [0]   # a view: any cut; else follow the stored batches so each is decoded once
+        if self._index is None:
+            starts = [int(s) for s in self._store.batch_starts if s < n] or [0]
+        bounds = starts + [n]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            for s in range(a, b, size):
+                msgs = self._store.read_messages(self._positions(np.arange(s, min(s + size, b))))
+                yield [getattr(Example(messages=m, raw=None, row=0, id="-"), field) for m in msgs]
 
     def __iter__(self) -> Iterator[Example]:
         for batch in self.batches():

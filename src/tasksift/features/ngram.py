@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
+from itertools import chain
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -66,26 +67,28 @@ def _splitmix(h: np.ndarray) -> np.ndarray:
     return h
 
 
+class _Memo(dict):
+    """token -> stable 64-bit hash, computed on first lookup (``memo[token]``)."""
+
+    def __missing__(self, token: str) -> int:
+        h = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+        self[token] = h
+        return h
+
+
 class TokenHasher:
     """Stable 64-bit token hashes, memoised per distinct token (the memo is emptied when it
-    holds ``max_memo`` tokens, so a long stream of text keeps it bounded)."""
+    holds ``max_memo`` tokens, so a long stream of text keeps it bounded). A token already
+    seen costs one C-level dict lookup (``map`` over the memo), no Python-level call."""
 
     def __init__(self, max_memo: int = 1_000_000) -> None:
-        self._memo: dict[str, int] = {}
+        self._memo = _Memo()
         self.max_memo = int(max_memo)
 
     def __call__(self, tokens: Iterable[str]) -> list[int]:
         if len(self._memo) > self.max_memo:
-            self._memo = {}
-        memo = self._memo
-        out = []
-        for t in tokens:
-            h = memo.get(t)
-            if h is None:
-                h = int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little")
-                memo[t] = h
-            out.append(h)
-        return out
+            self._memo = _Memo()
+        return list(map(self._memo.__getitem__, tokens))
 
 
 def ngram_buckets(token_hashes: np.ndarray, doc_of_token: np.ndarray, config: NgramConfig
@@ -117,15 +120,11 @@ def hashed_ngram_counts(texts: Sequence[str], config: NgramConfig | None = None,
     ``hasher``: a :class:`TokenHasher` to share its memo across calls."""
     config = config or NgramConfig()
     hasher = hasher or TokenHasher()
-    all_hashes: list[int] = []
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        if config.max_chars is not None:
-            text = text[:config.max_chars]
-        h = hasher(tokenize(text))
-        lengths[i] = len(h)
-        all_hashes.extend(h)
-    hashes = np.asarray(all_hashes, dtype=np.uint64)
+    cut = config.max_chars
+    tokens = [tokenize(t if cut is None else t[:cut]) for t in texts]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    hashes = np.array(hasher(chain.from_iterable(tokens)), dtype=np.uint64)
+    del tokens
     doc = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
     buckets, docs = ngram_buckets(hashes, doc, config)
     m = sp.csr_matrix((np.ones(len(buckets)), (docs, buckets)),
@@ -154,6 +153,57 @@ def iter_ngram_counts(batches: Iterable[Sequence], config: NgramConfig | None = 
     hasher = TokenHasher()
     for batch in batches:
         yield hashed_ngram_counts(example_texts(batch, config.text), config, hasher)
+
+
+def iter_text_ngram_counts(text_batches: Iterable[Sequence[str]], config: NgramConfig | None = None
+                           ) -> Iterator[sp.csr_matrix]:
+    """Hashed n-gram counts of batches of texts (e.g. ``pool.text_batches(config.text)``),
+    one CSR matrix per batch, sharing one token-hash memo."""
+    config = config or NgramConfig()
+    hasher = TokenHasher()
+    for texts in text_batches:
+        yield hashed_ngram_counts(texts, config, hasher)
+
+
+class CountSpill:
+    """Count matrices (CSR) appended to an unlinked temporary file (``folder``, default the
+    system temp folder) and read back in order, bit for bit, so a second pass over a pool's
+    counts need not tokenize it again. Bucket ids are stored as uint16 (uint32 above 65,536
+    buckets) and counts as uint16 where every count fits (else float64): about 4 bytes per
+    non-zero count, a few hundred bytes a row of text."""
+
+    def __init__(self, num_buckets: int, folder: str | None = None) -> None:
+        import tempfile
+
+        self.num_buckets = int(num_buckets)
+        self._file = tempfile.TemporaryFile(dir=folder)
+        self._index_dtype = np.dtype(np.uint16 if self.num_buckets <= 1 << 16 else np.uint32)
+        self._parts: list[tuple[int, int, np.dtype]] = []   # (rows, nnz, dtype of the counts)
+
+    def add(self, counts: sp.csr_matrix) -> None:
+        counts = sp.csr_matrix(counts)
+        data = counts.data
+        small = data.astype(np.uint16)
+        stored = small if np.array_equal(small, data) else data.astype(np.float64)
+        for arr in (np.diff(counts.indptr).astype(np.uint32), counts.indices.astype(self._index_dtype), stored):
+            self._file.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        self._parts.append((counts.shape[0], counts.nnz, stored.dtype))
+
+    def __iter__(self) -> Iterator[sp.csr_matrix]:
+        """The matrices added, in order (float64 counts, as :func:`hashed_ngram_counts` gives)."""
+        f = self._file
+        f.flush()
+        f.seek(0)
+        for rows, nnz, dtype in self._parts:
+            lens = np.fromfile(f, dtype=np.uint32, count=rows)
+            indices = np.fromfile(f, dtype=self._index_dtype, count=nnz).astype(np.int32)
+            data = np.fromfile(f, dtype=dtype, count=nnz).astype(np.float64)
+            indptr = np.zeros(rows + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
+            np.cumsum(lens, out=indptr[1:])
+            yield sp.csr_matrix((data, indices, indptr), shape=(rows, self.num_buckets))
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def ngram_totals(batches: Iterable[Sequence], config: NgramConfig | None = None) -> np.ndarray:

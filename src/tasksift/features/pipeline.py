@@ -18,9 +18,14 @@ When the executor's workers are other processes (:attr:`Executor.in_process` Fal
 the rows are a file-backed :class:`~tasksift.data.pool.Pool`, the driver sends no rows: blocks
 are :class:`~tasksift.data.blocks.RowBlock` references into a shared copy of the pool's file
 (under ``<store root>/.pool-files``, which must be a folder every worker can open), and the
-workers read them, both to compute the rows' store ids and to compute the features. The
-driver holds the pool's columns and the ids, never the rows' texts. Other rows (a list, an
-in-memory pool) are read here and sent to the workers block by block.
+workers read them, both to compute the rows' store ids and to compute the features. A
+featurizer whose store ids derive from the pool's content ids says so with an optional
+``content_row_id(content_id) -> str`` method: then the ids come from the pool's id column
+(here and with Ray; no row is read for them), and with Ray the pool file is copied only when
+some row must be computed, whose rows are then read once. The driver holds the pool's
+columns and the ids as one bytes array (:func:`encode_ids`), never the rows' texts nor a
+Python object per row. Other rows (a list, an in-memory pool) are read here and sent to the
+workers block by block.
 
 A featurizer is shipped to worker processes by pickling: it must drop whatever it loaded in
 this process (a model) when pickled and load it again on first use there.
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -124,24 +130,25 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
     from tqdm.auto import tqdm
 
     executor = executor if executor is not None else LocalExecutor()
-    shared = None if executor.in_process or not len(rows) else _shared_rows(rows, store)
-    if shared is None:
-        ids = [featurizer.row_id(r) for r in rows]
-    else:
+    remote = not executor.in_process and len(rows) > 0
+    by_content = isinstance(rows, Pool) and callable(getattr(featurizer, "content_row_id", None))
+    shared = _shared_rows(rows, store) if remote and not by_content else None
+    if shared is not None:
         ids = _remote_row_ids(featurizer, rows, shared, executor, max(block_rows, ID_BLOCK_ROWS))
-    first: dict[str, int] = {}
-    for pos, i in enumerate(ids):
-        first.setdefault(i, pos)
-    uniq = list(first)
-    todo = [first[uniq[p]] for p in store.missing(uniq)]
+    else:
+        ids = row_ids(featurizer, rows)
+    uniq, first = np.unique(ids, return_index=True)   # first: each distinct id's first position
+    todo = np.sort(first[store.locate_arrays(uniq)[0] < 0])
     cached = len(uniq) - len(todo)
     computed = 0
-    if todo:
+    if len(todo):
         store.check_writable()
+        if remote and by_content:   # rows are copied for the workers only when some must be computed
+            shared = _shared_rows(rows, store)
     bar = tqdm(total=len(uniq), initial=cached, desc=desc or f"{featurizer.kind} features", unit="row",
-               disable=not progress or not uniq, dynamic_ncols=True)
+               disable=not progress or not len(uniq), dynamic_ncols=True)
     bar.set_postfix_str(f"{cached:,} from cache")
-    if todo:
+    if len(todo):
         per_batch = getattr(featurizer, "batch_progress", False) and executor.in_process
         worker = StoreWriter(featurizer, store.spec, on_rows=bar.update if per_batch else None)
         try:
@@ -152,19 +159,54 @@ def compute_features(featurizer: Featurizer, rows: Sequence[Any], store: Feature
                     computed += n
                     if not per_batch:
                         bar.update(n)
-                todo = [first[uniq[p]] for p in store.missing(uniq)]
-                if not todo:
+                todo = np.sort(first[store.locate_arrays(uniq)[0] < 0])
+                if not len(todo):
                     break
         finally:
             bar.close()
     else:
         bar.close()
-    del first, uniq, todo   # the store's read builds its own tables: free these first
-    values = store.read(ids) if ids else {}
+    del first, uniq, todo   # the store's read builds its own arrays: free these first
+    values = store.read(ids) if len(ids) else {}
     return FeatureResult(values, rows_computed=computed, rows_cached=cached)
 
 
-def _blocks(todo: list[int], ids: Sequence[str], rows: Sequence[Any], featurizer: Featurizer,
+#: ids encoded per chunk of this many rows (the chunk's Python strings are then dropped)
+_ID_CHUNK = 65536
+
+
+def encode_ids(ids: Iterable[str]) -> np.ndarray:
+    """Store ids as a numpy bytes array of their UTF-8 encodings (``S<longest>``): about the
+    id's length in bytes per row, against ~60 bytes more for a Python string in a list."""
+    raw = [str(i).encode("utf-8") for i in ids]
+    return np.array(raw, dtype=bytes) if raw else np.zeros(0, dtype="S1")
+
+
+def _concat_ids(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype="S1")
+
+
+def row_ids(featurizer: Featurizer, rows: Sequence[Any]) -> np.ndarray:
+    """The store id of every row, encoded (:func:`encode_ids`). From the pool's content-id
+    column when ``rows`` is a :class:`Pool` and the featurizer derives its ids from content
+    ids (``content_row_id``; no row is read), else ``featurizer.row_id`` of each row, read
+    a batch at a time."""
+    content = getattr(featurizer, "content_row_id", None)
+    parts = []
+    if isinstance(rows, Pool) and callable(content):
+        col = rows.ids
+        for s in range(0, len(col), _ID_CHUNK):
+            parts.append(encode_ids(content(c) for c in col.slice(s, _ID_CHUNK).to_pylist()))
+        return _concat_ids(parts)
+    it = iter(rows)
+    while True:
+        chunk = list(islice(it, _ID_CHUNK))
+        if not chunk:
+            return _concat_ids(parts)
+        parts.append(encode_ids(featurizer.row_id(r) for r in chunk))
+
+
+def _blocks(todo: np.ndarray, ids: np.ndarray, rows: Sequence[Any], featurizer: Featurizer,
             block_rows: int, shared: SharedPool | None) -> Iterator[tuple[int, tuple[list, list | RowBlock]]]:
     """``(block number, (ids, items))`` for the positions ``todo``, made as they are asked for
     (``items``: a :class:`RowBlock` reference when ``shared``, else the rows' block items)."""
@@ -176,7 +218,7 @@ def _blocks(todo: list[int], ids: Sequence[str], rows: Sequence[Any], featurizer
         else:   # a pool reads a block's rows batch by batch, not one by one
             got = rows.examples(part) if isinstance(rows, Pool) else [rows[p] for p in part]
             items = [featurizer.block_item(r) for r in got]
-        yield b, ([ids[p] for p in part], items)
+        yield b, ([i.decode("utf-8") for i in ids[part].tolist()], items)
 
 
 def _shared_rows(rows: Sequence[Any], store: FeatureStore) -> SharedPool | None:
@@ -195,10 +237,11 @@ def block_row_ids(block: RowBlock, *, featurizer: Featurizer) -> list[str]:
 
 
 def _remote_row_ids(featurizer: Featurizer, rows: Any, shared: SharedPool, executor: Executor,
-                    step: int) -> list[str]:
-    """The store ids of every row, computed by the executor's workers from the shared rows."""
+                    step: int) -> np.ndarray:
+    """The store ids of every row (encoded), computed by the executor's workers from the shared rows."""
     n = len(rows)
     calls = ((b, (shared.block(rows, np.arange(s, min(s + step, n))),))
              for b, s in enumerate(range(0, n, step)))
-    parts = dict(executor.map_tasks(block_row_ids, calls, shared={"featurizer": featurizer}))
-    return [i for b in range(len(parts)) for i in parts[b]]
+    parts = {b: encode_ids(got) for b, got in executor.map_tasks(block_row_ids, calls,
+                                                                shared={"featurizer": featurizer})}
+    return _concat_ids([parts[b] for b in range(len(parts))])

@@ -18,8 +18,9 @@ The score column ``dsir_log_weight`` is log w.
 As in the paper the weight is not length-normalised (long rows get extreme weights);
 ``length_normalize=True`` divides log w by the row's n-gram count.
 
-The pool is hashed in two streaming passes over its batches (bucket totals for the raw model,
-then each row's log weight), so no whole-pool count matrix is ever held.
+The pool is tokenized in one streaming pass over its texts (bucket totals for the raw model),
+whose per-batch counts are spilled to a temporary file and read back for each row's log
+weight, so no whole-pool count matrix is ever held in memory.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import scipy.sparse as sp
 
 from ..errors import ConfigError
 from ..data.pool import Pool
-from ..features.ngram import NgramConfig, example_ngram_counts, iter_ngram_counts, ngram_totals
+from ..features.ngram import CountSpill, NgramConfig, example_ngram_counts, iter_text_ngram_counts
 from .base import MethodResult, SelectionContext, SelectionMethod, top_k
 from .params import Choices, Interval, Option
 from .registry import register
@@ -72,19 +73,29 @@ def weight_diff(log_target: np.ndarray, log_raw: np.ndarray, smoothing: float) -
 
 def pool_log_weights(pool: Pool, target_counts: sp.spmatrix, config: NgramConfig, smoothing: float = 1.0,
                      length_normalize: bool = False) -> np.ndarray:
-    """:func:`dsir_log_weights` of every pool row, hashing the pool in two passes over its
-    batches: bucket totals (the raw model), then each batch's rows times the weight diff."""
-    log_r = log_probs_from_totals(ngram_totals(pool.batches(), config), smoothing)
-    diff = weight_diff(fit_ngram_model(target_counts, smoothing), log_r, smoothing)
-    logw = np.empty(len(pool), dtype=np.float64)
-    start = 0
-    for counts in iter_ngram_counts(pool.batches(), config):
-        w = np.asarray(counts @ diff, dtype=np.float64).ravel()
-        if length_normalize:
-            n = np.asarray(counts.sum(axis=1)).ravel()
-            w = np.where(n > 0, w / np.maximum(n, 1), 0.0)
-        logw[start:start + len(w)] = w
-        start += len(w)
+    """:func:`dsir_log_weights` of every pool row, tokenizing the pool once: one pass over
+    its texts (:meth:`Pool.text_batches`) sums the bucket totals (the raw model) and spills
+    each batch's counts to a temporary file (:class:`CountSpill`); a second pass over the
+    spilled counts multiplies them by the weight diff. Same numbers as hashing twice."""
+    totals = np.zeros(config.num_buckets, dtype=np.float64)
+    spill = CountSpill(config.num_buckets)
+    try:
+        for counts in iter_text_ngram_counts(pool.text_batches(config.text), config):
+            totals += np.asarray(counts.sum(axis=0), dtype=np.float64).ravel()
+            spill.add(counts)
+        diff = weight_diff(fit_ngram_model(target_counts, smoothing), log_probs_from_totals(totals, smoothing),
+                           smoothing)
+        logw = np.empty(len(pool), dtype=np.float64)
+        start = 0
+        for counts in spill:
+            w = np.asarray(counts @ diff, dtype=np.float64).ravel()
+            if length_normalize:
+                n = np.asarray(counts.sum(axis=1)).ravel()
+                w = np.where(n > 0, w / np.maximum(n, 1), 0.0)
+            logw[start:start + len(w)] = w
+            start += len(w)
+    finally:
+        spill.close()
     return logw
 
 

@@ -15,6 +15,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from ..atomic import current_umask
 
 #: ids per ``IN (...)`` query (below SQLite's default limit of 999 variables)
@@ -107,6 +109,29 @@ class SegmentIndex:
             for i, seg, row in c.execute(q, chunk):
                 out[i] = (seg, row)
         return out
+
+    def lookup_arrays(self, ids: Sequence[str] | np.ndarray, names: dict[str, int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment code, row)`` arrays row-aligned with ``ids`` (code -1: not indexed);
+        ``names`` maps segment names to codes and gains the names met. No per-id object
+        outlives one query of :data:`_LOOKUP_CHUNK` ids, so memory is about 12 bytes an id.
+        ``ids``: strings, or a numpy bytes array of their UTF-8 encodings."""
+        n = len(ids)
+        seg = np.full(n, -1, dtype=np.int32)
+        row = np.zeros(n, dtype=np.int64)
+        c = self.conn
+        raw = isinstance(ids, np.ndarray) and ids.dtype.kind == "S"
+        for s in range(0, n, _LOOKUP_CHUNK):
+            part = ids[s:s + _LOOKUP_CHUNK]
+            where: dict[str, list[int]] = {}
+            for j, i in enumerate(part):
+                where.setdefault(i.decode("utf-8") if raw else str(i), []).append(s + j)
+            q = f"SELECT id, segment, row FROM ids WHERE id IN ({','.join('?' * len(where))})"
+            for i, name, r in c.execute(q, list(where)):
+                code = names.setdefault(name, len(names))
+                for p in where[i]:
+                    seg[p], row[p] = code, r
+        return seg, row
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM ids").fetchone()[0])
