@@ -1,7 +1,7 @@
 """Embedding modes on the real pool sample with a GSM8K target: speed, memory, selection quality.
 
     python bench/embed.py [--rows 20000] [--modes float32,bfloat16,int8,static] [--cache-dir DIR]
-                          [--speed-rows 256] [--rounds 3] [--million 0] [--data ../shared/data]
+                          [--speed-rows 256] [--rounds 3] [--million 0] [--budget S] [--data ../shared/data]
                           [--no-estimate-check]
 
 Pool: the first ``--rows`` rows of bench/methods.py's seeded 20k sample of the real pool;
@@ -13,7 +13,9 @@ model distilled from the default model):
 
 * cold: rows/s of embedding the sample through the feature cache, and peak RSS. The cache and a
   JSON of these timings stay in ``--cache-dir``, so a later run reuses both (float32 20k rows
-  take ~12+ minutes on 2 cores) and only computes the new modes;
+  take ~12+ minutes on 2 cores) and only computes the new modes or rows; ``--budget S`` stops
+  each mode's cold run after ~S seconds, so a long table is built in runs of bounded length
+  (its rows/s is then over all runs' rows and seconds; peak: the highest);
 * speed vs float32: the modes embed the same ``--speed-rows`` rows in turn (A B C A B C ...,
   ``--rounds`` rounds, models loaded once, no cache): median rows/s and the median of the
   per-round ratios to float32, so a machine whose speed drifts still compares fairly;
@@ -25,8 +27,9 @@ model distilled from the default model):
   nearest pool rows of each target row, and of 500 sampled pool rows).
 
 Last column: ``select --estimate``'s pool-embedding time (empty cache; scaled to the rows of
-the recorded run) against the measured cold run. ``--million N`` also embeds N generated rows (the sample's texts, numbered) with the static
-model through the cache (a temporary cache folder) and prints rows/s and peak RSS.
+the recorded run) against the measured cold run. ``--million N`` also embeds N generated rows
+(the sample's texts, numbered) with the static model, from a file-backed pool through a fresh
+cache (both in a temporary folder under ``--million-dir``), and prints rows/s and peak RSS.
 Exits cleanly (code 0, with a message) when the shared data is absent.
 """
 from __future__ import annotations
@@ -66,25 +69,45 @@ def mode_config(mode: str, device: str) -> EmbedConfig:
 
 
 def cold_run(mode: str, cfg: EmbedConfig, pool: list[Example], target: list[Example], cache: Path,
-             record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pool and target embeddings of ``mode``; times the pool's cold run unless ``record``
-    already holds it (with the cache still complete)."""
+             record: dict, budget: float | None = None, chunk: int = 1024,
+             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pool and target embeddings of ``mode``, timing the pool rows the cache lacks.
+
+    The rows are computed ``chunk`` at a time through the cache; with ``budget`` (seconds) the
+    run stops after the chunk that passes it and returns None (the rows done stay cached, and
+    the next run goes on from there). Each run that computes rows appends a piece
+    ``{rows, seconds, peak_rss_mb, ...}`` to ``record[mode]["pieces"]``; the mode's rows,
+    seconds and peak are over all its pieces (rows already cached by a smaller ``--rows`` run
+    are reused, not timed)."""
     e = Embedder(cfg, cache_dir=cache, progress=True)
     ids = list(dict.fromkeys(ex.id + ":" + cfg.text for ex in pool))
-    todo = len(e.cache.missing(ids))
-    if not todo:                                      # cached by an earlier run: its timing, if recorded
-        emb = e.embed(pool, desc=f"{mode} (cached)")
-    else:
+    missing = e.cache.missing(ids)
+    if missing:
+        by_id = {ex.id + ":" + cfg.text: ex for ex in pool}
+        rows = [by_id[ids[p]] for p in missing]
         _ = e.model                                   # load (and distil) outside the timing
+        done = 0
         with methods_bench.PeakRSS() as mem:
             t = time.perf_counter()
-            emb = e.embed(pool, desc=f"{mode} pool")
+            for s in range(0, len(rows), chunk):
+                if budget is not None and time.perf_counter() - t > budget:
+                    break
+                e.embed(rows[s:s + chunk], desc=f"{mode} pool, rows {len(ids) - len(rows) + s:,}+")
+                done = min(len(rows), s + chunk)
             secs = time.perf_counter() - t
-        # rows: those computed (rows already cached by a smaller run are reused, not timed)
-        record[mode] = {"rows": todo, "seconds": secs, "peak_rss_mb": mem.peak / 2 ** 20,
-                        "above_base_mb": mem.above_base_mb, "cache": e.cache.dir.name,
-                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    return emb, e.embed(target, desc=f"{mode} target")
+        rec = record.setdefault(mode, {})
+        pieces = rec.setdefault("pieces", [{k: rec[k] for k in ("rows", "seconds", "peak_rss_mb", "when")
+                                            if k in rec}] if "rows" in rec else [])
+        pieces.append({"rows": done, "seconds": secs, "peak_rss_mb": mem.peak / 2 ** 20,
+                       "above_base_mb": mem.above_base_mb, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        rec.update(rows=sum(p["rows"] for p in pieces), seconds=sum(p["seconds"] for p in pieces),
+                   peak_rss_mb=max(p["peak_rss_mb"] for p in pieces), cache=e.cache.dir.name,
+                   complete=done == len(rows))
+        if done < len(rows):
+            print(f"mode {mode}: {len(ids) - len(rows) + done:,} of {len(ids):,} pool rows cached after "
+                  f"{secs:.0f} s (budget {budget:g} s); run again to go on")
+            return None
+    return e.embed(pool, desc=f"{mode} (cached)"), e.embed(target, desc=f"{mode} target")
 
 
 def tsds_pick(pool: list[Example], target: list[Example], pe: np.ndarray, te: np.ndarray, k: int,
@@ -153,19 +176,36 @@ def estimate_vs_measured(mode: str, cfg: EmbedConfig, pool: list[Example], targe
     return f"{secs:,.0f} s / {record[mode]['seconds']:,.0f} s"
 
 
-def million(n: int, pool: list[Example], device: str) -> str:
+def million(n: int, pool: list[Example], device: str, folder: str | None, models: Path | None) -> str:
+    """Embed ``n`` generated rows (the sample's texts, numbered) with the static model, as
+    ``select`` does: from a file-backed pool (written first, untimed) through a fresh cache,
+    both in a temporary folder under ``folder``. ``models``: a cache's models folder whose
+    distilled static model to reuse."""
+    from tasksift.data.pool import PoolWriter
+
     base = [ex.text[:4000] for ex in pool]
-    rows = [Example(messages=[{"role": "user", "content": f"{base[i % len(base)]} #{i}"}], raw={}, row=i)
-            for i in range(n)]
-    with tempfile.TemporaryDirectory(dir=Path(tempfile.gettempdir())) as cache:
+    with tempfile.TemporaryDirectory(dir=folder, prefix="tasksift-bench-million-") as tmp:
+        t = time.perf_counter()
+        writer = PoolWriter(tmp)
+        for s in range(0, n, 8192):
+            writer.add([Example(messages=[{"role": "user", "content": f"{base[i % len(base)]} #{i}"}], raw={}, row=i)
+                        for i in range(s, min(n, s + 8192))])
+        rows = writer.finish()
+        made = time.perf_counter() - t
+        cache = Path(tmp) / "cache"
+        if models is not None and models.is_dir():
+            cache.mkdir()
+            (cache / "models").symlink_to(models.resolve())
         e = Embedder(mode_config("static", device), cache_dir=cache, progress=True)
         _ = e.model
         with methods_bench.PeakRSS() as mem:
             t = time.perf_counter()
             emb = e.embed(rows, desc=f"static, {n:,} generated rows")
             secs = time.perf_counter() - t
-    return (f"static model, {n:,} generated rows (the sample's texts, numbered) through the cache: "
-            f"{secs:.0f} s, {n / secs:,.0f} rows/s, peak RSS {mem.peak / 2 ** 20:,.0f} MiB, dim {emb.shape[1]}")
+        del rows
+    return (f"static model, {n:,} generated rows (the sample's texts, numbered; pool file written first in "
+            f"{made:.0f} s) from a file-backed pool through a fresh cache: {secs:.0f} s, {n / secs:,.0f} rows/s, "
+            f"peak RSS {mem.peak / 2 ** 20:,.0f} MiB (at start {mem.base / 2 ** 20:,.0f} MiB), dim {emb.shape[1]}")
 
 
 def main() -> int:
@@ -178,7 +218,12 @@ def main() -> int:
     ap.add_argument("--speed-rows", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--million", type=int, default=0, help="also embed this many generated rows with the static model")
+    ap.add_argument("--million-dir", default=None,
+                    help="folder for --million's pool file and cache (default: the system temp folder)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of cold embedding per mode per run: stop after the chunk that passes it "
+                         "(the cache keeps the rows; run again to go on; the table waits for every mode)")
     ap.add_argument("--no-estimate-check", dest="estimate_check", action="store_false",
                     help="skip comparing select --estimate with each mode's measured cold run")
     ap.add_argument("--data", default=None, help="shared data folder (default ../shared/data beside the repo)")
@@ -198,15 +243,22 @@ def main() -> int:
     timings_path = cache / f"bench-embed-timings-{args.rows}.json"
     record = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     configs = {m: mode_config(m, args.device) for m in modes}
-    embs = {}
+    embs, unfinished = {}, []
     for m in modes:
         try:
-            embs[m] = cold_run(m, configs[m], pool, target, cache, record)
+            got = cold_run(m, configs[m], pool, target, cache, record, budget=args.budget)
         except Exception as e:  # an optional runtime that does not install here
             print(f"mode {m}: skipped ({type(e).__name__}: {e})")
             continue
         cache.mkdir(parents=True, exist_ok=True)
         timings_path.write_text(json.dumps(record, indent=1))
+        if got is None:
+            unfinished.append(m)
+        else:
+            embs[m] = got
+    if unfinished:
+        print(f"not all rows embedded yet ({', '.join(unfinished)}): no table; timings so far in {timings_path}")
+        return 0
     modes = [m for m in modes if m in embs]
     texts = [ex.text[:4000] for ex in pool[:args.speed_rows]]
     speed = speed_rounds(modes, configs, texts, args.rounds, cache) if args.rounds else {}
@@ -237,7 +289,8 @@ def main() -> int:
         kt = knn_overlap(te, pe, ref_te, ref_pe)
         kp = knn_overlap(pe[probe], pe, ref_pe[probe], ref_pe, self_rows=probe)
         r = record.get(m, {})
-        cold = f"{r['rows'] / r['seconds']:,.1f}" if r else "-"
+        runs = len(r.get("pieces", [])) if r else 0
+        cold = (f"{r['rows'] / r['seconds']:,.1f}" + (f" ({runs} runs)" if runs > 1 else "")) if r else "-"
         peak = f"{r['peak_rss_mb']:,.0f}" if r else "-"
         if speed:
             med = statistics.median(speed[m])
@@ -250,7 +303,7 @@ def main() -> int:
               f"| {share:.3f} | {kt:.3f} "
               f"| {kp:.3f} | {ev} |")
     if args.million:
-        print(million(args.million, pool, args.device))
+        print(million(args.million, pool, args.device, args.million_dir, cache / "models"))
     return 0
 
 

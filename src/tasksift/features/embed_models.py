@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .embed_static import StaticEncoder
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 RUNTIMES = ("torch", "onnx", "openvino")
@@ -35,6 +36,9 @@ STATIC_PREFIX = "static:"
 STATIC_DISTILL = {"pca_dims": 256, "sif_coefficient": 1e-4, "pooling": "mean"}
 CPU_BATCH_SIZE = 64
 STATIC_BATCH_SIZE = 2048
+#: rows per stored block (one store segment each): transformers / static models
+BLOCK_ROWS = 1024
+STATIC_BLOCK_ROWS = 16384
 
 
 def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
@@ -125,6 +129,12 @@ def resolve_batch_size(batch_size: int | None, device: str, model: str = "defaul
     return CPU_BATCH_SIZE
 
 
+def resolve_block_rows(model: str = "default") -> int:
+    """Rows per stored block: 16,384 for static models (a block takes ~5 s there, and fewer,
+    larger store segments cost less per row), 1,024 otherwise."""
+    return STATIC_BLOCK_ROWS if is_static_model(model) else BLOCK_ROWS
+
+
 def set_cpu_threads(threads: int | None) -> None:
     """Use ``threads`` intra-op threads for torch (None: leave torch's default)."""
     if threads is None:
@@ -193,25 +203,6 @@ def _source_dim(source: str) -> int:
     return STATIC_DISTILL["pca_dims"]
 
 
-class StaticEncoder:
-    """A model2vec StaticModel behind sentence-transformers' ``encode`` signature."""
-
-    def __init__(self, model: Any, max_tokens: int | None = None) -> None:
-        self.model = model
-        self.max_tokens = max_tokens
-
-    def encode(self, sentences: Sequence[str], batch_size: int = STATIC_BATCH_SIZE,
-               show_progress_bar: bool = False, convert_to_numpy: bool = True,
-               normalize_embeddings: bool = False, **_: Any) -> np.ndarray:
-        kw = {"max_length": int(self.max_tokens)} if self.max_tokens else {}
-        emb = self.model.encode(list(sentences), batch_size=int(batch_size), show_progress_bar=False,
-                                use_multiprocessing=False, **kw)
-        emb = np.asarray(emb, dtype=np.float32)
-        if normalize_embeddings:
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return emb
-
-
 class ReducedPrecisionEncoder:
     """A SentenceTransformer run in bfloat16/float16 whose vectors come back as float32 and
     are L2-normalised in float32 (a norm taken in bfloat16 is off by ~1e-3)."""
@@ -236,7 +227,8 @@ class ReducedPrecisionEncoder:
 
 
 def load_static_model(model: str, default_path: str, cache_root: str | os.PathLike,
-                      source_fingerprint: str, max_tokens: int | None = None) -> StaticEncoder:
+                      source_fingerprint: str, max_tokens: int | None = None,
+                      threads: int | None = None) -> StaticEncoder:
     """``static`` (distilled from ``default_path`` on first use, cached under
     ``cache_root``), ``static:<folder or id>`` or a model2vec folder."""
     try:
@@ -251,7 +243,7 @@ def load_static_model(model: str, default_path: str, cache_root: str | os.PathLi
     else:
         path = model[len(STATIC_PREFIX):] if model.startswith(STATIC_PREFIX) else model
     try:
-        return StaticEncoder(StaticModel.from_pretrained(path, force_download=False), max_tokens)
+        return StaticEncoder(StaticModel.from_pretrained(path, force_download=False), max_tokens, threads)
     except Exception as e:
         raise ConfigError(f"cannot load static embedding model '{model}': {type(e).__name__}: {e}") from e
 
@@ -355,7 +347,7 @@ def load_embedding_model(model: str, default_path: str, source_fingerprint: str,
     ``source_fingerprint``: that model's fingerprint (names the cached distillation)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if is_static_model(model):
-        return load_static_model(model, default_path, cache_root, source_fingerprint, max_tokens)
+        return load_static_model(model, default_path, cache_root, source_fingerprint, max_tokens, threads)
     path = default_path if model == "default" else model
     return load_transformer_model(path, device, dtype or "float32", runtime, max_tokens, threads,
                                   cache_root, source_fingerprint)
