@@ -115,3 +115,28 @@ def test_a_run_killed_after_some_blocks_resumes(tmp_path):
     assert len(logged_rows(log)) == 40 - 5 * done and res.rows_cached == 5 * done
     for k, v in toy_values(list(range(40))).items():
         np.testing.assert_array_equal(res.values[k], v)
+
+
+def test_model_featurizers_take_their_ids_from_the_pool_column_unchanged(tmp_path):
+    """Embeddings, LM losses and LESS gradients derive store ids from content ids: the pool's
+    id column gives exactly the ids that reading each row would, with no row read."""
+    import json as _json
+
+    from tasksift.data import load_examples
+    from tasksift.features.embed import EmbedConfig, Embedder
+    from tasksift.features.grads import GradConfig, GradFeaturizer
+    from tasksift.features.lm.scorer import LMConfig, LMFeaturizer
+    from tasksift.features.pipeline import encode_ids, row_ids
+
+    f = tmp_path / "pool.jsonl"
+    f.write_text("".join(_json.dumps({"instruction": f"q {i % 7}", "output": f"a {i}"}) + "\n" for i in range(40)))
+    pool = load_examples(str(f), role="pool").pool
+    exs = list(pool.examples(range(len(pool))))
+    for feat in (Embedder(EmbedConfig(text="prompt")), LMFeaturizer(LMConfig()), GradFeaturizer(GradConfig())):
+        expected = encode_ids(feat.row_id(ex) for ex in exs)
+        assert np.array_equal(row_ids(feat, exs), expected)
+        pool.examples = None     # the column path must not read a row
+        try:
+            assert np.array_equal(row_ids(feat, pool), expected), type(feat).__name__
+        finally:
+            del pool.examples

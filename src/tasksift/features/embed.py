@@ -140,6 +140,10 @@ class Embedder:
     def row_id(self, ex: Example) -> str:
         return ex.id + ":" + self.config.text
 
+    def content_row_id(self, content_id: str) -> str:
+        """:meth:`row_id` from the pool's content-id column (no row is read for ids)."""
+        return content_id + ":" + self.config.text
+
     def block_item(self, ex: Example) -> str:
         return example_texts([ex], self.config.text, self.config.max_chars)[0]
 

@@ -665,6 +665,10 @@ class GradFeaturizer:
     def row_id(self, ex: Example) -> str:
         return ex.id
 
+    def content_row_id(self, content_id: str) -> str:
+        """:meth:`row_id` from the pool's content-id column (no row is read for ids)."""
+        return content_id
+
     def block_item(self, ex: Example) -> list:
         return list(ex.messages)
 
