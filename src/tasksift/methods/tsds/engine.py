@@ -41,13 +41,17 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
-from ...neighbors import TopK, exact_search, knn, npy_layout, read_rows, gathered_distances, resolve_index
+from ...neighbors import TopK, block_rows, exact_search, knn, npy_layout, read_rows, resolve_index
+from .gather import pair_distances
 from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
 from .kde import PivotColumns, range_density
 from .solver import solve_needing_densities
 
 #: index kinds searched by the sharded exact engine (the others go to faiss in-process)
 EXACT_KINDS = ("auto", "exact", "flat")
+#: bytes of float32 distances per search block: small enough to be reused from the heap
+#: rather than mapped afresh (page faults) for every block
+SEARCH_BLOCK_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -136,7 +140,7 @@ def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, nor
         return {"bad_row": bad}
     die_once(kill)
     t1 = time.perf_counter()
-    d2, ids = exact_search(q, x, min(k, len(x)))
+    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)))
     return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
@@ -240,6 +244,19 @@ def present(ids: np.ndarray, n: int) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def compact_rows(x: np.ndarray, keep: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """``x[keep]`` for increasing ``keep``, written over the front of ``x`` (no second copy of
+    the kept rows; ``x`` is consumed): block by block, each block read before it is written,
+    and ``keep[j] >= j`` leaves every later source row untouched."""
+    keep = np.asarray(keep, dtype=np.int64)
+    if len(keep) == len(x):
+        return x
+    for a in range(0, len(keep), rows):
+        part = keep[a:a + rows]
+        x[a:a + len(part)] = x[part]
+    return x[:len(keep)]
+
+
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
                     x_sq_max: float, n: int, d: int) -> int:
     """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
@@ -308,7 +325,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("gather"):
             Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
+            dist_k = pair_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
             ids = np.take_along_axis(ids_k, order, axis=1)
             dist = np.take_along_axis(dist_k, order, axis=1)
@@ -316,7 +333,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
             U = present(ids, n)
-            xu = xg[np.searchsorted(Up, U)] if len(U) < len(Up) else xg
+            xu = compact_rows(xg, np.searchsorted(Up, U))
             del xg
     else:
         with tm("search"):

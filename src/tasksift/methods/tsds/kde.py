@@ -179,7 +179,7 @@ class PivotColumns:
             c32 = centres.astype(np.float32)
             self.cn = _sq_norms(c32)
             g = self._products(pts, c32)
-            cell = np.argmax(g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
+            cell = self._nearest(g, self.cn)
             if last:
                 self.g, self.cell = g, cell
                 break
@@ -206,12 +206,22 @@ class PivotColumns:
         np.maximum.at(self.rmax, self.cell, self.dist)
 
     @staticmethod
-    def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
+    def _products(xs: np.ndarray, c32: np.ndarray, rows: int = 8192) -> np.ndarray:
+        """``xs @ c32.T`` (float32) written block by block into one array (no large scratch)."""
         g = np.empty((len(xs), len(c32)), dtype=np.float32)
-        step = block_rows(len(c32), 4)
-        for s in range(0, len(xs), step):
-            g[s:s + step] = xs[s:s + step] @ c32.T
+        ct = c32.T
+        for s in range(0, len(xs), rows):
+            np.matmul(xs[s:s + rows], ct, out=g[s:s + rows])
         return g
+
+    @staticmethod
+    def _nearest(g: np.ndarray, cn: np.ndarray, rows: int = 8192) -> np.ndarray:
+        """Per row of the products ``g``, the centre maximising ``g - |c|^2 / 2`` (the nearest)."""
+        half = (0.5 * cn).astype(np.float32)[None, :]
+        out = np.empty(len(g), dtype=np.int64)
+        for s in range(0, len(g), rows):
+            out[s:s + rows] = np.argmax(g[s:s + rows] - half, axis=1)
+        return out
 
     def _centre_dist(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
         d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[rows, cells].astype(np.float64)
