@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tasksift.methods.tsds.engine import compact_rows
-from tasksift.methods.tsds.gather import first_copies, pair_distances, query_chain
+from tasksift.methods.tsds.gather import first_copies, pair_distances, nearest_chain
 from tasksift.neighbors import gathered_distances
 
 
@@ -66,10 +66,10 @@ def test_first_copies_by_bytes_even_when_hashes_collide(probes, dtype, d):
     np.testing.assert_array_equal(first_copies(z), [0, 1, 0, 0])
 
 
-def test_query_chain_is_a_permutation_of_nearest_steps():
+def test_nearest_chain_is_a_permutation_of_nearest_steps():
     rng = np.random.default_rng(3)
     q = rng.standard_normal((50, 6))
-    order = query_chain(q)
+    order = nearest_chain(q)
     np.testing.assert_array_equal(np.sort(order), np.arange(50))
     assert order[0] == 0
     d = np.linalg.norm(q[order[0]] - q[order[1:]], axis=1)

@@ -19,7 +19,7 @@ import numpy as np
 CHAIN_MAX = 4096
 
 
-def query_chain(q: np.ndarray) -> np.ndarray:
+def nearest_chain(q: np.ndarray) -> np.ndarray:
     """An order of the rows of ``q`` in which each next one is the nearest not yet taken to
     the current one (starting at row 0); the given order when there are more than
     :data:`CHAIN_MAX` rows."""
@@ -95,7 +95,7 @@ def pair_distances(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, *, bl
     prow = canon[flat[idx]]  # each pair's (first-copy) row
     pq = idx // k  # each pair's query
     rank = np.empty(m, dtype=np.int64)
-    rank[query_chain(q)] = np.arange(m)
+    rank[nearest_chain(q)] = np.arange(m)
     key = np.full(len(rows), m, dtype=np.int64)
     np.minimum.at(key, prow, rank[pq])
     used = np.flatnonzero(key < m)
