@@ -83,3 +83,14 @@ def test_compact_rows_equals_fancy_indexing():
     want = x[keep].copy()
     np.testing.assert_array_equal(compact_rows(x.copy(), keep, rows=97), want)
     assert compact_rows(x, np.arange(10000)) is x
+
+
+def test_positions_in_equals_a_binary_search():
+    from tasksift.methods.tsds.engine import positions_in
+
+    rng = np.random.default_rng(5)
+    rows = np.unique(rng.integers(0, 1000, 300))
+    ids = rng.choice(rows, (7, 40))
+    ids[rng.random(ids.shape) < 0.2] = -1
+    want = np.where(ids >= 0, np.searchsorted(rows, ids), -1)
+    np.testing.assert_array_equal(positions_in(rows, ids, 1000), want)

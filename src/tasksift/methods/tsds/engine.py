@@ -105,15 +105,22 @@ class StageTimer:
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
 
 
-def one_blas_thread() -> ContextManager:
-    """BLAS limited to one thread (when ``threadpoolctl`` is installed): the density blocks are
-    many small products, for which a second BLAS thread only adds waiting, most of all on a
-    busy machine."""
+def blas_thread_limit(threads: int | None) -> ContextManager:
+    """BLAS limited to ``threads`` threads in this process (None: left as it is; a no-op
+    without ``threadpoolctl``)."""
+    if threads is None:
+        return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - optional
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits(int(threads), user_api="blas")
+
+
+def one_blas_thread() -> ContextManager:
+    """BLAS limited to one thread: the density blocks are many small products, for which a
+    second BLAS thread only adds waiting, most of all on a busy machine."""
+    return blas_thread_limit(1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,6 +264,15 @@ def compact_rows(x: np.ndarray, keep: np.ndarray, rows: int = 4096) -> np.ndarra
     return x[:len(keep)]
 
 
+def positions_in(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """The position in the sorted distinct ``rows`` (all in ``[0, n)``) of each entry of
+    ``ids`` (-1 for ids < 0; every other id must be in ``rows``): one table of ``n``
+    entries instead of a binary search per id."""
+    table = np.full(int(n) + 1, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
+    table[rows] = np.arange(len(rows), dtype=table.dtype)
+    return table[np.where(ids >= 0, ids, n)].astype(np.int64)
+
+
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
                     x_sq_max: float, n: int, d: int) -> int:
     """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
@@ -282,8 +298,8 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
          max_k: int = 5000, kde_k: int = 1000, index: str = "auto", seed: int | None = None,
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
          shard_rows: int = 250_000, margin: int | None = None,
-         timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None
-         ) -> TSDSResult:
+         timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
+         blas_threads: int | None = 1) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
     diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
 
@@ -297,7 +313,24 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve``.
     kill_once_dir: test hook; the first search and density tasks kill their worker process
     once (marker files in that folder), to check that the executor retries them.
+    blas_threads: BLAS threads for the products run in this process (default 1: parallel
+    work belongs to the executor's tasks; idle BLAS threads spin and, on a shared machine,
+    cost more than they give; None leaves the BLAS setting as it is).
     """
+    if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, (int, np.integer))
+                                     or blas_threads < 1):
+        raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
+    with blas_thread_limit(blas_threads):
+        return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,
+                     seed=seed, normalize=normalize, recall_sample=recall_sample, executor=executor,
+                     shard_rows=shard_rows, margin=margin, timer=timer, kill_once_dir=kill_once_dir)
+
+
+def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, max_k: int, kde_k: int,
+          index: str, seed: int | None, normalize: bool, recall_sample: int, executor: Executor | None,
+          shard_rows: int, margin: int | None, timer: Callable[[str], ContextManager] | None,
+          kill_once_dir: str | None) -> TSDSResult:
+    """:func:`tsds` itself, with the BLAS thread limit in place."""
     check_params(alpha, C, sigma, max_k, kde_k)
     if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
         raise ConfigError(f"tsds: shard_rows must be an integer >= 1, got {shard_rows!r}")
@@ -325,7 +358,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("gather"):
             Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = pair_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
+            dist_k = pair_distances(q, xg, positions_in(Up, ids_k, n))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
             ids = np.take_along_axis(ids_k, order, axis=1)
             dist = np.take_along_axis(dist_k, order, axis=1)
@@ -353,7 +386,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             del xa, x_all
     valid = ids >= 0
     n_valid = valid.sum(axis=1)
-    pos = np.where(valid, np.searchsorted(U, np.where(valid, ids, 0)), 0)
+    pos = np.maximum(positions_in(U, ids, n), 0)
     kk = int(min(kde_k, len(U)))
     rho_u = np.full(len(U), 1.0 if sigma == 0 else np.nan)
     kde_stats = {"rows": 0, "pairs": 0, "tasks": 0}
