@@ -22,13 +22,13 @@ def definition(q, rows, pos):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m,block", [(1, 7), (2, 1), (23, 16), (40, 1024)])
-def test_pair_distances_equal_the_dense_product_and_the_definition(dtype, m, block):
+@pytest.mark.parametrize("m,group,block", [(1, 1, 7), (2, 1, 1), (23, 5, 16), (40, 32, 1024), (9, 2, 3)])
+def test_pair_distances_equal_the_dense_product_and_the_definition(dtype, m, group, block):
     rng = np.random.default_rng(m)
     rows = grid_rows(rng, 400, 9, dtype)
     q = np.concatenate([rows[:m // 2], grid_rows(rng, m - m // 2, 9, dtype)])  # some queries sit on rows
     pos = rng.integers(-1, len(rows), (m, 120))
-    got = pair_distances(q, rows, pos, block=block)
+    got = pair_distances(q, rows, pos, group=group, block=block)
     np.testing.assert_array_equal(np.isinf(got), pos < 0)
     np.testing.assert_allclose(got, definition(q, rows, pos), rtol=0, atol=1e-12)
     np.testing.assert_allclose(got, gathered_distances(q, rows, pos), rtol=0, atol=1e-12)

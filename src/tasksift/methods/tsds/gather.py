@@ -2,14 +2,13 @@
 the pairs that are needed.
 
 The lists of ``M`` queries over ``R`` gathered rows hold far fewer pairs than ``M * R`` when
-queries differ (each query's rows lie near it). :func:`pair_distances` orders the queries so
-that similar ones are adjacent (a nearest-neighbour chain), sorts the rows by the first query
-(in that order) that holds them, and takes one float64 BLAS product per small block of rows
-against only the queries holding a pair in that block: the same formula
-``sqrt(max(0, |q|^2 + |x|^2 - 2 q.x))`` as a dense product, a fraction of its work, small
-scratch blocks (no large fresh allocations). Rows with identical bytes are computed as one
-(their first copy), so exact duplicates get bit-identical distances whatever block or
-product shape they land in.
+queries differ (each query's rows lie near it). :func:`pair_distances` takes the queries in
+groups along a nearest-neighbour chain (similar queries share most of their rows) and
+multiplies each group's distinct rows with its queries by float64 BLAS, in small blocks:
+the same formula ``sqrt(max(0, |q|^2 + |x|^2 - 2 q.x))`` as a dense product, a fraction of
+its work, no large scratch. Rows with identical bytes are computed as one (their first
+copy), so exact duplicates get bit-identical distances whatever group or product shape
+they land in.
 """
 from __future__ import annotations
 
@@ -74,55 +73,42 @@ def first_copies(rows: np.ndarray, *, probes: int = 32) -> np.ndarray:
     return first
 
 
-def pair_distances(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, *, block: int = 1024
-                   ) -> np.ndarray:
+def pair_distances(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, *, group: int = 32,
+                   block: int = 4096) -> np.ndarray:
     """Float64 L2 distances ``||queries[i] - rows[pos[i, j]]||`` (inf where ``pos < 0``).
 
-    Per block of ``block`` rows (ordered as the module docstring says) one float64 product
-    with the queries holding pairs in the block (at least two, so the product is always a
-    matrix product); scratch memory about ``block * (d + M) * 8`` bytes."""
+    Queries are taken ``group`` at a time along a nearest-neighbour chain (similar queries
+    share most of their rows); each group's distinct rows are multiplied with the group's
+    queries by float64 BLAS, ``block`` rows at a time (at least two queries per product, so
+    it is always a matrix product), and each pair reads its entry. Work about
+    ``sum(group rows) * group * d``; scratch about ``block * (d + group) * 8`` bytes."""
     q = np.asarray(queries, dtype=np.float64)
     m, k = pos.shape
     out = np.full(pos.shape, np.inf)
-    if m == 0 or k == 0 or len(rows) == 0:
+    if m == 0 or k == 0 or len(rows) == 0 or not (pos >= 0).any():
         return out
     qn = np.einsum("ij,ij->i", q, q)
-    flat = pos.ravel()
-    idx = np.flatnonzero(flat >= 0)  # pair slots in ``out``
-    if not len(idx):
-        return out
     canon = first_copies(rows)
-    prow = canon[flat[idx]]  # each pair's (first-copy) row
-    pq = idx // k  # each pair's query
-    rank = np.empty(m, dtype=np.int64)
-    rank[nearest_chain(q)] = np.arange(m)
-    key = np.full(len(rows), m, dtype=np.int64)
-    np.minimum.at(key, prow, rank[pq])
-    used = np.flatnonzero(key < m)
-    used = used[np.argsort(key[used], kind="stable")]  # rows in chain order of their first query
-    slot = np.empty(len(rows), dtype=np.int64)
-    slot[used] = np.arange(len(used))
-    ps = slot[prow]
-    order = np.argsort(ps, kind="stable")
-    ps, pq, idx = ps[order], pq[order], idx[order]
-    cuts = np.searchsorted(ps, np.arange(0, len(used) + block, block))
-    mark = np.zeros(m, dtype=bool)
-    col = np.empty(m, dtype=np.int64)
-    for b in range(len(cuts) - 1):
-        lo, hi = int(cuts[b]), int(cuts[b + 1])
-        if hi == lo:
-            continue
-        r = ps[lo:hi] - b * block
-        c = pq[lo:hi]
-        mark[c] = True
-        if m > 1 and mark.sum() == 1:
-            mark[(c[0] + 1) % m] = True
-        qs = np.flatnonzero(mark)
-        mark[qs] = False
-        col[qs] = np.arange(len(qs))
-        xb = np.asarray(rows[used[b * block:(b + 1) * block]], dtype=np.float64)
-        g = xb @ q[qs].T
-        xn = np.einsum("ij,ij->i", xb, xb)
-        d2 = xn[r] + qn[c] - 2.0 * g[r, col[c]]
-        out.ravel()[idx[lo:hi]] = np.sqrt(np.maximum(d2, 0.0))
+    cp = np.where(pos >= 0, canon[np.maximum(pos, 0)], -1)  # pairs of copies read their first copy
+    chain = nearest_chain(q)
+    table = np.empty(len(rows), dtype=np.int64)
+    for g in range(0, m, int(group)):
+        qs = chain[g:g + int(group)]
+        cols = qs if (len(qs) > 1 or m == 1) else np.append(qs, chain[0] if qs[0] != chain[0] else chain[1])
+        cg = cp[qs]
+        ok = cg >= 0
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[cg[ok]] = True
+        u = np.flatnonzero(mask)
+        table[u] = np.arange(len(u))
+        gm = np.empty((len(u), len(cols)))
+        xn = np.empty(len(u))
+        qt = q[cols].T
+        for a in range(0, len(u), int(block)):
+            xb = np.asarray(rows[u[a:a + int(block)]], dtype=np.float64)
+            np.matmul(xb, qt, out=gm[a:a + len(xb)])
+            xn[a:a + len(xb)] = np.einsum("ij,ij->i", xb, xb)
+        loc = table[np.where(ok, cg, u[0])]
+        d2 = xn[loc] + qn[qs][:, None] - 2.0 * gm[loc, np.arange(len(qs))[:, None]]
+        out[qs] = np.where(ok, np.sqrt(np.maximum(d2, 0.0)), np.inf)
     return out
