@@ -11,16 +11,18 @@ Stages (each timed as ``tsds_<stage>``):
    faiss factory string searches the whole (normalised) candidate matrix in this process
    instead, with recall measured against exact search.
 2. **gather**: the rows of the merged lists are read back, their float64 distances to the
-   queries recomputed, and each query keeps its exact ``L = min(max_k, N)`` nearest (ties by
-   lower id); ``margin`` absorbs float32 rounding at the cut (``info`` counts the queries for
-   which the float32 bound does not prove it).
+   queries recomputed for the listed pairs only (:func:`~.gather.pair_distances`: groups of
+   similar queries against their own rows), and each query keeps its exact
+   ``L = min(max_k, N)`` nearest (ties by lower id); ``margin`` absorbs float32 rounding at
+   the cut (``info`` counts the queries for which the float32 bound does not prove it).
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
    :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
    k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows is compared only
    with the columns that two triangle-inequality bounds leave, a float32 screen drops the
-   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way;
-   with one BLAS thread (many small products).
+   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way.
+
+The products run in this process use one BLAS thread by default (``blas_threads``).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
 Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
