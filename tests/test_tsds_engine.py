@@ -201,3 +201,17 @@ def test_tsds_method_uses_the_context_backend(tsds_data, local_ray):
     np.testing.assert_array_equal(out["ray"].scores, out["local"].scores)
     info = out["ray"].info["execution"]
     assert info["shards"] == 4 and info["executor"] == "ray" and "tasks" not in info
+
+
+@pytest.mark.parametrize("threads", [1, 2, None])
+def test_engine_result_does_not_depend_on_blas_threads(tsds_data, threads):
+    from tasksift.errors import ConfigError
+
+    q, x, _ = tsds_data
+    ref = tsds(q, x, max_k=300, kde_k=100, seed=0)
+    got = tsds(q, x, max_k=300, kde_k=100, seed=0, blas_threads=threads)
+    assert np.abs(got.p - ref.p).sum() < 1e-12
+    np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="blas_threads"):
+            tsds(q, x, max_k=300, blas_threads=bad)

@@ -11,16 +11,18 @@ Stages (each timed as ``tsds_<stage>``):
    faiss factory string searches the whole (normalised) candidate matrix in this process
    instead, with recall measured against exact search.
 2. **gather**: the rows of the merged lists are read back, their float64 distances to the
-   queries recomputed, and each query keeps its exact ``L = min(max_k, N)`` nearest (ties by
-   lower id); ``margin`` absorbs float32 rounding at the cut (``info`` counts the queries for
-   which the float32 bound does not prove it).
+   queries recomputed for the listed pairs only (:func:`~.gather.pair_distances`: groups of
+   similar queries against their own rows), and each query keeps its exact
+   ``L = min(max_k, N)`` nearest (ties by lower id); ``margin`` absorbs float32 rounding at
+   the cut (``info`` counts the queries for which the float32 bound does not prove it).
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
    :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
    k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows is compared only
    with the columns that two triangle-inequality bounds leave, a float32 screen drops the
-   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way;
-   with one BLAS thread (many small products).
+   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way.
+
+The products run in this process use one BLAS thread by default (``blas_threads``).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
 Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
@@ -41,13 +43,17 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
-from ...neighbors import TopK, exact_search, knn, npy_layout, read_rows, gathered_distances, resolve_index
+from ...neighbors import TopK, block_rows, exact_search, knn, npy_layout, read_rows, resolve_index
+from .gather import pair_distances
 from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
 from .kde import PivotColumns, range_density
 from .solver import solve_needing_densities
 
 #: index kinds searched by the sharded exact engine (the others go to faiss in-process)
 EXACT_KINDS = ("auto", "exact", "flat")
+#: bytes of float32 distances per search block: small enough to be reused from the heap
+#: rather than mapped afresh (page faults) for every block
+SEARCH_BLOCK_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -101,15 +107,22 @@ class StageTimer:
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
 
 
-def one_blas_thread() -> ContextManager:
-    """BLAS limited to one thread (when ``threadpoolctl`` is installed): the density blocks are
-    many small products, for which a second BLAS thread only adds waiting, most of all on a
-    busy machine."""
+def blas_thread_limit(threads: int | None) -> ContextManager:
+    """BLAS limited to ``threads`` threads in this process (None: left as it is; a no-op
+    without ``threadpoolctl``)."""
+    if threads is None:
+        return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - optional
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits(int(threads), user_api="blas")
+
+
+def one_blas_thread() -> ContextManager:
+    """BLAS limited to one thread: the density blocks are many small products, for which a
+    second BLAS thread only adds waiting, most of all on a busy machine."""
+    return blas_thread_limit(1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,7 +149,7 @@ def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, nor
         return {"bad_row": bad}
     die_once(kill)
     t1 = time.perf_counter()
-    d2, ids = exact_search(q, x, min(k, len(x)))
+    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)))
     return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
@@ -240,6 +253,28 @@ def present(ids: np.ndarray, n: int) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def compact_rows(x: np.ndarray, keep: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """``x[keep]`` for increasing ``keep``, written over the front of ``x`` (no second copy of
+    the kept rows; ``x`` is consumed): block by block, each block read before it is written,
+    and ``keep[j] >= j`` leaves every later source row untouched."""
+    keep = np.asarray(keep, dtype=np.int64)
+    if len(keep) == len(x):
+        return x
+    for a in range(0, len(keep), rows):
+        part = keep[a:a + rows]
+        x[a:a + len(part)] = x[part]
+    return x[:len(keep)]
+
+
+def positions_in(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """The position in the sorted distinct ``rows`` (all in ``[0, n)``) of each entry of
+    ``ids`` (-1 for ids < 0; every other id must be in ``rows``): one table of ``n``
+    entries instead of a binary search per id."""
+    table = np.full(int(n) + 1, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
+    table[rows] = np.arange(len(rows), dtype=table.dtype)
+    return table[np.where(ids >= 0, ids, n)].astype(np.int64)
+
+
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
                     x_sq_max: float, n: int, d: int) -> int:
     """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
@@ -265,8 +300,8 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
          max_k: int = 5000, kde_k: int = 1000, index: str = "auto", seed: int | None = None,
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
          shard_rows: int = 250_000, margin: int | None = None,
-         timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None
-         ) -> TSDSResult:
+         timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
+         blas_threads: int | None = 1) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
     diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
 
@@ -280,7 +315,24 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve``.
     kill_once_dir: test hook; the first search and density tasks kill their worker process
     once (marker files in that folder), to check that the executor retries them.
+    blas_threads: BLAS threads for the products run in this process (default 1: parallel
+    work belongs to the executor's tasks; idle BLAS threads spin and, on a shared machine,
+    cost more than they give; None leaves the BLAS setting as it is).
     """
+    if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, (int, np.integer))
+                                     or blas_threads < 1):
+        raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
+    with blas_thread_limit(blas_threads):
+        return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,
+                     seed=seed, normalize=normalize, recall_sample=recall_sample, executor=executor,
+                     shard_rows=shard_rows, margin=margin, timer=timer, kill_once_dir=kill_once_dir)
+
+
+def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, max_k: int, kde_k: int,
+          index: str, seed: int | None, normalize: bool, recall_sample: int, executor: Executor | None,
+          shard_rows: int, margin: int | None, timer: Callable[[str], ContextManager] | None,
+          kill_once_dir: str | None) -> TSDSResult:
+    """:func:`tsds` itself, with the BLAS thread limit in place."""
     check_params(alpha, C, sigma, max_k, kde_k)
     if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
         raise ConfigError(f"tsds: shard_rows must be an integer >= 1, got {shard_rows!r}")
@@ -308,7 +360,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         with tm("gather"):
             Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = gathered_distances(q, xg, np.where(ids_k >= 0, np.searchsorted(Up, ids_k), -1))
+            dist_k = pair_distances(q, xg, positions_in(Up, ids_k, n))
             order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
             ids = np.take_along_axis(ids_k, order, axis=1)
             dist = np.take_along_axis(dist_k, order, axis=1)
@@ -316,7 +368,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
             U = present(ids, n)
-            xu = xg[np.searchsorted(Up, U)] if len(U) < len(Up) else xg
+            xu = compact_rows(xg, np.searchsorted(Up, U))
             del xg
     else:
         with tm("search"):
@@ -336,7 +388,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
             del xa, x_all
     valid = ids >= 0
     n_valid = valid.sum(axis=1)
-    pos = np.where(valid, np.searchsorted(U, np.where(valid, ids, 0)), 0)
+    pos = np.maximum(positions_in(U, ids, n), 0)
     kk = int(min(kde_k, len(U)))
     rho_u = np.full(len(U), 1.0 if sigma == 0 else np.nan)
     kde_stats = {"rows": 0, "pairs": 0, "tasks": 0}

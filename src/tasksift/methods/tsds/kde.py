@@ -33,10 +33,13 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | No
     out; of columns tied at a row's ``kde_k``-th distance, any may be kept, which leaves the
     sum of the ``kde_k`` largest weights unchanged)."""
     a32, c32 = np.asarray(xr, dtype=np.float32), np.asarray(xc, dtype=np.float32)
-    an, cn = _sq_norms(a32), _sq_norms(c32)
+    # float32 norms (float32 BLAS-speed sums, no casting): each within d eps of the true one
+    an = np.einsum("ij,ij->i", a32, a32).astype(np.float64)
+    cn = np.einsum("ij,ij->i", c32, c32).astype(np.float64)
     s2 = float(sigma) ** 2
-    # |fl32(a.c) - a.c| <= (d + 2) eps |a| |c|, and the float32 shifts below add a few eps of
-    # (|a|^2 + |c|^2); x4 to spare. float32 rounding of xr/xc itself is covered when they are float64
+    # |fl32(a.c) - a.c| <= (d + 2) eps |a| |c|, the float32 norms and shifts below add at most
+    # (d + 4) eps (|a|^2 + |c|^2) / 2; the bound allows 2 (d + 8) eps (|a|^2 + |c|^2 + s2).
+    # float32 rounding of xr/xc itself is covered when they are float64
     eps = float(np.finfo(np.float32).eps)
     tol = 4.0 * (a32.shape[1] + 8) * eps * (float(an.max(initial=0)) + float(cn.max(initial=0)) + s2)
     if xr.dtype != np.float32 or xc.dtype != np.float32:  # the float32 copies moved each row by <= eps |x|
@@ -179,7 +182,7 @@ class PivotColumns:
             c32 = centres.astype(np.float32)
             self.cn = _sq_norms(c32)
             g = self._products(pts, c32)
-            cell = np.argmax(g - 0.5 * self.cn.astype(np.float32)[None, :], axis=1)
+            cell = self._nearest(g, self.cn)
             if last:
                 self.g, self.cell = g, cell
                 break
@@ -196,7 +199,9 @@ class PivotColumns:
         # |fl32(x.c) - x.c| <= (d + 2) eps |x| |c| (x4 to spare); distances from them carry sqrt of twice that
         self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0) * self.cn.max(initial=0)))
         rows = np.arange(n)
-        self.gown = self.g[rows, self.cell].astype(np.float64)
+        self.gown = self.g[self.cell, rows].astype(np.float64)
+        c64 = self.c32.astype(np.float64)
+        self.gaps = np.stack([np.sqrt(_sq_norms(c64 - c)) for c in c64])  # |c_A - c_C|, from the differences
         self.dist = self._centre_dist(rows, self.cell)
         self.order = np.lexsort((self.dist, self.cell))  # members of each cell, by distance to its centre
         self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
@@ -207,18 +212,30 @@ class PivotColumns:
 
     @staticmethod
     def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
-        g = np.empty((len(xs), len(c32)), dtype=np.float32)
-        step = block_rows(len(c32), 4)
-        for s in range(0, len(xs), step):
-            g[s:s + step] = xs[s:s + step] @ c32.T
+        """``c32 @ xs.T`` (float32, centres x rows: a centre's products with every row lie
+        together), one BLAS call straight into its output (no scratch)."""
+        g = np.empty((len(c32), len(xs)), dtype=np.float32)
+        np.matmul(c32, xs.T, out=g)
         return g
 
+    @staticmethod
+    def _nearest(g: np.ndarray, cn: np.ndarray, cols: int = 8192) -> np.ndarray:
+        """Per row (column of the products ``g``), the centre maximising ``g - |c|^2 / 2``
+        (the nearest)."""
+        half = (0.5 * cn).astype(np.float32)[:, None]
+        out = np.empty(g.shape[1], dtype=np.int64)
+        for s in range(0, g.shape[1], cols):
+            out[s:s + cols] = np.argmax(g[:, s:s + cols] - half, axis=0)
+        return out
+
     def _centre_dist(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[rows, cells].astype(np.float64)
+        d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[cells, rows].astype(np.float64)
         return np.sqrt(np.maximum(d2, 0.0))
 
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``)."""
+        """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``):
+        the rows of one cell per block (mixing cells widens the bounds far more than it
+        saves)."""
         rows = np.asarray(rows)
         if self.trivial:
             return [(rows[a:a + self.block], np.arange(self.n)) for a in range(0, len(rows), self.block)]
@@ -228,11 +245,10 @@ class PivotColumns:
         span_d = np.sqrt(2.0 * self.err) * 2.0 + 1e-9
         for part in np.split(rows, cuts):
             A = int(self.cell[part[0]])
-            cA = self.c32[A].astype(np.float64)
-            gap = np.sqrt(np.maximum(_sq_norms(self.c32.astype(np.float64) - cA[None, :]), 0.0))  # |c_A - c_C|
+            gap = self.gaps[A]  # |c_A - c_C|
             for a in range(0, len(part), self.block):
                 blk = part[a:a + self.block]
-                gb = self.g[blk].astype(np.float64)  # (B, P)
+                gb = self.g[:, blk].T.astype(np.float64)  # (B, P)
                 t = gb[:, [A]] - gb  # t(u) for every cell C
                 reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
                 t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
@@ -245,7 +261,7 @@ class PivotColumns:
                 idx = self.order[np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span)
                                  + np.arange(span.sum())]
                 c = self.cell[idx]
-                tv = self.g[idx, A].astype(np.float64) - self.gown[idx]
+                tv = self.g[A, idx].astype(np.float64) - self.gown[idx]
                 dv = self.dist[idx]
                 keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
                 out.append((blk, np.sort(idx[keep])))
