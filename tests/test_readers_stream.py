@@ -102,11 +102,15 @@ def test_malformed_json_gives_the_whole_file_message(tmp_path, small_reads, text
     assert message(lambda: list(iter_file_chunks(p, chunk_rows=1))) == want
 
 
-def test_bad_utf8_in_a_json_array_gives_the_whole_file_message(tmp_path, small_reads):
-    p = tmp_path / "bad.json"
-    p.write_bytes(b'[{"text": "ok"},\n {"text": "caf\xe9"}]')
+@pytest.mark.parametrize("name, data, where", [
+    ("bad.json", b'[{"text": "ok"},\n {"text": "caf\xe9"}]', "line 2 is not valid UTF-8"),   # a JSON array
+    ("bad.csv", b"text,id\nok,1\ncaf\xe9,2\n", "line 3 is not valid UTF-8"),
+])
+def test_bad_utf8_gives_the_whole_file_message(tmp_path, small_reads, name, data, where):
+    p = tmp_path / name
+    p.write_bytes(data)
     want = message(lambda: read_file(p))
-    assert "line 2 is not valid UTF-8" in want
+    assert where in want
     assert message(lambda: list(iter_file_chunks(p))) == want
 
 
@@ -169,14 +173,6 @@ def test_bad_csv_gives_the_whole_file_message(tmp_path, small_reads, text, where
     want = message(lambda: read_file(p))
     assert where in want
     assert message(lambda: list(iter_file_chunks(p, chunk_rows=1))) == want
-
-
-def test_bad_utf8_in_csv_gives_the_whole_file_message(tmp_path, small_reads):
-    p = tmp_path / "bad.csv"
-    p.write_bytes(b"text,id\nok,1\ncaf\xe9,2\n")
-    want = message(lambda: read_file(p))
-    assert "line 3 is not valid UTF-8" in want
-    assert message(lambda: list(iter_file_chunks(p))) == want
 
 
 def test_parquet_streams_row_groups_and_batches(tmp_path):
