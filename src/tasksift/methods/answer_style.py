@@ -23,7 +23,7 @@ import numpy as np
 from ..data.style import is_rationale_first, word_count
 from ..errors import ConfigError
 from .base import SelectionContext
-from .dedup import FilterMethod
+from .dedup import ORDER_OPTION, FilterMethod
 from .params import Choices, Interval, Option
 from .registry import register
 
@@ -46,8 +46,7 @@ class AnswerStyleFilter(FilterMethod):
                                   "targets still admit a one-sentence answer)", Interval(int, 1)),
         "rationale": Option("match", "'match': rationale-first rows only if most target responses are, "
                             "else only rows that are not; 'any': the length band only", Choices("match", "any")),
-        "order": Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
-                        Choices("random", "first")),
+        "order": ORDER_OPTION,
     }
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:

@@ -161,6 +161,11 @@ def select_from_mask(ctx: SelectionContext, keep: np.ndarray, k: int, order: str
     return np.asarray(idx, dtype=np.int64), info
 
 
+#: the ``order`` option every filter has (see :func:`select_from_mask`)
+ORDER_OPTION = Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
+                      Choices("random", "first"))
+
+
 class FilterMethod(SelectionMethod):
     """A method whose main use is :meth:`keep_mask` (one boolean per pool row)."""
 
@@ -187,8 +192,7 @@ class DedupFilter(FilterMethod):
                          Choices("auto", "range", "knn")),
         "neighbors": Option(10, "neighbours per row with search=knn", Interval(int, 1)),
         "index": Option("auto", "neighbour index with search=knn: auto, flat, hnsw, ...", str),
-        "order": Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
-                        Choices("random", "first")),
+        "order": ORDER_OPTION,
     }
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
@@ -233,8 +237,7 @@ class LengthFilter(FilterMethod):
         "min_chars": Option(None, "fewest characters kept (inclusive)", Interval(int, 0), None),
         "max_chars": Option(None, "most characters kept (inclusive)", Interval(int, 0), None),
         "field": Option("text", "what is measured", Choices("text", "prompt", "response")),
-        "order": Option("random", "which kept rows are returned when selecting: a seeded sample or the first",
-                        Choices("random", "first")),
+        "order": ORDER_OPTION,
     }
 
     def keep_mask(self, ctx: SelectionContext) -> np.ndarray:
