@@ -63,15 +63,13 @@ class AnswerStyleFilter(FilterMethod):
         want_rationale = None if c["rationale"] == "any" else t_share >= 0.5
         keep = np.zeros(len(ctx.pool), dtype=bool)
         start = 0
-        for batch in ctx.pool.batches():
-            for j, ex in enumerate(batch):
-                resp = str(getattr(ex, "response", "") or "")
-                w = word_count(resp)
-                ok = lo <= w <= hi
+        for texts in ctx.pool.text_batches("response"):   # the conversations only, not the raw rows
+            for j, resp in enumerate(texts):
+                ok = lo <= word_count(resp) <= hi
                 if ok and want_rationale is not None:
                     ok = is_rationale_first(resp) == want_rationale
                 keep[start + j] = ok
-            start += len(batch)
+            start += len(texts)
         info: dict[str, Any] = {"band_words": [lo, hi], "target_words_p10_p90":
                                 [float(np.percentile(t_words, 10)), float(np.percentile(t_words, 90))],
                                 "target_rationale_first_share": t_share,

@@ -135,8 +135,8 @@ def text_lengths(pool: Pool, field: str) -> tuple[np.ndarray, np.ndarray]:
     words = np.zeros(len(pool), dtype=np.int64)
     chars = np.zeros(len(pool), dtype=np.int64)
     start = 0
-    for batch in pool.batches():
-        texts = [getattr(ex, field) or "" for ex in batch]
+    for texts in pool.text_batches(field):
+        texts = [t or "" for t in texts]
         words[start:start + len(texts)] = [len(t.split()) for t in texts]
         chars[start:start + len(texts)] = [len(t) for t in texts]
         start += len(texts)
