@@ -213,6 +213,23 @@ def test_sampling_modes_seeded_and_reproducible():
     assert np.abs(freq - p).max() < 0.015
 
 
+def test_draw_without_replacement_is_stable_to_small_changes_of_p():
+    """One Gumbel variate per row: a row entering the support with a tiny probability, or a
+    1e-6 relative change of every probability, leaves the draw as it was (a per-support draw
+    of the noise reshuffled it like a new seed: bfloat16 vectors then gave Jaccard 0.15 with
+    float32's TSDS selection at 1% of 5k real rows, against 0.96 now)."""
+    rng = np.random.default_rng(8)
+    p = rng.random(5000) ** 4
+    p[rng.random(5000) < 0.6] = 0
+    p /= p.sum()
+    a, _ = T.draw(p, 50, rng=3)
+    q = p.copy()
+    q[np.flatnonzero(p == 0)[0]] = 1e-12          # a new supported row, first of all zeros
+    np.testing.assert_array_equal(T.draw(q, 50, rng=3)[0], a)
+    r = p * (1 + 1e-6 * rng.standard_normal(5000))
+    assert len(set(T.draw(r / r.sum(), 50, rng=3)[0]) & set(a)) == 50
+
+
 def test_support_smaller_than_budget_is_filled_by_nearest_rule():
     rng = np.random.default_rng(4)
     q = rng.standard_normal((2, 3))

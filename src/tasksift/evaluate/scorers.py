@@ -154,16 +154,21 @@ class ModelScorer:
 
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, dynamic_ncols=True, leave=False)
 
-    def pair_losses(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    def pair_losses(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring",
+                    groups: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean response NLL and response-token count of each (prompt, answer) pair
-        (a progress bar per batch with ``progress``)."""
+        (a progress bar per batch with ``progress``). ``groups``: positions of pairs with the
+        same prompt, whose rendered prompt then runs once per group
+        (:meth:`~tasksift.features.lm.LossEngine.score_groups`; the same losses to 1e-4)."""
         from ..features.lm import LossEngine, tokenize_examples
 
         exs = [_pair(p, a, i) for i, (p, a) in enumerate(pairs)]
         rendered = tokenize_examples(self.tok, exs, max_length=self.max_length, truncation=True)
         with self._bar(len(rendered), desc, "row") as bar, self._autocast():
-            res = LossEngine(self.model, self.tok, batch_tokens=self.batch_tokens).score(
-                rendered, on_batch=lambda n_rows, n_tokens: bar.update(n_rows))
+            engine = LossEngine(self.model, self.tok, batch_tokens=self.batch_tokens)
+            on_batch = lambda n_rows, n_tokens: bar.update(n_rows)  # noqa: E731
+            res = (engine.score_groups(rendered, groups, on_batch=on_batch) if groups
+                   else engine.score(rendered, on_batch=on_batch))
         return res["loss"], res["n_response_tokens"]
 
     def loss(self, items: Sequence[TestItem]) -> np.ndarray:
@@ -181,16 +186,18 @@ class ModelScorer:
 
     def mc(self, items: Sequence[TestItem]) -> np.ndarray:
         """Per-item 1.0/0.0 correctness by lowest mean option NLL (NaN: item has no options)."""
-        pairs, owner = [], []
+        pairs, owner, groups = [], [], []
         for j, t in enumerate(items):
             if t.choices and t.label is not None:
+                groups.append(list(range(len(pairs), len(pairs) + len(t.choices))))
                 for c in t.choices:
                     pairs.append((t.prompt, c))
                     owner.append(j)
         out = np.full(len(items), np.nan)
         if not pairs:
             return out
-        loss, _ = self.pair_losses(pairs, desc=f"multiple choice ({len(pairs)} options)")
+        # an item's options share its prompt: the prompt runs once per item, not once per option
+        loss, _ = self.pair_losses(pairs, desc=f"multiple choice ({len(pairs)} options)", groups=groups)
         owner_a = np.asarray(owner)
         for j, t in enumerate(items):
             ls = loss[owner_a == j]

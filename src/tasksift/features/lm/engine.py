@@ -42,6 +42,44 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 6
     return batches
 
 
+def shared_prefix_length(rows: Sequence[Rendered]) -> int:
+    """Leading tokens that every row of ``rows`` shares and that predict no response token.
+
+    The longest common prefix of the rows' ids, cut so that it ends before the token that
+    precedes each row's first response token: position t predicts token t + 1, so with the
+    prefix ``ids[:c]`` and ``c <= first_response - 1`` every counted prediction is made by a
+    position of the row's own suffix ``ids[c:]``. 0 for an empty list or a row with no
+    response token."""
+    if not rows:
+        return 0
+    first = rows[0].ids
+    c = min(len(r.ids) for r in rows)
+    for r in rows[1:]:
+        ids = r.ids
+        j = 0
+        while j < c and ids[j] == first[j]:
+            j += 1
+        c = j
+    for r in rows:
+        try:
+            c = min(c, r.mask.index(True) - 1)
+        except ValueError:
+            return 0
+    return max(0, c)
+
+
+def cache_argument(decoder) -> str:
+    """The name under which ``decoder.forward`` takes a key/value cache: ``cache`` from
+    transformers 5.24 (where ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    import inspect
+
+    try:
+        params = inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def decoder_and_head(model):
     """(decoder, lm_head) when the model's logits are a plain linear map of the decoder's last
     hidden state; None for models whose head needs more (then full logits are used)."""
@@ -114,6 +152,8 @@ class LossEngine:
         self.auto_threads = not any(os.environ.get(v, "").isdigit()
                                     for v in ("TASKSIFT_NUM_THREADS", "OMP_NUM_THREADS"))
         self._probed = 0.0
+        #: shared-prefix scoring (:meth:`score_groups`): None until checked against plain scoring
+        self._prefix_ok: bool | None = None
 
     @property
     def device(self):
@@ -154,6 +194,141 @@ class LossEngine:
             emb = ((hidden * a).sum(1) / a.sum(1).clamp(min=1)).float()
         return sums, counts, emb
 
+    def _retune_threads(self) -> None:
+        if self.device.type == "cpu" and self.auto_threads and time.perf_counter() - self._probed > 30:
+            set_cpu_threads()          # other processes may have started or stopped
+            self._probed = time.perf_counter()
+
+    def _forward_shared(self, groups: Sequence[Sequence[Rendered]], cuts: Sequence[int]):
+        """Per-row (sum of NLL, count) for groups of rows that share their first ``cuts[q]``
+        tokens: the prefixes run once per group (right-padded), their key/value cache is
+        repeated for each row of the group, and the rows' suffixes run on it."""
+        import torch
+        import torch.nn.functional as F
+
+        dec, head = self._fast
+        dev = self.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        P = max(cuts)
+        pids = torch.full((len(groups), P), pad, dtype=torch.long)
+        patt = torch.zeros((len(groups), P), dtype=torch.long)
+        for q, (rows, c) in enumerate(zip(groups, cuts)):
+            pids[q, :c] = torch.tensor(rows[0].ids[:c], dtype=torch.long)
+            patt[q, :c] = 1
+        pids, patt = pids.to(dev), patt.to(dev)
+        out = dec(input_ids=pids, attention_mask=patt, use_cache=True)
+        cache = out.get("cache", None) or out.get("past_key_values", None)   # transformers >= 5.24 / older
+        owner = torch.tensor([q for q, rows in enumerate(groups) for _ in rows], dtype=torch.long, device=dev)
+        cache.reorder_cache(owner)                    # one cache row per suffix row
+        suffix = [Rendered(ids=r.ids[c:], mask=r.mask[c:]) for rows, c in zip(groups, cuts) for r in rows]
+        sids, satt, smsk = padded_batch(suffix, pad, dev)
+        start = torch.tensor([c for rows, c in zip(groups, cuts) for _ in rows], dtype=torch.long, device=dev)
+        pos = start[:, None] + torch.arange(sids.shape[1], device=dev)[None, :]
+        hidden = dec(input_ids=sids, attention_mask=torch.cat([patt[owner], satt], dim=1), position_ids=pos,
+                     use_cache=True, **{cache_argument(dec): cache}).last_hidden_state
+        pred = smsk[:, 1:] & satt[:, 1:].bool()
+        targets = sids[:, 1:][pred]
+        rows_of = torch.arange(sids.shape[0], device=dev)[:, None].expand_as(pred)[pred]
+        h = hidden[:, :-1][pred]
+        nll = torch.empty(h.shape[0], dtype=torch.float32, device=dev)
+        for s in range(0, h.shape[0], self.head_chunk):
+            logits = head(h[s:s + self.head_chunk]).float()
+            nll[s:s + self.head_chunk] = F.cross_entropy(logits, targets[s:s + self.head_chunk], reduction="none")
+        sums = torch.zeros(sids.shape[0], dtype=torch.float64, device=dev)
+        sums.index_add_(0, rows_of, nll.double())
+        return sums.cpu().numpy(), pred.sum(dim=1).cpu().numpy()
+
+    def score_groups(self, rendered: Sequence[Rendered], groups: Sequence[Sequence[int]], *,
+                     min_prefix: int = 8, on_batch: Callable[[int, int], None] | None = None,
+                     ) -> dict[str, np.ndarray]:
+        """:meth:`score`'s losses, computing each group's shared prefix once.
+
+        ``groups`` lists row positions whose rows begin with the same tokens (e.g. one
+        multiple-choice question's options: the same prompt, different answers). A group whose
+        rows share at least ``min_prefix`` tokens (:func:`shared_prefix_length`) runs that
+        prefix once and its rows' suffixes on the prefix's key/value cache; other rows are
+        scored as :meth:`score` does. The first shared group is also scored plainly, once per
+        engine: if the two differ by more than the fast path's tolerance (1e-4 of the loss in
+        float32, 2e-2 under autocast or in lower precision), or the model has no verified
+        output-layer shortcut, every row is scored plainly. Results: ``loss`` and
+        ``n_response_tokens`` as :meth:`score`; ``shared_rows``, how many rows used a shared prefix."""
+        import torch
+
+        n = len(rendered)
+        ok = {i for i, r in enumerate(rendered) if r.status == STATUS_OK}
+        if ok and not self._checked:
+            self._self_check(min((rendered[i] for i in ok), key=lambda r: len(r.ids)))
+        shared: list[tuple[list[int], int]] = []
+        plain: list[int] = sorted(ok - {i for g in groups for i in g})
+        for g in groups:
+            members = [i for i in g if i in ok]
+            c = shared_prefix_length([rendered[i] for i in members]) if len(members) > 1 else 0
+            if self._fast is not None and self._prefix_ok is not False and c >= min_prefix:
+                shared.append((members, c))
+            else:
+                plain.extend(members)
+        loss = np.full(n, np.nan, dtype=np.float64)
+        n_resp = np.zeros(n, dtype=np.int64)
+
+        def put(pos: Sequence[int], sums, counts) -> None:
+            for j, p in enumerate(pos):
+                n_resp[p] = counts[j]
+                loss[p] = sums[j] / counts[j] if counts[j] > 0 else np.nan
+
+        def score_plain(pos: Sequence[int]) -> None:
+            if pos:
+                sub = self.score([rendered[p] for p in pos], on_batch=on_batch)
+                loss[list(pos)], n_resp[list(pos)] = sub["loss"], sub["n_response_tokens"]
+
+        n_shared = 0
+        if shared and self._prefix_ok is None:
+            members, c = shared[0]
+            with torch.inference_mode():
+                sums, counts = self._forward_shared([[rendered[i] for i in members]], [c])
+            ref = self.score([rendered[i] for i in members])
+            got = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            low = (torch.is_autocast_enabled(self.device.type)
+                   or next(self.model.parameters()).dtype != torch.float32)
+            tol = (2e-2 if low else 1e-4) * np.maximum(1.0, np.abs(ref["loss"]))
+            same = np.array_equal(counts, ref["n_response_tokens"]) and bool(
+                np.all((np.abs(got - ref["loss"]) <= tol) | (np.isnan(got) & np.isnan(ref["loss"]))))
+            self._prefix_ok = same
+            if same:                                  # the checked group keeps its shared-prefix result
+                put(members, sums, counts)
+                n_shared += len(members)
+                if on_batch is not None:
+                    on_batch(len(members), sum(len(rendered[i].ids) for i in members))
+                shared = shared[1:]
+            else:
+                plain.extend(i for m, _ in shared for i in m)
+                shared = []
+        score_plain(sorted(plain))
+        # pack groups longest prefix first, so that (groups x longest prefix + rows x longest suffix)
+        # stays within the token budget
+        shared.sort(key=lambda mc: -mc[1])
+        with torch.inference_mode():
+            s = 0
+            while s < len(shared):
+                e, P, S, R = s, 0, 0, 0
+                while e < len(shared):
+                    members, c = shared[e]
+                    P2 = max(P, c)
+                    S2 = max(S, max(len(rendered[i].ids) - c for i in members))
+                    R2 = R + len(members)
+                    if e > s and ((e + 1 - s) * P2 + R2 * S2 > self.batch_tokens or R2 > self.max_batch):
+                        break
+                    e, P, S, R = e + 1, P2, S2, R2
+                self._retune_threads()
+                batch = shared[s:e]
+                sums, counts = self._forward_shared([[rendered[i] for i in m] for m, _ in batch], [c for _, c in batch])
+                pos = [i for m, _ in batch for i in m]
+                put(pos, sums, counts)
+                n_shared += len(pos)
+                if on_batch is not None:
+                    on_batch(len(pos), sum(len(rendered[i].ids) for i in pos))
+                s = e
+        return {"loss": loss, "n_response_tokens": n_resp, "shared_rows": np.int64(n_shared)}
+
     def _self_check(self, row: Rendered) -> None:
         """Once per engine: the fast path (head on response positions only) must match the
         model's own logits (:func:`verified_decoder_and_head`); otherwise full logits."""
@@ -182,12 +357,9 @@ class LossEngine:
         if not self._checked:
             self._self_check(min((rendered[i] for i in ok), key=lambda r: len(r.ids)))
         batches = length_batches([len(rendered[i].ids) for i in ok], self.batch_tokens, self.max_batch)
-        on_cpu = self.device.type == "cpu"
         with torch.inference_mode():
             for b in batches:
-                if on_cpu and self.auto_threads and time.perf_counter() - self._probed > 30:
-                    set_cpu_threads()          # other processes may have started or stopped
-                    self._probed = time.perf_counter()
+                self._retune_threads()
                 pos = [ok[j] for j in b]
                 ids, att, msk = self._batch_tensors([rendered[p] for p in pos])
                 sums, counts, emb = self._forward(ids, att, msk, embed, True)

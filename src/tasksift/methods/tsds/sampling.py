@@ -28,7 +28,8 @@ def draw(p: np.ndarray, k: int, *, rng: np.random.Generator | int | None = None,
     """Draw ``k`` candidate indices from ``p``.
 
     sampling: ``without_replacement`` (k distinct rows, successive draws proportional to
-    ``p``, in draw order), ``with_replacement`` (k i.i.d. draws, repeats possible, as in the
+    ``p``, in draw order: the k largest log p_j + G_j, with one Gumbel variate G_j per row, so
+    that the draw is stable to small changes of ``p``), ``with_replacement`` (k i.i.d. draws, repeats possible, as in the
     paper) or ``top`` (the k highest ``p``, ties by lower index).
     When a mode without replacement needs more rows than ``p`` supports, all supported rows
     come first and the remaining ones are filled by ascending ``fill_key`` (lower = better,
@@ -56,7 +57,10 @@ def draw(p: np.ndarray, k: int, *, rng: np.random.Generator | int | None = None,
     if sampling == "top":
         chosen = top_k(np.where(p > 0, p, -np.inf), take) if take else np.empty(0, np.int64)
     else:
-        keys = np.log(p[support]) + rng.gumbel(size=len(support))
+        # one Gumbel variate per row (not per supported row), so a row's key depends on its own
+        # probability only: a small change of p (another precision of the vectors, a row
+        # entering the support) moves only rows near the cut instead of reshuffling the draw
+        keys = np.log(p[support]) + rng.gumbel(size=n)[support]
         if take < len(support):
             part = np.argpartition(-keys, take - 1)[:take] if take else np.empty(0, np.int64)
         else:
