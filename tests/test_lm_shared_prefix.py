@@ -140,3 +140,32 @@ def test_multiple_choice_scorer_picks_the_same_options_as_plain_scoring(tok, mod
         s += len(t.choices)
     np.testing.assert_array_equal(mc[:-1], expect)
     assert np.isnan(mc[-1])
+
+
+def test_all_likelihood_scorers_come_from_one_pass_with_each_pair_once(tok, model, monkeypatch):
+    """score(mc, loss, loss_answer): one pair_losses call; the gold answer (one of the options)
+    is scored once; every score equals scoring its pairs alone and plainly."""
+    items = [TestItem(id=str(q), prompt=p, answer=a[1], gold=a[1], choices=a, label=1,
+                      bare_answer=a[0] if q != 2 else None)
+             for q, (p, a) in enumerate(zip(PROMPTS, ANSWERS))]
+    items.append(TestItem(id="open", prompt="Say hi.", answer="hi there", gold="hi", bare_answer="hi"))
+    scorer = ModelScorer(model, tok)
+    calls = []
+    real = ModelScorer.pair_losses
+
+    def counting(self, pairs, desc="scoring", groups=None):
+        calls.append((len(pairs), groups))
+        return real(self, pairs, desc, groups)
+    monkeypatch.setattr(ModelScorer, "pair_losses", counting)
+    got = scorer.score(items, ["mc", "loss", "loss_answer"])
+    # options (4 + 3 + 2), plus the open item's answer and bare answer; bare "Paris"/"5" are options
+    assert len(calls) == 1 and calls[0][0] == 4 + 3 + 2 + 2
+    assert [len(g) for g in calls[0][1]] == [4, 3, 2, 2]
+    monkeypatch.setattr(ModelScorer, "pair_losses", real)
+    plain_loss, _ = scorer.pair_losses([(t.prompt, t.answer) for t in items])
+    np.testing.assert_allclose(got["loss"], plain_loss, atol=1e-5)
+    bare = [j for j, t in enumerate(items) if t.bare_answer]
+    plain_bare, _ = scorer.pair_losses([(items[j].prompt, items[j].bare_answer) for j in bare])
+    np.testing.assert_allclose(got["loss_answer"][bare], plain_bare, atol=1e-5)
+    assert np.isnan(got["loss_answer"][2]) and np.isnan(got["mc"][-1])
+    np.testing.assert_array_equal(got["mc"][:-1], scorer.mc(items)[:-1])

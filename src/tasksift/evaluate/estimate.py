@@ -37,7 +37,7 @@ def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed:
     and total estimates."""
     from ..finetune import finetune_lora
     from .arms import RESULTS, plan_arms, read_results
-    from .scorers import ModelScorer
+    from .scorers import PAIR_SCORERS, ModelScorer
 
     if ev.pool is None or ev.task is None:
         ev.prepare()
@@ -61,10 +61,12 @@ def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed:
                          max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]),
                          dtype=str(s.get("dtype", "float32")))
     per_item: dict[str, float] = {}
-    for sc in recipe.scorers:
+    # the likelihood scorers share one pass (ModelScorer.pair_scores), so they are timed together
+    likelihood = [sc for sc in recipe.scorers if sc in PAIR_SCORERS]
+    for group in ([likelihood] if likelihood else []) + [[sc] for sc in recipe.scorers if sc not in PAIR_SCORERS]:
         t = time.perf_counter()
-        scorer.score(items, [sc])
-        per_item[sc] = (time.perf_counter() - t) / len(items)
+        scorer.score(items, group)
+        per_item["+".join(group)] = (time.perf_counter() - t) / len(items)
     score_s = sum(per_item.values()) * len(ev.task.test)
     done = {r["arm"] for r in read_results(ev.out / RESULTS)}
     arms = [a for a in plan_arms(recipe) if a["id"] not in done]

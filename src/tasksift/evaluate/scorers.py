@@ -124,6 +124,18 @@ def score_em_text(output: str, item: TestItem) -> bool:
     return answers_match(fn(output), item.gold, item.extractor)
 
 
+#: scorers computed from (prompt, answer) log-likelihoods, in one pass (:meth:`ModelScorer.pair_scores`)
+PAIR_SCORERS = ("loss", "loss_answer", "mc")
+
+
+def _add_pair(pairs: list[tuple[str, str]], mine: dict[str, int], prompt: str, answer: str) -> int:
+    """Position of (prompt, answer) in ``pairs``, appended unless this item already has it."""
+    if answer not in mine:
+        mine[answer] = len(pairs)
+        pairs.append((prompt, answer))
+    return mine[answer]
+
+
 def _pair(prompt: str, answer: str, i: int) -> Example:
     return Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                    raw={}, row=i, layout="messages")
@@ -171,39 +183,52 @@ class ModelScorer:
                    else engine.score(rendered, on_batch=on_batch))
         return res["loss"], res["n_response_tokens"]
 
+    def pair_scores(self, items: Sequence[TestItem], scorers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-item arrays of the likelihood scorers among ``scorers`` (``loss``, ``loss_answer``,
+        ``mc``), from one pass over every (prompt, answer) pair they need.
+
+        An item's pairs (its gold answer, its bare answer, its options) share its prompt, which
+        runs once per item (:meth:`pair_losses` with ``groups``); a pair two scorers need (the
+        gold answer is usually one of the options) is scored once."""
+        wanted = [sc for sc in PAIR_SCORERS if sc in scorers]
+        pairs: list[tuple[str, str]] = []
+        groups: list[list[int]] = []
+        at = {sc: [None] * len(items) for sc in wanted}
+        for j, t in enumerate(items):
+            mine: dict[str, int] = {}          # this item's answers -> their pair positions
+            if "loss" in at:
+                at["loss"][j] = _add_pair(pairs, mine, t.prompt, t.answer)
+            if "loss_answer" in at and t.bare_answer:
+                at["loss_answer"][j] = _add_pair(pairs, mine, t.prompt, str(t.bare_answer))
+            if "mc" in at and t.choices and t.label is not None:
+                at["mc"][j] = [_add_pair(pairs, mine, t.prompt, c) for c in t.choices]
+            if mine:
+                groups.append(sorted(mine.values()))
+        out = {sc: np.full(len(items), np.nan) for sc in wanted}
+        if not pairs:
+            return out
+        loss, _ = self.pair_losses(pairs, desc=f"{' + '.join(wanted)} ({len(pairs)} answers)", groups=groups)
+        for j, t in enumerate(items):
+            for sc in ("loss", "loss_answer"):
+                if sc in at and at[sc][j] is not None:
+                    out[sc][j] = loss[at[sc][j]]
+            if "mc" in at and at["mc"][j] is not None:
+                ls = loss[at["mc"][j]]
+                if np.isfinite(ls).any():
+                    out["mc"][j] = float(int(np.nanargmin(ls)) == int(t.label))
+        return out
+
     def loss(self, items: Sequence[TestItem]) -> np.ndarray:
         """Per-item mean NLL of the gold answer as the target examples write it (NaN where unscorable)."""
-        return self.pair_losses([(t.prompt, t.answer) for t in items], desc="loss (gold answer)")[0]
+        return self.pair_scores(items, ["loss"])["loss"]
 
     def loss_answer(self, items: Sequence[TestItem]) -> np.ndarray:
         """Per-item mean NLL of the bare final answer (NaN for items without one)."""
-        out = np.full(len(items), np.nan)
-        idx = [j for j, t in enumerate(items) if t.bare_answer]
-        if idx:
-            out[idx] = self.pair_losses([(items[j].prompt, str(items[j].bare_answer)) for j in idx],
-                                        desc="loss (bare answer)")[0]
-        return out
+        return self.pair_scores(items, ["loss_answer"])["loss_answer"]
 
     def mc(self, items: Sequence[TestItem]) -> np.ndarray:
         """Per-item 1.0/0.0 correctness by lowest mean option NLL (NaN: item has no options)."""
-        pairs, owner, groups = [], [], []
-        for j, t in enumerate(items):
-            if t.choices and t.label is not None:
-                groups.append(list(range(len(pairs), len(pairs) + len(t.choices))))
-                for c in t.choices:
-                    pairs.append((t.prompt, c))
-                    owner.append(j)
-        out = np.full(len(items), np.nan)
-        if not pairs:
-            return out
-        # an item's options share its prompt: the prompt runs once per item, not once per option
-        loss, _ = self.pair_losses(pairs, desc=f"multiple choice ({len(pairs)} options)", groups=groups)
-        owner_a = np.asarray(owner)
-        for j, t in enumerate(items):
-            ls = loss[owner_a == j]
-            if len(ls) and np.isfinite(ls).any():
-                out[j] = float(int(np.nanargmin(ls)) == int(t.label))
-        return out
+        return self.pair_scores(items, ["mc"])["mc"]
 
     def _chat_prompt(self, prompt: str) -> str:
         msgs = [{"role": "user", "content": prompt}]
@@ -254,13 +279,10 @@ class ModelScorer:
     def score(self, items: Sequence[TestItem], scorers: Sequence[str]) -> dict[str, Any]:
         """Per-item arrays for each scorer, plus ``em_outputs`` (first 20) when ``em`` ran."""
         out: dict[str, Any] = {}
+        likelihood = self.pair_scores(items, scorers) if any(sc in PAIR_SCORERS for sc in scorers) else {}
         for s in scorers:
-            if s == "loss":
-                out["loss"] = self.loss(items)
-            elif s == "loss_answer":
-                out["loss_answer"] = self.loss_answer(items)
-            elif s == "mc":
-                out["mc"] = self.mc(items)
+            if s in likelihood:
+                out[s] = likelihood[s]
             elif s == "em":
                 out["em"], gens = self.em(items)
                 out["em_outputs"] = gens[:20]
