@@ -14,7 +14,11 @@ Stages (each timed as ``tsds_<stage>``):
    queries recomputed for the listed pairs only (:func:`~.gather.pair_distances`: groups of
    similar queries against their own rows), and each query keeps its exact
    ``L = min(max_k, N)`` nearest (ties by lower id); ``margin`` absorbs float32 rounding at
-   the cut (``info`` counts the queries for which the float32 bound does not prove it).
+   the cut. A query for which the float32 rounding bound does not prove that its list holds
+   its exact ``L`` nearest (near-ties at the cut; ``info["search_cut_uncertified"]``) is
+   searched again (stage **research**, those queries only): every row whose float32
+   distance, less the bound, is within its ``L``-th float64 distance is read and weighed in
+   float64 (:func:`range_shard_task`), so the lists are exact in every case.
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
    :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
@@ -45,7 +49,7 @@ from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
 from ...neighbors import TopK, block_rows, exact_search, knn, npy_layout, read_rows, resolve_index
 from .gather import pair_distances
-from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
+from .inputs import check_embeddings, check_params, checked_block, l2_normalize, normalize_block, prepare
 from .kde import PivotColumns, range_density
 from .solver import solve_needing_densities
 
@@ -144,14 +148,51 @@ def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, nor
     squared L2, ids local to the shard)."""
     t0 = time.perf_counter()
     x = read_rows(source, start, end)
-    x, bad = normalize_block(x, np.dtype(dtype), normalize, owned=isinstance(source, (str, os.PathLike)))
+    x, bad, sq_max = checked_block(x, np.dtype(dtype), normalize, owned=isinstance(source, (str, os.PathLike)))
     if bad >= 0:
         return {"bad_row": bad}
     die_once(kill)
     t1 = time.perf_counter()
-    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)))
-    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
-            "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)),
+                           sort=False)
+    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "x_sq_max": sq_max, "read_s": t1 - t0,
+            "search_s": time.perf_counter() - t1, "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+
+
+def sq_dist_tolerance(d: int) -> float:
+    """``c`` such that the float32 squared distance ``|q|^2 + |x|^2 - 2 q.x`` of the search
+    (float32 norms and BLAS product, inputs rounded to float32) is within
+    ``c * (|q|^2 + |x|^2)`` of the true one (the rounding bound, x2 to spare)."""
+    return 4.0 * (int(d) + 4) * float(np.finfo(np.float32).eps)
+
+
+def range_shard_task(source: Any, start: int, end: int, dtype: str, normalize: bool, *, q: np.ndarray,
+                     limit: np.ndarray) -> dict[str, Any]:
+    """Rows ``start:end`` of ``source`` (read and normalised as the search does) that may lie
+    within squared distance ``limit[i]`` of query ``i``: every row whose float32 squared
+    distance, less its rounding bound (:func:`sq_dist_tolerance`), is at most the limit.
+    Returns per query the sorted absolute row ids."""
+    t0 = time.perf_counter()
+    x, _, _ = checked_block(read_rows(source, start, end), np.dtype(dtype), normalize,
+                            owned=isinstance(source, (str, os.PathLike)))
+    q32 = np.ascontiguousarray(q, dtype=np.float32)
+    qn = np.einsum("ij,ij->i", q32, q32)
+    c = sq_dist_tolerance(x.shape[1])
+    lim = np.asarray(limit, dtype=np.float64) + c * qn.astype(np.float64)
+    found: list[list[np.ndarray]] = [[] for _ in range(len(q32))]
+    step = max(1, block_rows(len(q32), 8, SEARCH_BLOCK_BYTES))
+    for a in range(0, len(x), step):
+        xb = np.asarray(x[a:a + step], dtype=np.float32)
+        xn = np.einsum("ij,ij->i", xb, xb)
+        d2 = (q32 * np.float32(-2.0)) @ xb.T
+        d2 += qn[:, None]
+        d2 += xn[None, :]
+        low = d2.astype(np.float64) - c * xn.astype(np.float64)[None, :]
+        r, j = np.nonzero(low <= lim[:, None])
+        for i in np.unique(r):
+            found[i].append(start + a + j[r == i])
+    ids = [np.concatenate(f) if f else np.empty(0, np.int64) for f in found]
+    return {"ids": ids, "seconds": time.perf_counter() - t0, "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
 
 def gather_task(source: Any, start: int, end: int, rows: np.ndarray, dtype: str, normalize: bool
@@ -213,19 +254,39 @@ class Candidates:
 
 def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[int, int]], normalize: bool,
                   executor: Executor, stats: list, kill: Callable[[str, int], str | None]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each query's float32 top ``kp`` (unordered) over all shards, and the largest squared
+    norm of any candidate row (as searched)."""
     top = TopK(len(q), kp)
     calls = ((i, (*cands.shard(s, e), kp, cands.dtype.name, normalize, kill("search", i)))
              for i, (s, e) in enumerate(shards))
+    x_sq = 0.0
     for i, r in executor.map_tasks(search_shard_task, calls, shared={"q": np.ascontiguousarray(q, np.float32)}):
         s = shards[i][0]
         if "bad_row" in r:
             raise DataError(f"row {s + r['bad_row']} holds NaN or inf", file="candidates")
         top.add(r["d2"], np.where(r["ids"] >= 0, r["ids"] + s, -1))
+        x_sq = max(x_sq, r["x_sq_max"])
         stats.append({"stage": "search", "shard": i, "rows": r["rows"], "bytes": r["bytes"], "read_s": r["read_s"],
                       "seconds": r["read_s"] + r["search_s"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
-    d2, ids = top.result()
-    return d2, ids
+    d2, ids = top.result(sort=False)  # the float64 distances decide the order
+    return d2, ids, x_sq
+
+
+def _range_search(q: np.ndarray, limit: np.ndarray, cands: Candidates, shards: list[tuple[int, int]],
+                  normalize: bool, executor: Executor, stats: list) -> list[np.ndarray]:
+    """Per query, every candidate row (sorted ids) that may lie within squared distance
+    ``limit`` of it (:func:`range_shard_task` over all shards)."""
+    found: list[list[np.ndarray]] = [[] for _ in range(len(q))]
+    calls = ((i, (*cands.shard(s, e), cands.dtype.name, normalize)) for i, (s, e) in enumerate(shards))
+    shared = {"q": np.ascontiguousarray(q, np.float32), "limit": np.asarray(limit, dtype=np.float64)}
+    for i, r in executor.map_tasks(range_shard_task, calls, shared=shared):
+        off = 0 if cands.is_path else shards[i][0]
+        for j, ids in enumerate(r["ids"]):
+            found[j].append(ids + off)
+        stats.append({"stage": "range", "shard": i, "rows": int(shards[i][1] - shards[i][0]),
+                      "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
+    return [np.sort(np.concatenate(f)) for f in found]
 
 
 def _gather(cands: Candidates, rows: np.ndarray, shards: list[tuple[int, int]], normalize: bool,
@@ -276,20 +337,38 @@ def positions_in(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
-                    x_sq_max: float, n: int, d: int) -> int:
-    """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
-    every row left out has float32 squared distance >= the list's last one, so its true one
-    is at least that minus the float32 rounding bound; certified when that exceeds the L-th
-    float64 distance."""
+                    x_sq_max: float, n: int, d: int) -> np.ndarray:
+    """(M,) bool: the queries whose exact top-L may hold a row outside their float32 top
+    ``L + margin`` (lists in any order). Every row left out has float32 squared distance >=
+    the list's largest, so its true one is at least that minus the float32 rounding bound
+    (:func:`sq_dist_tolerance`, with the largest squared norm ``x_sq_max`` of any candidate);
+    certified when that exceeds the L-th float64 distance."""
     kp = d2_f32.shape[1]
     if kp >= n:
-        return 0
-    eps = float(np.finfo(np.float32).eps)
+        return np.zeros(len(q), dtype=bool)
     qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)
-    tol = 4.0 * (d + 2) * eps * (qn + x_sq_max)
-    last = d2_f32[:, -1].astype(np.float64)
-    ok = (ids_f32[:, -1] < 0) | (last - tol > dist_L.astype(np.float64) ** 2)
-    return int((~ok).sum())
+    tol = sq_dist_tolerance(d) * (qn + x_sq_max)
+    full = (ids_f32 >= 0).all(axis=1)
+    last = np.where(ids_f32 >= 0, d2_f32, -np.inf).max(axis=1).astype(np.float64)
+    return full & ~(last - tol > dist_L.astype(np.float64) ** 2)
+
+
+def nearest_by_float64(q: np.ndarray, xg: np.ndarray, rows: np.ndarray, cand: np.ndarray, L: int, n: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``L`` nearest among its candidate ids ``cand`` (M, c; -1 = none; c >= L)
+    by float64 distance (:func:`~.gather.pair_distances`; ties by lower id): (ids, dist)."""
+    dist_c = pair_distances(q, xg, positions_in(rows, cand, n))
+    order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), dist_c), axis=1)[:, :L]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist_c, order, axis=1)
+
+
+def merge_rows(rows_a: np.ndarray, xa: np.ndarray, rows_b: np.ndarray, xb: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of the disjoint sorted row ids ``rows_a``, ``rows_b`` and their
+    vectors in that order."""
+    rows = np.concatenate([rows_a, rows_b])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], np.concatenate([xa, xb])[order]
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,16 +435,28 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
     search_info: dict[str, Any] = {"index": "exact", "recall": 1.0, "measure": "exact", "uncertified": 0}
     if index in EXACT_KINDS:
         with tm("search"):
-            d2_k, ids_k = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
+            d2_k, ids_k, x_sq = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
         with tm("gather"):
             Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = pair_distances(q, xg, positions_in(Up, ids_k, n))
-            order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
-            ids = np.take_along_axis(ids_k, order, axis=1)
-            dist = np.take_along_axis(dist_k, order, axis=1)
-            x_sq = 1.0 if normalize else float(np.einsum("ij,ij->i", xg, xg, dtype=np.float64).max())
-            search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
+            ids, dist = nearest_by_float64(q, xg, Up, ids_k, L, n)
+            bad = np.flatnonzero(cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d))
+            del d2_k, ids_k
+            search_info["uncertified"] = len(bad)
+        if len(bad):  # the float32 lists may miss some of these queries' exact nearest: search again
+            with tm("research"):
+                found = _range_search(q[bad], dist[bad, -1].astype(np.float64) ** 2, cands, shards,
+                                      bool(normalize), executor, stats)
+                new = np.setdiff1d(np.concatenate(found), Up, assume_unique=False)
+                if len(new):
+                    Up, xg = merge_rows(Up, xg, new, _gather(cands, new, shards, bool(normalize), executor, stats))
+                width = max(len(f) for f in found)
+                ids_b = np.full((len(bad), max(width, L)), -1, dtype=np.int64)
+                for j, f in enumerate(found):
+                    ids_b[j, :len(f)] = f
+                ids[bad], dist[bad] = nearest_by_float64(q[bad], xg, Up, ids_b, L, n)
+                search_info["researched_rows"] = int(sum(len(f) for f in found))
+        with tm("gather"):
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
             U = present(ids, n)
             xu = compact_rows(xg, np.searchsorted(Up, U))
@@ -450,6 +541,7 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
         "recall_at": {"search": L, "kde": kk if sigma else None},
         "recall_measure": {"search": search_info["measure"], "kde": "exact" if sigma else None},
         "search_cut_uncertified": int(search_info["uncertified"]),
+        "search_researched_rows": int(search_info.get("researched_rows", 0)),
         "normalized": bool(normalize), "mass_before_renormalisation": float(total),
         "timings": tm.times,
         "execution": {"executor": executor.name, "workers": executor.workers, "shard_rows": int(shard_rows),

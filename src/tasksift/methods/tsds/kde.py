@@ -62,23 +62,18 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | No
 
 def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
     """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
-    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product of augmented rows
-    ``[2 a / s2, 1 - |a|^2 / s2, -1 / s2] . [c, 1, |c|^2]``. Weights within that product's
-    rounding bound of 1 (duplicates, near-duplicates) are recomputed from the differences, so a
-    duplicate's weight is exactly 1."""
+    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product
+    ``(2 a / s2) . c`` shifted by ``1 - |a|^2 / s2`` per row and ``-|c|^2 / s2`` per column
+    (the shifts run over the (rows x columns) result, not over copies of the columns). Weights
+    within that computation's rounding bound of 1 (duplicates, near-duplicates) are
+    recomputed from the differences, so a duplicate's weight is exactly 1."""
     s2 = float(sigma) ** 2
     a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
     d = a.shape[1]
     an, cn = _sq_norms(a), _sq_norms(c)
-    aa = np.empty((len(a), d + 2))
-    np.multiply(a, 2.0 / s2, out=aa[:, :d])
-    aa[:, d] = 1.0 - an / s2
-    aa[:, d + 1] = -1.0 / s2
-    ca = np.empty((len(c), d + 2))
-    ca[:, :d] = c
-    ca[:, d] = 1.0
-    ca[:, d + 1] = cn
-    w = aa @ ca.T
+    w = np.matmul(a * (2.0 / s2), c.T)
+    w += (1.0 - an / s2)[:, None]
+    w -= (cn / s2)[None, :]
     # |fl(w) - w| <= (d + 4) eps * (sum of the terms' magnitudes), x4 to spare
     tol = 4.0 * (d + 4) * EPS64 * (1.0 + 2.0 * (float(an.max(initial=0)) + float(cn.max(initial=0))) / s2)
     np.maximum(w, 0.0, out=w)
