@@ -158,8 +158,6 @@ class PivotColumns:
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
                  block: int = 256, iterations: int = 3, sample: int = 16384) -> None:
-        from scipy import sparse
-
         rng = np.random.default_rng(seed)
         n, d = x.shape
         self.sigma, self.block = float(sigma), int(block)
@@ -181,11 +179,12 @@ class PivotColumns:
             if last:
                 self.g, self.cell = g, cell
                 break
-            onehot = sparse.csr_matrix((np.ones(len(pts), dtype=np.float32), (cell, np.arange(len(pts)))),
-                                       shape=(len(centres), len(pts)))
+            # each used cell's centre moves to its members' mean (float64 sums of sorted rows)
             size = np.bincount(cell, minlength=len(centres))
             used = np.flatnonzero(size)
-            centres[used] = np.asarray(onehot @ pts, dtype=np.float64)[used] / size[used, None]
+            starts = (np.cumsum(size) - size)[used]
+            sums = np.add.reduceat(pts[np.argsort(cell, kind="stable")], starts, axis=0, dtype=np.float64)
+            centres[used] = sums / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
         self.xn = _sq_norms(xs)
