@@ -263,3 +263,23 @@ def test_uncertified_queries_are_searched_again_exactly(tmp_path, as_path):
     gamma, _, _ = water_filling(dist, ids, rho[ids], alpha=0.5, C=5.0)
     p = np.bincount(ids.ravel(), weights=gamma.ravel(), minlength=len(x))
     assert np.abs(got.p - p / p.sum()).sum() < 1e-9
+
+
+@pytest.mark.parametrize("hugepages", [True, False, None])
+def test_hugepage_advice_leaves_the_result_and_restores_numpys_setting(tsds_data, hugepages):
+    from tasksift.errors import ConfigError
+    from tasksift.methods.tsds.engine import hugepage_switch
+
+    q, x, _ = tsds_data
+    switch = hugepage_switch()
+    before = switch(True)
+    try:
+        ref = tsds(q, x, max_k=300, kde_k=100, seed=0)
+        got = tsds(q, x, max_k=300, kde_k=100, seed=0, hugepages=hugepages)
+        assert switch(True) is True  # the setting in force before the calls is back
+    finally:
+        switch(before)
+    assert np.abs(got.p - ref.p).sum() < 1e-12
+    np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
+    with pytest.raises(ConfigError, match="hugepages"):
+        tsds(q, x, max_k=300, hugepages="no")

@@ -123,6 +123,35 @@ def blas_thread_limit(threads: int | None) -> ContextManager:
     return threadpool_limits(int(threads), user_api="blas")
 
 
+def hugepage_switch() -> Callable[[bool], bool] | None:
+    """NumPy's switch for ``madvise(MADV_HUGEPAGE)`` on large arrays (the runtime form of
+    ``NUMPY_MADVISE_HUGEPAGE``; returns the previous setting), or None where it is missing."""
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return getattr(__import__(mod, fromlist=["_set_madvise_hugepage"]), "_set_madvise_hugepage")
+        except (ImportError, AttributeError):
+            continue
+    return None  # pragma: no cover - NumPy without the switch
+
+
+@contextlib.contextmanager
+def hugepage_advice(enabled: bool | None) -> Iterator[None]:
+    """NumPy asks the kernel for transparent huge pages for its large arrays (``enabled``)
+    or not, while the context lasts, then the previous setting comes back (None: left as it
+    is; a no-op where NumPy has no such switch). Where the kernel's THP ``defrag`` setting
+    is ``madvise``, asking makes each first touch of a large array wait for memory
+    compaction on a machine whose memory is fragmented."""
+    switch = hugepage_switch() if enabled is not None else None
+    if switch is None:
+        yield
+        return
+    before = switch(bool(enabled))
+    try:
+        yield
+    finally:
+        switch(before)
+
+
 def one_blas_thread() -> ContextManager:
     """BLAS limited to one thread: the density blocks are many small products, for which a
     second BLAS thread only adds waiting, most of all on a busy machine."""
@@ -380,7 +409,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
          shard_rows: int = 250_000, margin: int | None = None,
          timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
-         blas_threads: int | None = 1) -> TSDSResult:
+         blas_threads: int | None = 1, hugepages: bool | None = False) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
     diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
 
@@ -397,11 +426,17 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     blas_threads: BLAS threads for the products run in this process (default 1: parallel
     work belongs to the executor's tasks; idle BLAS threads spin and, on a shared machine,
     cost more than they give; None leaves the BLAS setting as it is).
+    hugepages: whether NumPy asks for transparent huge pages for the large arrays made
+    during the call (default False: no compaction stalls on first touch, see
+    :func:`hugepage_advice`; None leaves NumPy's setting as it is). The result does not
+    depend on it.
     """
     if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, (int, np.integer))
                                      or blas_threads < 1):
         raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
-    with blas_thread_limit(blas_threads):
+    if hugepages is not None and not isinstance(hugepages, (bool, np.bool_)):
+        raise ConfigError(f"tsds: hugepages must be True, False or None, got {hugepages!r}")
+    with blas_thread_limit(blas_threads), hugepage_advice(hugepages):
         return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,
                      seed=seed, normalize=normalize, recall_sample=recall_sample, executor=executor,
                      shard_rows=shard_rows, margin=margin, timer=timer, kill_once_dir=kill_once_dir)
