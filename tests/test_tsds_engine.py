@@ -59,6 +59,18 @@ def test_topk_merges_blocks_in_any_order_with_ties_by_lower_id():
         got_d, got_i = top.result()
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_d, np.take_along_axis(d, want_i, axis=1))
+    # blocks smaller than k, written into one reused buffer: entries wait in the buffers
+    # across several blocks before a compaction, and must not alias the block
+    buf = np.empty((6, 16), dtype=np.float32)
+    top = TopK(6, 50)
+    for s in range(0, 900, 16):
+        w = min(16, 900 - s)
+        buf[:, :w] = d[:, s:s + w]
+        top.add(buf[:, :w], np.arange(s, s + w))
+        buf[:] = -1.0  # overwritten before the next block
+    got_d, got_i = top.result(sort=False)
+    np.testing.assert_array_equal(np.sort(got_i, axis=1), np.sort(want_i, axis=1))
+    np.testing.assert_array_equal(got_d, np.take_along_axis(d, got_i, axis=1))
     short = TopK(2, 10)
     short.add(d[:2, :4], np.array([0, 1, -1, 3]))
     _, i = short.result()
