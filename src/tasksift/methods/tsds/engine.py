@@ -4,9 +4,10 @@
 Stages (each timed as ``tsds_<stage>``):
 
 1. **search** (exact): the candidates are cut into shards of ``shard_rows`` rows; a task
-   reads one shard (a slice of the array, or its rows of the file by ``pread``), checks it
-   for NaN/inf, L2-normalises it when asked and returns its top ``L + margin`` of each query
-   (float32 BLAS blocks merged by :class:`tasksift.neighbors.TopK`). The driver merges the
+   reads its shard block by block (a slice of the array, or its rows of the file by
+   ``pread``), checks each block for NaN/inf, L2-normalises it when asked and returns its
+   top ``L + margin`` of each query (float32 BLAS blocks merged by
+   :class:`tasksift.neighbors.TopK`). The driver merges the
    shards' lists as they arrive with the same ``TopK``. ``index="ivf"``, ``"hnsw"`` or a
    faiss factory string searches the whole (normalised) candidate matrix in this process
    instead, with recall measured against exact search.
@@ -29,8 +30,9 @@ Stages (each timed as ``tsds_<stage>``):
 The products run in this process use one BLAS thread by default (``blas_threads``).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
-Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
-normalised copy) and ``M * (L + margin) * 12`` bytes of lists; the driver the queries, two
+Memory: a search task holds one block of rows (about ``SEARCH_BLOCK_BYTES / (4 M)`` rows,
+x2 for float64 or a normalised copy), its distances and up to ``2 M (L + margin) * 12``
+bytes of lists; the driver the queries, two
 sets of lists, the gathered rows (at most ``M * (L + margin)``), and the (N,) float64 ``p``
 and ``rho``.
 """
@@ -47,7 +49,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
-from ...neighbors import TopK, block_rows, exact_search, knn, npy_layout, read_rows, resolve_index
+from ...neighbors import TopK, block_rows, knn, npy_layout, read_rows, resolve_index, search_blocks
 from .gather import pair_distances
 from .inputs import check_embeddings, check_params, checked_block, l2_normalize, normalize_block, prepare
 from .kde import PivotColumns, range_density
@@ -173,19 +175,34 @@ def die_once(marker: str | None) -> None:
 def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, normalize: bool,
                       kill: str | None = None, *, q: np.ndarray) -> dict[str, Any]:
     """One shard of the search: rows ``start:end`` of ``source`` (an array or a ``.npy``
-    path) checked, normalised when asked, and their exact top-``k`` per query (float32
-    squared L2, ids local to the shard)."""
+    path), read, checked for NaN/inf and normalised when asked one search block at a time
+    (a path's rows are read into blocks of about ``SEARCH_BLOCK_BYTES`` of distances, which
+    the allocator reuses, never the whole shard at once), and their exact top-``k`` per query
+    (float32 squared L2, ids local to the shard, unordered)."""
     t0 = time.perf_counter()
-    x = read_rows(source, start, end)
-    x, bad, sq_max = checked_block(x, np.dtype(dtype), normalize, owned=isinstance(source, (str, os.PathLike)))
-    if bad >= 0:
-        return {"bad_row": bad}
     die_once(kill)
-    t1 = time.perf_counter()
-    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)),
-                           sort=False)
-    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "x_sq_max": sq_max, "read_s": t1 - t0,
-            "search_s": time.perf_counter() - t1, "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+    rows = max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES))
+    owned = isinstance(source, (str, os.PathLike))
+    seen = {"bad": -1, "sq": 0.0, "read": 0.0, "bytes": 0}
+
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(start, end, rows):
+            t = time.perf_counter()
+            x, bad, sq = checked_block(read_rows(source, s, min(end, s + rows)), np.dtype(dtype), normalize,
+                                       owned=owned)
+            seen["read"] += time.perf_counter() - t
+            if bad >= 0:
+                seen["bad"] = s - start + bad
+                return
+            seen["sq"], seen["bytes"] = max(seen["sq"], sq), seen["bytes"] + int(x.nbytes)
+            yield s - start, x
+
+    d2, ids = search_blocks(q, blocks(), min(int(k), end - start), sort=False)
+    if seen["bad"] >= 0:
+        return {"bad_row": seen["bad"]}
+    took = time.perf_counter() - t0
+    return {"d2": d2, "ids": ids, "rows": end - start, "bytes": seen["bytes"], "x_sq_max": seen["sq"],
+            "read_s": seen["read"], "search_s": took - seen["read"], "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
 
 def sq_dist_tolerance(d: int) -> float:
