@@ -179,12 +179,13 @@ class PivotColumns:
             if last:
                 self.g, self.cell = g, cell
                 break
-            # each used cell's centre moves to its members' mean (float64 sums of sorted rows)
+            # each used cell's centre moves to its members' mean (float32 sums of sorted rows,
+            # as a float32 product would give: the centres only steer the pruning)
             size = np.bincount(cell, minlength=len(centres))
             used = np.flatnonzero(size)
             starts = (np.cumsum(size) - size)[used]
-            sums = np.add.reduceat(pts[np.argsort(cell, kind="stable")], starts, axis=0, dtype=np.float64)
-            centres[used] = sums / size[used, None]
+            sums = np.add.reduceat(pts[np.argsort(cell, kind="stable")], starts, axis=0)
+            centres[used] = np.asarray(sums, dtype=np.float64) / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
         self.xn = _sq_norms(xs)
