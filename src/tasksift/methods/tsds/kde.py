@@ -54,9 +54,13 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | No
         g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
         return np.flatnonzero((g > 0).any(axis=0))
     inside = g > (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
-    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol
-    kth = np.partition(g, g.shape[1] - int(kde_k), axis=1)[:, g.shape[1] - int(kde_k)]
-    inside &= g >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
+    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol; rows
+    # with at most kde_k columns inside the screen keep them all
+    over = np.flatnonzero(np.count_nonzero(inside, axis=1) > int(kde_k))
+    if len(over):
+        go = g[over]
+        kth = np.partition(go, go.shape[1] - int(kde_k), axis=1)[:, go.shape[1] - int(kde_k)]
+        inside[over] &= go >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
     return np.flatnonzero(inside.any(axis=0))
 
 
