@@ -437,7 +437,8 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     shard_rows: candidates per search task. margin: extra float32 neighbours kept per query
     before the float64 cut (default ``16 + L / 50``).
     timer(stage): optional outer context manager factory (e.g. ``SelectionContext.timed``)
-    that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve``.
+    that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve`` (and
+    ``tsds_research`` when some query's float32 list is not certified).
     kill_once_dir: test hook; the first search and density tasks kill their worker process
     once (marker files in that folder), to check that the executor retries them.
     blas_threads: BLAS threads for the products run in this process (default 1: parallel
