@@ -97,7 +97,7 @@ def child_tasksift(qp: str, xp: str, out: str, mmap: bool) -> None:
     r = tsds(q, x, seed=0, **SETTINGS)
     np.save(out, r.p)
     info = {k: r.info[k] for k in ("prefetched", "density_rows", "support_size", "fully_filled_queries",
-                                   "search_cut_uncertified")}
+                                   "search_cut_uncertified", "search_researched_rows")}
     print(json.dumps({"stages": r.info["timings"], "info": info}))
 
 

@@ -59,6 +59,18 @@ def test_topk_merges_blocks_in_any_order_with_ties_by_lower_id():
         got_d, got_i = top.result()
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_d, np.take_along_axis(d, want_i, axis=1))
+    # blocks smaller than k, written into one reused buffer: entries wait in the buffers
+    # across several blocks before a compaction, and must not alias the block
+    buf = np.empty((6, 16), dtype=np.float32)
+    top = TopK(6, 50)
+    for s in range(0, 900, 16):
+        w = min(16, 900 - s)
+        buf[:, :w] = d[:, s:s + w]
+        top.add(buf[:, :w], np.arange(s, s + w))
+        buf[:] = -1.0  # overwritten before the next block
+    got_d, got_i = top.result(sort=False)
+    np.testing.assert_array_equal(np.sort(got_i, axis=1), np.sort(want_i, axis=1))
+    np.testing.assert_array_equal(got_d, np.take_along_axis(d, got_i, axis=1))
     short = TopK(2, 10)
     short.add(d[:2, :4], np.array([0, 1, -1, 3]))
     _, i = short.result()
@@ -215,3 +227,71 @@ def test_engine_result_does_not_depend_on_blas_threads(tsds_data, threads):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="blas_threads"):
             tsds(q, x, max_k=300, blas_threads=bad)
+
+
+def _near_ties(m_tied=2, n=400, d=8, seed=3):
+    """Queries with many candidates at float32-equal but float64-distinct distances, the
+    float64-nearest having the highest ids (the float32 ties go to the lowest ids)."""
+    rng = np.random.default_rng(seed)
+    q = np.zeros((m_tied + 2, d))
+    q[:, 0] = 1.0
+    q[m_tied:] = rng.standard_normal((2, d))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    # x_j = cos(t_j) e0 + sin(t_j) u_j: distance to e0 is 2 sin(t_j / 2), t_j falling with j
+    # by steps float32 cannot see
+    t = 0.6 - 1e-11 * np.arange(n)
+    u = rng.standard_normal((n, d))
+    u[:, 0] = 0
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    x = np.cos(t)[:, None] * np.eye(d)[0] + np.sin(t)[:, None] * u
+    return q, x
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_uncertified_queries_are_searched_again_exactly(tmp_path, as_path):
+    """Near-ties at the cut that the float32 search cannot order: the engine notices (the
+    float32 bound does not certify those queries), searches them again and returns the
+    plain float64 computation's lists and probabilities."""
+    from tasksift.methods.tsds import kde_exact, water_filling
+
+    q, x = _near_ties()
+    src = x
+    if as_path:
+        src = tmp_path / "x.npy"
+        np.save(src, x)
+    L = 40
+    got = tsds(q, src, max_k=L, kde_k=30, sigma=0.3, margin=2, shard_rows=150)
+    assert got.info["search_cut_uncertified"] >= 2
+    assert got.info["search_researched_rows"] >= 2 * L
+    D = cdist(q, x)
+    ids = np.lexsort((np.broadcast_to(np.arange(len(x)), D.shape), D), axis=1)[:, :L]
+    np.testing.assert_array_equal(got.neighbor_ids, ids)
+    assert (ids[:2] >= len(x) - L).all()  # the float64-nearest are the highest ids
+    dist = np.take_along_axis(D, ids, axis=1)
+    np.testing.assert_allclose(got.neighbor_dist, dist, rtol=0, atol=1e-12)
+    U = np.unique(ids)
+    rho = np.ones(len(x))
+    rho[U], _ = kde_exact(x[U], 0.3, 30)
+    gamma, _, _ = water_filling(dist, ids, rho[ids], alpha=0.5, C=5.0)
+    p = np.bincount(ids.ravel(), weights=gamma.ravel(), minlength=len(x))
+    assert np.abs(got.p - p / p.sum()).sum() < 1e-9
+
+
+@pytest.mark.parametrize("hugepages", [True, False, None])
+def test_hugepage_advice_leaves_the_result_and_restores_numpys_setting(tsds_data, hugepages):
+    from tasksift.errors import ConfigError
+    from tasksift.methods.tsds.engine import hugepage_switch
+
+    q, x, _ = tsds_data
+    switch = hugepage_switch()
+    before = switch(True)
+    try:
+        ref = tsds(q, x, max_k=300, kde_k=100, seed=0)
+        got = tsds(q, x, max_k=300, kde_k=100, seed=0, hugepages=hugepages)
+        assert switch(True) is True  # the setting in force before the calls is back
+    finally:
+        switch(before)
+    assert np.abs(got.p - ref.p).sum() < 1e-12
+    np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
+    with pytest.raises(ConfigError, match="hugepages"):
+        tsds(q, x, max_k=300, hugepages="no")

@@ -1,8 +1,6 @@
 """The manifest written beside every selection: what was run, on what, and how long it took."""
 from __future__ import annotations
 
-import importlib.metadata as md
-import platform
 import sys
 import time
 from typing import Any
@@ -14,6 +12,9 @@ _PACKAGES = ("numpy", "scipy", "faiss-cpu", "torch", "transformers", "sentence-t
 
 
 def versions() -> dict[str, str]:
+    import importlib.metadata as md  # here, not at import: engines that only need peak_memory_mb stay light
+    import platform
+
     out = {"tasksift": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
     for p in _PACKAGES:
         try:

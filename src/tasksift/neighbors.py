@@ -242,15 +242,29 @@ class TopK:
     Blocks come from any iterator (an array cut in blocks, a ``.npy`` file read block by
     block, per-shard result lists from workers, in any order) and are merged into one result:
     the same code serves memory and disk. A block entry is looked at only when it is not
-    larger than the query's current ``k``-th distance, so after the first blocks most of each
-    block is skipped by one comparison. Ties are broken by lower id, whatever the block order.
+    larger than the query's current bound (the ``k``-th smallest distance at the last
+    compaction), so after the first blocks most of each block is skipped by one comparison.
+    Entries that pass wait in a per-query buffer; a query's buffer is cut back to its ``k``
+    smallest only when it holds ``2 k`` entries (and at :meth:`result`), so the selection runs
+    about once per ``k`` entries kept instead of once per block. Ties are broken by lower id,
+    whatever the block order.
     """
 
     def __init__(self, n_queries: int, k: int) -> None:
         self.k = int(k)
-        self.dists: list[np.ndarray] = [np.empty(0, np.float32)] * int(n_queries)
-        self.ids: list[np.ndarray] = [np.empty(0, np.int64)] * int(n_queries)
-        self.bound = np.full(int(n_queries), np.inf)  # the k-th smallest so far (inf until k seen)
+        nq = int(n_queries)
+        self.dists: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        self.ids: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        self.held = np.zeros(nq, dtype=np.int64)  # entries buffered per query
+        self.bound = np.full(nq, np.inf)  # the k-th smallest at the last compaction (inf until k seen)
+
+    def _compact(self, r: int) -> None:
+        d = np.concatenate(self.dists[r]) if len(self.dists[r]) != 1 else self.dists[r][0]
+        i = np.concatenate(self.ids[r]) if len(self.ids[r]) != 1 else self.ids[r][0]
+        d, i, bnd = keep_smallest(d, i, self.k)
+        self.dists[r], self.ids[r], self.held[r] = [d], [i], len(d)
+        if len(d) >= self.k:
+            self.bound[r] = bnd
 
     def add(self, dists: np.ndarray, ids: np.ndarray) -> None:
         """Merge one block: ``dists`` (n_queries, b) and ``ids`` (b,) shared by all queries or
@@ -272,23 +286,30 @@ class TopK:
                     continue
             dr = dists[r] if c is None else dists[r, c]
             ir = (ids if shared else ids[r]) if c is None else (ids[c] if shared else ids[r, c])
-            d = np.concatenate([self.dists[r], dr])
-            i = np.concatenate([self.ids[r], ir])
-            self.dists[r], self.ids[r], bnd = keep_smallest(d, i, self.k)
-            if len(d) >= self.k:
-                self.bound[r] = bnd
+            self.dists[r].append(np.array(dr, copy=c is None))  # a copy: the block may be reused
+            self.ids[r].append(np.array(ir, copy=c is None))
+            self.held[r] += len(dr)
+            if self.held[r] >= (2 * self.k if np.isfinite(self.bound[r]) else self.k):
+                self._compact(r)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids), each (n_queries, k), ascending per row with ties by lower id,
-        padded with ``inf`` / ``-1`` where fewer than ``k`` were seen."""
+    def result(self, *, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (n_queries, k), padded with ``inf`` / ``-1`` where fewer
+        than ``k`` were seen; ascending per row with ties by lower id (``sort=False``: the
+        same ``k`` entries per row in no particular order, padding last)."""
         nq = len(self.dists)
-        dtype = np.result_type(*[d.dtype for d in self.dists]) if nq else np.float32
+        dtypes = [p.dtype for parts in self.dists for p in parts[:1]]
+        dtype = np.result_type(*dtypes) if dtypes else np.float32
         out_d = np.full((nq, self.k), np.inf, dtype=dtype)
         out_i = np.full((nq, self.k), -1, dtype=np.int64)
         for r in range(nq):
-            d, i = self.dists[r], self.ids[r]
-            order = np.lexsort((i, d))
-            out_d[r, :len(d)], out_i[r, :len(d)] = d[order], i[order]
+            if not self.dists[r]:
+                continue
+            self._compact(r)
+            d, i = self.dists[r][0], self.ids[r][0]
+            if sort:
+                order = np.lexsort((i, d))
+                d, i = d[order], i[order]
+            out_d[r, :len(d)], out_i[r, :len(d)] = d, i
         return out_d, out_i
 
 
@@ -311,35 +332,36 @@ def block_rows(n_cols: int, itemsize: int = 4, budget: int = CHUNK_BYTES) -> int
     return int(max(1, min(65536, budget // max(1, n_cols * itemsize))))
 
 
-def search_blocks(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def search_blocks(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int, *,
+                  sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of each query over ``(start, rows)`` blocks of a
     candidate set (e.g. :func:`iter_row_blocks`), by float32 BLAS per block and one
     :class:`TopK` merge. Returns (squared L2 distances float32, global ids int64), ascending,
-    ties by lower id, padded with inf / -1 when fewer than ``k`` rows were seen."""
+    ties by lower id (``sort=False``: the same entries in no particular order), padded with
+    inf / -1 when fewer than ``k`` rows were seen."""
     q = _as_f32(queries)
     qn = np.einsum("ij,ij->i", q, q)
+    q2 = q * np.float32(-2.0)  # exact: -2 q . x is the same float32 product either way
     top = TopK(len(q), k)
     for start, xb in blocks:
         xb = _as_f32(xb)
-        d2 = q @ xb.T
-        d2 *= -2.0
+        d2 = q2 @ xb.T
         d2 += qn[:, None]
         d2 += np.einsum("ij,ij->i", xb, xb)[None, :]
         np.maximum(d2, 0.0, out=d2)
         top.add(d2, np.arange(start, start + len(xb), dtype=np.int64))
-    return top.result()
+    return top.result(sort=sort)
 
 
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(queries: np.ndarray, base: np.ndarray, k: int, *, chunk: int | None = None,
+                 sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of ``queries`` among the rows of ``base`` (an array or a
     memory map; no copy of it is made) by :func:`search_blocks` over blocks of ``chunk`` rows
     (default: blocks of about ``CHUNK_BYTES / 4`` of distances). Returns (squared distances
-    float32, ids int64), ascending, ties by lower id."""
+    float32, ids int64), ascending, ties by lower id (``sort=False``: unordered)."""
     k = int(min(k, len(base)))
     rows = int(chunk) if chunk else block_rows(max(1, len(queries)), 4, CHUNK_BYTES // 4)
-    return search_blocks(queries, iter_row_blocks(base, rows), k)
+    return search_blocks(queries, iter_row_blocks(base, rows), k, sort=sort)
 
 
 def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray, int]], k: int, metric: str = "l2"

@@ -4,9 +4,10 @@
 Stages (each timed as ``tsds_<stage>``):
 
 1. **search** (exact): the candidates are cut into shards of ``shard_rows`` rows; a task
-   reads one shard (a slice of the array, or its rows of the file by ``pread``), checks it
-   for NaN/inf, L2-normalises it when asked and returns its top ``L + margin`` of each query
-   (float32 BLAS blocks merged by :class:`tasksift.neighbors.TopK`). The driver merges the
+   reads its shard block by block (a slice of the array, or its rows of the file by
+   ``pread``), checks each block for NaN/inf, L2-normalises it when asked and returns its
+   top ``L + margin`` of each query (float32 BLAS blocks merged by
+   :class:`tasksift.neighbors.TopK`). The driver merges the
    shards' lists as they arrive with the same ``TopK``. ``index="ivf"``, ``"hnsw"`` or a
    faiss factory string searches the whole (normalised) candidate matrix in this process
    instead, with recall measured against exact search.
@@ -14,7 +15,11 @@ Stages (each timed as ``tsds_<stage>``):
    queries recomputed for the listed pairs only (:func:`~.gather.pair_distances`: groups of
    similar queries against their own rows), and each query keeps its exact
    ``L = min(max_k, N)`` nearest (ties by lower id); ``margin`` absorbs float32 rounding at
-   the cut (``info`` counts the queries for which the float32 bound does not prove it).
+   the cut. A query for which the float32 rounding bound does not prove that its list holds
+   its exact ``L`` nearest (near-ties at the cut; ``info["search_cut_uncertified"]``) is
+   searched again (stage **research**, those queries only): every row whose float32
+   distance, less the bound, is within its ``L``-th float64 distance is read and weighed in
+   float64 (:func:`range_shard_task`), so the lists are exact in every case.
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
    :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
@@ -25,8 +30,9 @@ Stages (each timed as ``tsds_<stage>``):
 The products run in this process use one BLAS thread by default (``blas_threads``).
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
 
-Memory: a search task holds one shard (``shard_rows * d * 4`` bytes, x2 for float64 or a
-normalised copy) and ``M * (L + margin) * 12`` bytes of lists; the driver the queries, two
+Memory: a search task holds one block of rows (about ``SEARCH_BLOCK_BYTES / (4 M)`` rows,
+x2 for float64 or a normalised copy), its distances and up to ``2 M (L + margin) * 12``
+bytes of lists; the driver the queries, two
 sets of lists, the gathered rows (at most ``M * (L + margin)``), and the (N,) float64 ``p``
 and ``rho``.
 """
@@ -43,9 +49,9 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
-from ...neighbors import TopK, block_rows, exact_search, knn, npy_layout, read_rows, resolve_index
+from ...neighbors import TopK, block_rows, knn, npy_layout, read_rows, resolve_index, search_blocks
 from .gather import pair_distances
-from .inputs import check_embeddings, check_params, l2_normalize, normalize_block, prepare
+from .inputs import check_embeddings, check_params, checked_block, l2_normalize, normalize_block, prepare
 from .kde import PivotColumns, range_density
 from .solver import solve_needing_densities
 
@@ -119,6 +125,35 @@ def blas_thread_limit(threads: int | None) -> ContextManager:
     return threadpool_limits(int(threads), user_api="blas")
 
 
+def hugepage_switch() -> Callable[[bool], bool] | None:
+    """NumPy's switch for ``madvise(MADV_HUGEPAGE)`` on large arrays (the runtime form of
+    ``NUMPY_MADVISE_HUGEPAGE``; returns the previous setting), or None where it is missing."""
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return getattr(__import__(mod, fromlist=["_set_madvise_hugepage"]), "_set_madvise_hugepage")
+        except (ImportError, AttributeError):
+            continue
+    return None  # pragma: no cover - NumPy without the switch
+
+
+@contextlib.contextmanager
+def hugepage_advice(enabled: bool | None) -> Iterator[None]:
+    """NumPy asks the kernel for transparent huge pages for its large arrays (``enabled``)
+    or not, while the context lasts, then the previous setting comes back (None: left as it
+    is; a no-op where NumPy has no such switch). Where the kernel's THP ``defrag`` setting
+    is ``madvise``, asking makes each first touch of a large array wait for memory
+    compaction on a machine whose memory is fragmented."""
+    switch = hugepage_switch() if enabled is not None else None
+    if switch is None:
+        yield
+        return
+    before = switch(bool(enabled))
+    try:
+        yield
+    finally:
+        switch(before)
+
+
 def one_blas_thread() -> ContextManager:
     """BLAS limited to one thread: the density blocks are many small products, for which a
     second BLAS thread only adds waiting, most of all on a busy machine."""
@@ -140,18 +175,70 @@ def die_once(marker: str | None) -> None:
 def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, normalize: bool,
                       kill: str | None = None, *, q: np.ndarray) -> dict[str, Any]:
     """One shard of the search: rows ``start:end`` of ``source`` (an array or a ``.npy``
-    path) checked, normalised when asked, and their exact top-``k`` per query (float32
-    squared L2, ids local to the shard)."""
+    path), read, checked for NaN/inf and normalised when asked one search block at a time
+    (a path's rows are read into blocks of about ``SEARCH_BLOCK_BYTES`` of distances, which
+    the allocator reuses, never the whole shard at once), and their exact top-``k`` per query
+    (float32 squared L2, ids local to the shard, unordered)."""
     t0 = time.perf_counter()
-    x = read_rows(source, start, end)
-    x, bad = normalize_block(x, np.dtype(dtype), normalize, owned=isinstance(source, (str, os.PathLike)))
-    if bad >= 0:
-        return {"bad_row": bad}
     die_once(kill)
-    t1 = time.perf_counter()
-    d2, ids = exact_search(q, x, min(k, len(x)), chunk=max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES)))
-    return {"d2": d2, "ids": ids, "rows": len(x), "bytes": int(x.nbytes), "read_s": t1 - t0, "search_s": time.perf_counter() - t1,
-            "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+    rows = max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES))
+    owned = isinstance(source, (str, os.PathLike))
+    seen = {"bad": -1, "sq": 0.0, "read": 0.0, "bytes": 0}
+
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(start, end, rows):
+            t = time.perf_counter()
+            x, bad, sq = checked_block(read_rows(source, s, min(end, s + rows)), np.dtype(dtype), normalize,
+                                       owned=owned)
+            seen["read"] += time.perf_counter() - t
+            if bad >= 0:
+                seen["bad"] = s - start + bad
+                return
+            seen["sq"], seen["bytes"] = max(seen["sq"], sq), seen["bytes"] + int(x.nbytes)
+            yield s - start, x
+
+    d2, ids = search_blocks(q, blocks(), min(int(k), end - start), sort=False)
+    if seen["bad"] >= 0:
+        return {"bad_row": seen["bad"]}
+    took = time.perf_counter() - t0
+    return {"d2": d2, "ids": ids, "rows": end - start, "bytes": seen["bytes"], "x_sq_max": seen["sq"],
+            "read_s": seen["read"], "search_s": took - seen["read"], "pid": os.getpid(), "peak_mb": peak_memory_mb()}
+
+
+def sq_dist_tolerance(d: int) -> float:
+    """``c`` such that the float32 squared distance ``|q|^2 + |x|^2 - 2 q.x`` of the search
+    (float32 norms and BLAS product, inputs rounded to float32) is within
+    ``c * (|q|^2 + |x|^2)`` of the true one (the rounding bound, x2 to spare)."""
+    return 4.0 * (int(d) + 4) * float(np.finfo(np.float32).eps)
+
+
+def range_shard_task(source: Any, start: int, end: int, dtype: str, normalize: bool, *, q: np.ndarray,
+                     limit: np.ndarray) -> dict[str, Any]:
+    """Rows ``start:end`` of ``source`` (read and normalised as the search does) that may lie
+    within squared distance ``limit[i]`` of query ``i``: every row whose float32 squared
+    distance, less its rounding bound (:func:`sq_dist_tolerance`), is at most the limit.
+    Returns per query the sorted absolute row ids."""
+    t0 = time.perf_counter()
+    x, _, _ = checked_block(read_rows(source, start, end), np.dtype(dtype), normalize,
+                            owned=isinstance(source, (str, os.PathLike)))
+    q32 = np.ascontiguousarray(q, dtype=np.float32)
+    qn = np.einsum("ij,ij->i", q32, q32)
+    c = sq_dist_tolerance(x.shape[1])
+    lim = np.asarray(limit, dtype=np.float64) + c * qn.astype(np.float64)
+    found: list[list[np.ndarray]] = [[] for _ in range(len(q32))]
+    step = max(1, block_rows(len(q32), 8, SEARCH_BLOCK_BYTES))
+    for a in range(0, len(x), step):
+        xb = np.asarray(x[a:a + step], dtype=np.float32)
+        xn = np.einsum("ij,ij->i", xb, xb)
+        d2 = (q32 * np.float32(-2.0)) @ xb.T
+        d2 += qn[:, None]
+        d2 += xn[None, :]
+        low = d2.astype(np.float64) - c * xn.astype(np.float64)[None, :]
+        r, j = np.nonzero(low <= lim[:, None])
+        for i in np.unique(r):
+            found[i].append(start + a + j[r == i])
+    ids = [np.concatenate(f) if f else np.empty(0, np.int64) for f in found]
+    return {"ids": ids, "seconds": time.perf_counter() - t0, "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
 
 def gather_task(source: Any, start: int, end: int, rows: np.ndarray, dtype: str, normalize: bool
@@ -213,19 +300,39 @@ class Candidates:
 
 def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[int, int]], normalize: bool,
                   executor: Executor, stats: list, kill: Callable[[str, int], str | None]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each query's float32 top ``kp`` (unordered) over all shards, and the largest squared
+    norm of any candidate row (as searched)."""
     top = TopK(len(q), kp)
     calls = ((i, (*cands.shard(s, e), kp, cands.dtype.name, normalize, kill("search", i)))
              for i, (s, e) in enumerate(shards))
+    x_sq = 0.0
     for i, r in executor.map_tasks(search_shard_task, calls, shared={"q": np.ascontiguousarray(q, np.float32)}):
         s = shards[i][0]
         if "bad_row" in r:
             raise DataError(f"row {s + r['bad_row']} holds NaN or inf", file="candidates")
         top.add(r["d2"], np.where(r["ids"] >= 0, r["ids"] + s, -1))
+        x_sq = max(x_sq, r["x_sq_max"])
         stats.append({"stage": "search", "shard": i, "rows": r["rows"], "bytes": r["bytes"], "read_s": r["read_s"],
                       "seconds": r["read_s"] + r["search_s"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
-    d2, ids = top.result()
-    return d2, ids
+    d2, ids = top.result(sort=False)  # the float64 distances decide the order
+    return d2, ids, x_sq
+
+
+def _range_search(q: np.ndarray, limit: np.ndarray, cands: Candidates, shards: list[tuple[int, int]],
+                  normalize: bool, executor: Executor, stats: list) -> list[np.ndarray]:
+    """Per query, every candidate row (sorted ids) that may lie within squared distance
+    ``limit`` of it (:func:`range_shard_task` over all shards)."""
+    found: list[list[np.ndarray]] = [[] for _ in range(len(q))]
+    calls = ((i, (*cands.shard(s, e), cands.dtype.name, normalize)) for i, (s, e) in enumerate(shards))
+    shared = {"q": np.ascontiguousarray(q, np.float32), "limit": np.asarray(limit, dtype=np.float64)}
+    for i, r in executor.map_tasks(range_shard_task, calls, shared=shared):
+        off = 0 if cands.is_path else shards[i][0]
+        for j, ids in enumerate(r["ids"]):
+            found[j].append(ids + off)
+        stats.append({"stage": "range", "shard": i, "rows": int(shards[i][1] - shards[i][0]),
+                      "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
+    return [np.sort(np.concatenate(f)) for f in found]
 
 
 def _gather(cands: Candidates, rows: np.ndarray, shards: list[tuple[int, int]], normalize: bool,
@@ -276,20 +383,38 @@ def positions_in(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def cut_uncertified(d2_f32: np.ndarray, ids_f32: np.ndarray, dist_L: np.ndarray, q: np.ndarray,
-                    x_sq_max: float, n: int, d: int) -> int:
-    """Queries whose exact top-L may hold a row outside their float32 top ``L + margin``:
-    every row left out has float32 squared distance >= the list's last one, so its true one
-    is at least that minus the float32 rounding bound; certified when that exceeds the L-th
-    float64 distance."""
+                    x_sq_max: float, n: int, d: int) -> np.ndarray:
+    """(M,) bool: the queries whose exact top-L may hold a row outside their float32 top
+    ``L + margin`` (lists in any order). Every row left out has float32 squared distance >=
+    the list's largest, so its true one is at least that minus the float32 rounding bound
+    (:func:`sq_dist_tolerance`, with the largest squared norm ``x_sq_max`` of any candidate);
+    certified when that exceeds the L-th float64 distance."""
     kp = d2_f32.shape[1]
     if kp >= n:
-        return 0
-    eps = float(np.finfo(np.float32).eps)
+        return np.zeros(len(q), dtype=bool)
     qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)
-    tol = 4.0 * (d + 2) * eps * (qn + x_sq_max)
-    last = d2_f32[:, -1].astype(np.float64)
-    ok = (ids_f32[:, -1] < 0) | (last - tol > dist_L.astype(np.float64) ** 2)
-    return int((~ok).sum())
+    tol = sq_dist_tolerance(d) * (qn + x_sq_max)
+    full = (ids_f32 >= 0).all(axis=1)
+    last = np.where(ids_f32 >= 0, d2_f32, -np.inf).max(axis=1).astype(np.float64)
+    return full & ~(last - tol > dist_L.astype(np.float64) ** 2)
+
+
+def nearest_by_float64(q: np.ndarray, xg: np.ndarray, rows: np.ndarray, cand: np.ndarray, L: int, n: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``L`` nearest among its candidate ids ``cand`` (M, c; -1 = none; c >= L)
+    by float64 distance (:func:`~.gather.pair_distances`; ties by lower id): (ids, dist)."""
+    dist_c = pair_distances(q, xg, positions_in(rows, cand, n))
+    order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), dist_c), axis=1)[:, :L]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist_c, order, axis=1)
+
+
+def merge_rows(rows_a: np.ndarray, xa: np.ndarray, rows_b: np.ndarray, xb: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of the disjoint sorted row ids ``rows_a``, ``rows_b`` and their
+    vectors in that order."""
+    rows = np.concatenate([rows_a, rows_b])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], np.concatenate([xa, xb])[order]
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,7 +426,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
          shard_rows: int = 250_000, margin: int | None = None,
          timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
-         blas_threads: int | None = 1) -> TSDSResult:
+         blas_threads: int | None = 1, hugepages: bool | None = False) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
     diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
 
@@ -312,17 +437,24 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     shard_rows: candidates per search task. margin: extra float32 neighbours kept per query
     before the float64 cut (default ``16 + L / 50``).
     timer(stage): optional outer context manager factory (e.g. ``SelectionContext.timed``)
-    that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve``.
+    that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve`` (and
+    ``tsds_research`` when some query's float32 list is not certified).
     kill_once_dir: test hook; the first search and density tasks kill their worker process
     once (marker files in that folder), to check that the executor retries them.
     blas_threads: BLAS threads for the products run in this process (default 1: parallel
     work belongs to the executor's tasks; idle BLAS threads spin and, on a shared machine,
     cost more than they give; None leaves the BLAS setting as it is).
+    hugepages: whether NumPy asks for transparent huge pages for the large arrays made
+    during the call (default False: no compaction stalls on first touch, see
+    :func:`hugepage_advice`; None leaves NumPy's setting as it is). The result does not
+    depend on it.
     """
     if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, (int, np.integer))
                                      or blas_threads < 1):
         raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
-    with blas_thread_limit(blas_threads):
+    if hugepages is not None and not isinstance(hugepages, (bool, np.bool_)):
+        raise ConfigError(f"tsds: hugepages must be True, False or None, got {hugepages!r}")
+    with blas_thread_limit(blas_threads), hugepage_advice(hugepages):
         return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,
                      seed=seed, normalize=normalize, recall_sample=recall_sample, executor=executor,
                      shard_rows=shard_rows, margin=margin, timer=timer, kill_once_dir=kill_once_dir)
@@ -356,16 +488,28 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
     search_info: dict[str, Any] = {"index": "exact", "recall": 1.0, "measure": "exact", "uncertified": 0}
     if index in EXACT_KINDS:
         with tm("search"):
-            d2_k, ids_k = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
+            d2_k, ids_k, x_sq = _search_exact(q, cands, kp, shards, bool(normalize), executor, stats, kill)
         with tm("gather"):
             Up = present(ids_k, n)
             xg = _gather(cands, Up, shards, bool(normalize), executor, stats)
-            dist_k = pair_distances(q, xg, positions_in(Up, ids_k, n))
-            order = np.lexsort((np.where(ids_k >= 0, ids_k, np.iinfo(np.int64).max), dist_k), axis=1)[:, :L]
-            ids = np.take_along_axis(ids_k, order, axis=1)
-            dist = np.take_along_axis(dist_k, order, axis=1)
-            x_sq = 1.0 if normalize else float(np.einsum("ij,ij->i", xg, xg, dtype=np.float64).max())
-            search_info["uncertified"] = cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d)
+            ids, dist = nearest_by_float64(q, xg, Up, ids_k, L, n)
+            bad = np.flatnonzero(cut_uncertified(d2_k, ids_k, dist[:, -1], q, x_sq, n, cands.d))
+            del d2_k, ids_k
+            search_info["uncertified"] = len(bad)
+        if len(bad):  # the float32 lists may miss some of these queries' exact nearest: search again
+            with tm("research"):
+                found = _range_search(q[bad], dist[bad, -1].astype(np.float64) ** 2, cands, shards,
+                                      bool(normalize), executor, stats)
+                new = np.setdiff1d(np.concatenate(found), Up, assume_unique=False)
+                if len(new):
+                    Up, xg = merge_rows(Up, xg, new, _gather(cands, new, shards, bool(normalize), executor, stats))
+                width = max(len(f) for f in found)
+                ids_b = np.full((len(bad), max(width, L)), -1, dtype=np.int64)
+                for j, f in enumerate(found):
+                    ids_b[j, :len(f)] = f
+                ids[bad], dist[bad] = nearest_by_float64(q[bad], xg, Up, ids_b, L, n)
+                search_info["researched_rows"] = int(sum(len(f) for f in found))
+        with tm("gather"):
             search_info["index"] = f"exact-sharded(shards={len(shards)})" if len(shards) > 1 else "exact"
             U = present(ids, n)
             xu = compact_rows(xg, np.searchsorted(Up, U))
@@ -450,6 +594,7 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
         "recall_at": {"search": L, "kde": kk if sigma else None},
         "recall_measure": {"search": search_info["measure"], "kde": "exact" if sigma else None},
         "search_cut_uncertified": int(search_info["uncertified"]),
+        "search_researched_rows": int(search_info.get("researched_rows", 0)),
         "normalized": bool(normalize), "mass_before_renormalisation": float(total),
         "timings": tm.times,
         "execution": {"executor": executor.name, "workers": executor.workers, "shard_rows": int(shard_rows),

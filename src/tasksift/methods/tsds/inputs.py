@@ -82,15 +82,27 @@ def normalize_block(x: np.ndarray, dtype: np.dtype, normalize: bool, owned: bool
     """A block of candidate rows as ``dtype``, L2-normalised when ``normalize`` (the same
     arithmetic as :func:`l2_normalize`), and the position of its first row holding NaN/inf
     (-1 if none). ``owned``: ``x`` may be modified in place (else it is copied first)."""
+    x, bad, _ = checked_block(x, dtype, normalize, owned)
+    return x, bad
+
+
+def checked_block(x: np.ndarray, dtype: np.dtype, normalize: bool, owned: bool = False
+                  ) -> tuple[np.ndarray, int, float]:
+    """:func:`normalize_block`, and an upper bound on the largest squared norm of the rows it
+    returns (1.0 when normalised; 0.0 for an empty block or one with a bad row)."""
     if x.dtype != dtype or (normalize and not (owned and x.flags.writeable)):
         x = np.array(x, dtype=dtype, copy=True)
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    # the norms that normalise are float64 (as l2_normalize's); for the check and the largest
+    # norm alone, sums in x's own dtype (a float32 sum is within (d + 1) eps of the true one)
+    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64) if normalize else np.einsum("ij,ij->i", x, x)
     bad = ~np.isfinite(sq)
-    if bad.any():  # a non-finite norm: confirm row-wise (float64 squares may overflow)
+    if bad.any():  # a non-finite norm: confirm row-wise (squares may overflow)
         rows = np.flatnonzero(bad)
         really = rows[~np.isfinite(x[rows]).all(axis=1)]
         if len(really):
-            return x, int(really[0])
+            return x, int(really[0]), 0.0
     if normalize:
         x /= np.maximum(np.sqrt(sq)[:, None], 1e-12).astype(x.dtype)
-    return x, -1
+        return x, -1, 1.0
+    slack = 1.0 + (x.shape[1] + 1) * float(np.finfo(sq.dtype).eps) if len(sq) else 1.0
+    return x, -1, float(sq.max(initial=0.0)) * slack

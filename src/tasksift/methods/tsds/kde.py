@@ -54,31 +54,30 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | No
         g -= (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
         return np.flatnonzero((g > 0).any(axis=0))
     inside = g > (0.5 * (an - s2 - tol)).astype(np.float32)[:, None]
-    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol
-    kth = np.partition(g, g.shape[1] - int(kde_k), axis=1)[:, g.shape[1] - int(kde_k)]
-    inside &= g >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
+    # a row's true kde_k nearest have v >= (its kde_k-th largest v, as screened) - tol; rows
+    # with at most kde_k columns inside the screen keep them all
+    over = np.flatnonzero(np.count_nonzero(inside, axis=1) > int(kde_k))
+    if len(over):
+        go = g[over]
+        kth = np.partition(go, go.shape[1] - int(kde_k), axis=1)[:, go.shape[1] - int(kde_k)]
+        inside[over] &= go >= (kth.astype(np.float64) - tol).astype(np.float32)[:, None]
     return np.flatnonzero(inside.any(axis=0))
 
 
 def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
     """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
-    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product of augmented rows
-    ``[2 a / s2, 1 - |a|^2 / s2, -1 / s2] . [c, 1, |c|^2]``. Weights within that product's
-    rounding bound of 1 (duplicates, near-duplicates) are recomputed from the differences, so a
-    duplicate's weight is exactly 1."""
+    pair (row of ``xr``, row of ``xc``), from one float64 BLAS product
+    ``(2 a / s2) . c`` shifted by ``1 - |a|^2 / s2`` per row and ``-|c|^2 / s2`` per column
+    (the shifts run over the (rows x columns) result, not over copies of the columns). Weights
+    within that computation's rounding bound of 1 (duplicates, near-duplicates) are
+    recomputed from the differences, so a duplicate's weight is exactly 1."""
     s2 = float(sigma) ** 2
     a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
     d = a.shape[1]
     an, cn = _sq_norms(a), _sq_norms(c)
-    aa = np.empty((len(a), d + 2))
-    np.multiply(a, 2.0 / s2, out=aa[:, :d])
-    aa[:, d] = 1.0 - an / s2
-    aa[:, d + 1] = -1.0 / s2
-    ca = np.empty((len(c), d + 2))
-    ca[:, :d] = c
-    ca[:, d] = 1.0
-    ca[:, d + 1] = cn
-    w = aa @ ca.T
+    w = np.matmul(a * (2.0 / s2), c.T)
+    w += (1.0 - an / s2)[:, None]
+    w -= (cn / s2)[None, :]
     # |fl(w) - w| <= (d + 4) eps * (sum of the terms' magnitudes), x4 to spare
     tol = 4.0 * (d + 4) * EPS64 * (1.0 + 2.0 * (float(an.max(initial=0)) + float(cn.max(initial=0))) / s2)
     np.maximum(w, 0.0, out=w)
@@ -163,8 +162,6 @@ class PivotColumns:
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
                  block: int = 256, iterations: int = 3, sample: int = 16384) -> None:
-        from scipy import sparse
-
         rng = np.random.default_rng(seed)
         n, d = x.shape
         self.sigma, self.block = float(sigma), int(block)
@@ -186,11 +183,13 @@ class PivotColumns:
             if last:
                 self.g, self.cell = g, cell
                 break
-            onehot = sparse.csr_matrix((np.ones(len(pts), dtype=np.float32), (cell, np.arange(len(pts)))),
-                                       shape=(len(centres), len(pts)))
+            # each used cell's centre moves to its members' mean (float32 sums of sorted rows,
+            # as a float32 product would give: the centres only steer the pruning)
             size = np.bincount(cell, minlength=len(centres))
             used = np.flatnonzero(size)
-            centres[used] = np.asarray(onehot @ pts, dtype=np.float64)[used] / size[used, None]
+            starts = (np.cumsum(size) - size)[used]
+            sums = np.add.reduceat(pts[np.argsort(cell, kind="stable")], starts, axis=0)
+            centres[used] = np.asarray(sums, dtype=np.float64) / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
         self.xn = _sq_norms(xs)
