@@ -72,7 +72,11 @@ def spreadable_files(source: Any) -> tuple[list[tuple[str, Path]], bool] | None:
 def _file_layout(path: Path, layout: str, fields: dict, role: str) -> tuple[str, RawRows] | None:
     """(layout, the first chunk) as the in-process loader settles them on the first batch of
     ``path``, or None when it would need more rows (or the batch has a bad row)."""
-    first = next(iter_jsonl(path, chunk_rows=BATCH_ROWS))
+    chunks = iter_jsonl(path, chunk_rows=BATCH_ROWS)
+    try:
+        first = next(chunks)
+    finally:
+        chunks.close()
     lay = layout
     if layout == "auto":
         if not any(isinstance(r, Mapping) for r in first.rows) and not fields:
