@@ -60,10 +60,10 @@ from tasksift.features.pipeline import compute_features, open_store
 from ray_pool import TextFingerprint
 pool, cache, backend, workers = sys.argv[1:5]
 executor = make_executor(backend, workers=int(workers))
-rows = load_examples(pool, role="pool").pool
+rows = load_examples(pool, role="pool", executor=executor).pool   # with Ray, the workers parse it
 f = TextFingerprint()
 res = compute_features(f, rows, open_store(f, cache), executor, progress=False)
-print(json.dumps({"same": hashlib.sha1(res.values["values"].tobytes()).hexdigest(),
+print(json.dumps({"same": hashlib.sha1(memoryview(res.values["values"])).hexdigest(),
                   "computed": res.rows_computed}))
 """
 

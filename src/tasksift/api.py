@@ -183,7 +183,7 @@ def write_report_output(sel: Selection, unit: OutputUnit, settings: SaveSettings
 OUTPUT_WRITERS = [write_subset_output, write_llamafactory_entry, write_report_output]
 
 
-def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split) -> LoadedData:
+def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split, executor=None) -> LoadedData:
     if isinstance(data, LoadedData):
         return data
     if isinstance(data, (list, tuple)) and data and all(isinstance(x, Example) for x in data):
@@ -201,7 +201,8 @@ def _as_loaded(data: Any, role: str, layout: str, fields, skip_bad: bool, split)
         from .errors import DataError
 
         raise DataError(f"{role} is empty")
-    return load_examples(data, layout=layout, fields=fields, skip_bad=skip_bad, split=split, role=role)
+    return load_examples(data, layout=layout, fields=fields, skip_bad=skip_bad, split=split, role=role,
+                         executor=executor)
 
 
 def make_budget(budget: Budget | int | float | None = None, *, count: int | None = None,
@@ -275,7 +276,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
     t0 = time.perf_counter()
     executor = make_executor(backend, workers=num_workers, address=ray_address)
     timings: dict[str, float] = {}
-    pool_d = _as_loaded(pool, "pool", pool_layout, pool_fields, skip_bad, split)
+    pool_d = _as_loaded(pool, "pool", pool_layout, pool_fields, skip_bad, split, executor)  # Ray: workers parse it
     target_d = _as_loaded(target, "target", target_layout, target_fields, skip_bad, split)
     timings["load"] = time.perf_counter() - t0
     b = make_budget(budget, count=count, ratio=ratio, tokens=tokens)

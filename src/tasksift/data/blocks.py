@@ -15,6 +15,7 @@ into, is one already).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,10 +29,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .example import Example
-from .pool import ArrowRows, Pool, PoolColumns
+from .pool import ArrowRows, Pool, PoolColumns, index_array
 
 #: folder names of shared copies: ``<host>-<pid>-<random>``
-_ROWS_FILE, _STARTS_FILE = "rows.arrow", "batch_starts.npy"
+_ROWS_FILE, _STARTS_FILE, _NAMES_FILE = "rows.arrow", "batch_starts.npy", "row_files.json"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class RowBlock:
             return []
         folder = Path(self.path).parent
         try:
-            rows = ArrowRows(Path(self.path), np.load(folder / _STARTS_FILE), unlink=False)
+            names = json.loads((folder / _NAMES_FILE).read_text())
+            rows = ArrowRows([folder / n for n in names], np.load(folder / _STARTS_FILE), unlink=False)
         except FileNotFoundError:
             raise ConfigError(f"this worker ({socket.gethostname()}) cannot open the pool copy {self.path}: "
                               f"the feature cache folder must be on a filesystem every worker shares") from None
@@ -61,10 +63,8 @@ class RowBlock:
 
 def _slice_columns(columns: PoolColumns, positions: np.ndarray) -> PoolColumns:
     """The columns of the rows at ``positions`` only (their files renumbered)."""
-    import pyarrow as pa
-
     used, file = np.unique(columns.file[positions], return_inverse=True)
-    return PoolColumns(ids=columns.ids.take(pa.array(positions)), rows=columns.rows[positions],
+    return PoolColumns(ids=columns.ids.take(index_array(positions)), rows=columns.rows[positions],
                        file=file.astype(np.int32), words=columns.words[positions],
                        chars=columns.chars[positions], files=[columns.files[int(f)] for f in used])
 
@@ -81,7 +81,7 @@ class SharedPool:
         tmp = root / f".{self.dir.name}.tmp"
         tmp.mkdir()
         try:
-            rows.copy_to(tmp / _ROWS_FILE)
+            (tmp / _NAMES_FILE).write_text(json.dumps(rows.copy_to(tmp / _ROWS_FILE)))
             np.save(tmp / _STARTS_FILE, rows.batch_starts)
             os.replace(tmp, self.dir)
         except BaseException:

@@ -19,6 +19,7 @@ from .layouts import detect_layout, normalise, parse_fields
 from .pool import BATCH_ROWS, NotJsonSafe, Pool, PoolWriter, as_pool
 from .readers import (RawRows, arrow_schema_is_json_safe, data_files, is_hf_folder, iter_file_chunks,
                       iter_hf, open_hf)
+from .spread_load import load_jsonl_spread
 
 
 class LoadedData:
@@ -159,7 +160,8 @@ def _file_examples(chunks: Iterator[RawRows], layout: str, fields: Any, source: 
 
 def load_examples(source: Any, *, layout: str = "auto", fields: Mapping[str, str] | str | None = None,
                   skip_bad: bool = False, split: str | None = None, limit: int | None = None,
-                  role: str = "input", pool_dir: str | os.PathLike | None = None) -> LoadedData:
+                  role: str = "input", pool_dir: str | os.PathLike | None = None,
+                  executor: Any = None) -> LoadedData:
     """Load examples from a JSON/JSONL/CSV/TSV/Parquet file, a folder of such files (each
     file's layout detected on its own; ``source`` = path below the folder), a
     ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder, or a hub id.
@@ -170,7 +172,16 @@ def load_examples(source: Any, *, layout: str = "auto", fields: Mapping[str, str
     ``limit``: keep the first ``limit`` examples. ``role`` ("pool"/"target") is used in
     error messages only. ``pool_dir``: where the pool's Arrow file is written while loading
     (default: the system temp folder; the file is removed as soon as it is opened).
+    ``executor``: one whose workers are other processes (Ray) parses plain JSON-lines files
+    there, a byte range per task, so this process parses none of their rows (see
+    :mod:`tasksift.data.spread_load`: same result; inputs it cannot spread load here).
     """
+    if executor is not None and not executor.in_process and limit is None:
+        got = load_jsonl_spread(source, executor, layout=layout, fields=fields, role=role, pool_dir=pool_dir)
+        if got is not None:
+            return LoadedData(got.pool, path=str(source), format="mixed" if got.multi else "jsonl",
+                              layout=next(iter(got.layouts.values())) if len(set(got.layouts.values())) == 1
+                              else "mixed", skipped=[], sources=got.sources, layouts=got.layouts)
     name, inputs, multi = _inputs(source, role, split, skip_bad)
     in_memory = not all(i.json_safe for i in inputs)
     try:

@@ -30,6 +30,8 @@ from .example import Example
 #: Rows per stored record batch and per batch handed to callers.
 BATCH_ROWS = 2048
 _CACHED_BATCHES = 2
+#: the files of a part (:meth:`PoolWriter.save_part`) beside its ``rows.arrow``
+_PART_COLUMNS, _PART_IDS, _PART_FILES = "columns.npz", "ids.arrow", "files.json"
 
 
 def _messages_type() -> Any:
@@ -37,6 +39,15 @@ def _messages_type() -> Any:
     import pyarrow as pa
 
     return pa.large_list(pa.struct([("role", pa.string()), ("content", pa.large_string())]))
+
+
+def index_array(positions: Any) -> Any:
+    """``positions`` as an Arrow int64 array over the same memory (for ``Array.take``). Built
+    from the buffer, not with ``pa.array``, which imports pandas (~50 MB) when it is installed."""
+    import pyarrow as pa
+
+    arr = np.ascontiguousarray(positions, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(arr), [None, pa.py_buffer(arr)])
 
 
 @dataclass(frozen=True)
@@ -85,25 +96,30 @@ class MemoryRows:
 
 
 class ArrowRows:
-    """Rows in an Arrow IPC file (``raw``: the row's JSON text; ``messages``: the
-    conversation as a list of role/content structs), one record
-    batch per :data:`BATCH_ROWS` rows. The file is unlinked once opened, so nothing is left
-    behind however the process ends (``unlink=False``: a reader of a file someone else owns,
+    """Rows in Arrow IPC files (``raw``: the row's JSON text; ``messages``: the
+    conversation as a list of role/content structs), one record batch per at most
+    :data:`BATCH_ROWS` rows, the files' batches one after another (``batch_starts``: the
+    first row of every batch). The files are unlinked once opened, so nothing is left
+    behind however the process ends (``unlink=False``: a reader of files someone else owns,
     e.g. a worker reading a pool's shared copy); the last batches read are kept decoded."""
 
-    def __init__(self, path: Path, batch_starts: np.ndarray, folder: Path | None = None, *,
+    def __init__(self, path: Path | Sequence[Path], batch_starts: np.ndarray, folder: Path | None = None, *,
                  unlink: bool = True) -> None:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        self._file = pa.OSFile(str(path), "rb")
-        self._reader = ipc.open_file(self._file)
+        paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(q) for q in path]
+        self._files = [pa.OSFile(str(q), "rb") for q in paths]
+        self._readers = [ipc.open_file(f) for f in self._files]
+        #: the first (global) batch of each file
+        self._first_batch = np.cumsum([0] + [r.num_record_batches for r in self._readers[:-1]])
         self.batch_starts = np.asarray(batch_starts, dtype=np.int64)
         self._cache: OrderedDict[int, Any] = OrderedDict()
         if not unlink:
             return
         try:
-            os.unlink(path)
+            for q in paths:
+                os.unlink(q)
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
         except OSError:
@@ -114,25 +130,29 @@ class ArrowRows:
         if rb is not None:
             self._cache.move_to_end(b)
             return rb
-        rb = self._reader.get_batch(b)
+        f = int(np.searchsorted(self._first_batch, b, side="right")) - 1
+        rb = self._readers[f].get_batch(b - int(self._first_batch[f]))
         self._cache[b] = rb
         while len(self._cache) > _CACHED_BATCHES:
             self._cache.popitem(last=False)
         return rb
 
-    def copy_to(self, path: str | os.PathLike) -> None:
-        """Write the Arrow file (readable here though unlinked) to ``path``, a chunk at a time."""
-        fd = self._file.fileno()
-        size = os.fstat(fd).st_size
-        with open(path, "wb") as out:
-            for offset in range(0, size, 1 << 22):
-                out.write(os.pread(fd, min(1 << 22, size - offset), offset))
+    def copy_to(self, path: str | os.PathLike) -> list[str]:
+        """Write the Arrow files (readable here though unlinked) to ``path`` (the first) and
+        ``<stem>.<i><suffix>`` beside it (the others), a chunk at a time; their names, in order."""
+        path = Path(path)
+        names = [path.name] + [f"{path.stem}.{i}{path.suffix}" for i in range(1, len(self._files))]
+        for f, name in zip(self._files, names):
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            with open(path.with_name(name), "wb") as out:
+                for offset in range(0, size, 1 << 22):
+                    out.write(os.pread(fd, min(1 << 22, size - offset), offset))
+        return names
 
     def _columns_at(self, positions: np.ndarray, columns: tuple[int, ...]) -> Iterator[tuple]:
         """Per stored batch the rows ``positions`` fall in: ``(js, *values)``, ``js`` the
         indices into ``positions`` of that batch's rows and one Python list per column."""
-        import pyarrow as pa
-
         batch_of = np.searchsorted(self.batch_starts, positions, side="right") - 1
         order = np.argsort(batch_of, kind="stable")
         bounds = np.flatnonzero(np.r_[True, batch_of[order][1:] != batch_of[order][:-1]]) if len(order) else []
@@ -143,7 +163,7 @@ class ArrowRows:
             rb = self._batch(b)
             local_np = positions[js] - self.batch_starts[b]
             whole = len(js) == rb.num_rows and bool((local_np == np.arange(len(js))).all())
-            local = None if whole else pa.array(local_np)
+            local = None if whole else index_array(local_np)
             yield (js, *[(rb.column(c) if whole else rb.column(c).take(local)).to_pylist() for c in columns])
 
     def read_messages(self, positions: np.ndarray) -> list[list[dict]]:
@@ -158,14 +178,12 @@ class ArrowRows:
     def read(self, positions: np.ndarray, columns: PoolColumns, at: np.ndarray | None = None) -> list[Example]:
         """The Examples at the stored ``positions``; each row's columns are ``columns`` at ``at``
         (default: at ``positions``; a block's own columns: ``0..len-1``)."""
-        import pyarrow as pa
-
         positions = np.asarray(positions, dtype=np.int64)
         at = positions if at is None else np.asarray(at, dtype=np.int64)
         out: list[Example | None] = [None] * len(positions)
         files = columns.files
         for js, raws, msgs in self._columns_at(positions, (0, 1)):
-            ids = columns.ids.take(pa.array(at[js])).to_pylist()
+            ids = columns.ids.take(index_array(at[js])).to_pylist()
             for j, raw, msg, id_ in zip(js, raws, msgs, ids):
                 p = int(at[j])
                 info = files[int(columns.file[p])]
@@ -399,6 +417,29 @@ class PoolWriter:
         self.count += len(exs)
         self._pending, self._pending_file, self._pending_text = [], [], []
 
+    def save_part(self, dest: str | os.PathLike) -> int:
+        """Close the file and move it, with the rows' columns, to the folder ``dest`` (replaced
+        if present; a part of a pool :class:`PoolParts` builds). Returns the row count."""
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt))
+        ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], type=pa.string())
+        np.savez(self._dir / _PART_COLUMNS, rows=cat(self._rows, np.int64), file_index=cat(self._file, np.int32),
+                 words=cat(self._words, np.int32), chars=cat(self._chars, np.int64),
+                 batch_starts=np.asarray(self._starts, dtype=np.int64))
+        with pa.OSFile(str(self._dir / _PART_IDS), "wb") as f, ipc.new_file(f, pa.schema([("id", pa.string())])) as w:
+            w.write_batch(pa.record_batch([ids], names=["id"]))
+        (self._dir / _PART_FILES).write_text(json.dumps([[i.source, i.layout] for i in self._files]))
+        dest = Path(dest)
+        shutil.rmtree(dest, ignore_errors=True)   # a retried task's earlier attempt
+        os.replace(self._dir, dest)
+        self._finalizer.detach()
+        return self.count
+
     def finish(self) -> Pool:
         """Close the file and return the pool reading it."""
         import pyarrow as pa
@@ -423,3 +464,48 @@ class PoolWriter:
         except Exception:
             pass
         self._finalizer()
+
+
+class PoolParts:
+    """Builds an Arrow-backed :class:`Pool` from parts :meth:`PoolWriter.save_part` wrote
+    (e.g. by worker processes): the parts' columns are joined here and their Arrow files become
+    the pool's storage as they are, never decoded or rewritten. ``folder`` (holding the parts)
+    is removed when the pool opens them."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self._folder = Path(folder)
+        self._files: dict[FileInfo, int] = {}
+        self._ids: list = []
+        self._cols: dict[str, list[np.ndarray]] = {k: [] for k in ("rows", "file", "words", "chars", "starts")}
+        self._paths: list[Path] = []
+        self.count = 0
+
+    def add(self, part: str | os.PathLike, row_offset: int = 0) -> None:
+        """Append the rows of the part folder ``part``, their row numbers shifted by ``row_offset``."""
+        import pyarrow.ipc as ipc
+
+        part = Path(part)
+        files = [FileInfo(src, lay) for src, lay in json.loads((part / _PART_FILES).read_text())]
+        remap = np.array([self._files.setdefault(i, len(self._files)) for i in files] or [0], dtype=np.int32)
+        with np.load(part / _PART_COLUMNS) as cols:
+            if not len(cols["rows"]):
+                return
+            self._cols["rows"].append(cols["rows"] + row_offset)
+            self._cols["file"].append(remap[cols["file_index"]])
+            self._cols["words"].append(cols["words"])
+            self._cols["chars"].append(cols["chars"])
+            self._cols["starts"].append(cols["batch_starts"] + self.count)
+            n = len(cols["rows"])
+        with open(part / _PART_IDS, "rb") as f:
+            self._ids.append(ipc.open_file(f).read_all().column("id").combine_chunks())
+        self._paths.append(part / "rows.arrow")
+        self.count += n
+
+    def finish(self) -> Pool:
+        """The pool of every part added (at least one row)."""
+        import pyarrow as pa
+
+        c = {k: np.concatenate(v) for k, v in self._cols.items()}
+        columns = PoolColumns(ids=pa.concat_arrays(self._ids), rows=c["rows"], file=c["file"], words=c["words"],
+                              chars=c["chars"], files=list(self._files))
+        return Pool(columns, ArrowRows(self._paths, c["starts"], folder=self._folder))

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import DataError
 
@@ -299,19 +299,80 @@ def iter_jsonl(path: Path, *, skip_bad: bool = False, fmt: str = "jsonl",
     least one, maybe empty), with the same row numbers, errors and skipped-row reasons."""
     with _open_errors(path):
         f = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    with f:
+        yield from _jsonl_chunks(f, path, skip_bad, fmt, chunk_rows)
+
+
+def iter_jsonl_range(path: Path, start: int, end: int, *, skip_bad: bool = False,
+                     chunk_rows: int = 2048) -> Iterator[RawRows]:
+    """The JSON lines of an uncompressed ``path`` between byte offsets ``start`` and ``end``
+    (both at the start of a line, or the file's end), as :func:`iter_jsonl` yields them but
+    with row numbers counted from the range's first line (1). The range's line count is
+    :func:`count_lines` of the same range."""
+    with _open_errors(path):
+        f = open(path, "rb")
+    with f:
+        f.seek(start)
+        yield from _jsonl_chunks(_lines_until(f, end - start), path, skip_bad, "jsonl", chunk_rows)
+
+
+def _lines_until(f: Any, size: int) -> Iterator[bytes]:
+    """The lines of ``f`` in its next ``size`` bytes (which end at a line's end)."""
+    left = size
+    for raw in f:
+        if left <= 0:
+            return
+        left -= len(raw)
+        yield raw
+
+
+def count_lines(path: Path, start: int, end: int) -> int:
+    """How many lines (as iterating the file counts them) lie between byte offsets ``start``
+    and ``end`` of ``path`` (both at a line's start or the file's end)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            block = f.read(min(left, READ_BYTES))
+            if not block:
+                break
+            n += block.count(b"\n")
+            last, left = block[-1:], left - len(block)
+    return n + (last != b"\n")
+
+
+def jsonl_split_points(path: Path, size: int) -> list[int]:
+    """Byte offsets cutting ``path`` into ranges of about ``size`` bytes, each cut at a line's
+    start: ``[0, ..., file size]``."""
+    total = path.stat().st_size
+    points = [0]
+    with open(path, "rb") as f:
+        while points[-1] + size < total:
+            f.seek(points[-1] + size)
+            f.readline()
+            cut = f.tell()
+            if cut >= total:
+                break
+            points.append(cut)
+    return points + [total] if total else [0, 0]
+
+
+def _jsonl_chunks(lines: Iterable[bytes], path: Path, skip_bad: bool, fmt: str, chunk_rows: int
+                  ) -> Iterator[RawRows]:
+    """RawRows of at most ``chunk_rows`` parsed ``lines`` (numbered from 1; at least one RawRows)."""
     rows, numbers, skipped, texts = [], [], [], []
     yielded = False
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            parsed = _jsonl_row(raw[:-1] if raw.endswith(b"\n") else raw, path, lineno, skip_bad, skipped)
-            if parsed is not None:
-                rows.append(parsed[0])
-                numbers.append(lineno)
-                texts.append(parsed[1])
-            if len(rows) >= chunk_rows:
-                yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped,
-                              texts=texts)
-                rows, numbers, skipped, texts, yielded = [], [], [], [], True
+    for lineno, raw in enumerate(lines, start=1):
+        parsed = _jsonl_row(raw[:-1] if raw.endswith(b"\n") else raw, path, lineno, skip_bad, skipped)
+        if parsed is not None:
+            rows.append(parsed[0])
+            numbers.append(lineno)
+            texts.append(parsed[1])
+        if len(rows) >= chunk_rows:
+            yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped,
+                          texts=texts)
+            rows, numbers, skipped, texts, yielded = [], [], [], [], True
     if rows or skipped or not yielded:
         yield RawRows(rows=rows, row_numbers=numbers, format=fmt, path=str(path), skipped=skipped, texts=texts)
 
