@@ -169,24 +169,16 @@ class LossEngine:
         import torch.nn.functional as F
 
         pred = msk[:, 1:] & att[:, 1:].bool()           # positions t predicting token t+1
-        targets = ids[:, 1:][pred]
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pred)[pred]
         if fast and self._fast is not None:
-            dec, head = self._fast
-            hidden = dec(input_ids=ids, attention_mask=att).last_hidden_state
-            h = hidden[:, :-1][pred]
-            nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-            for s in range(0, h.shape[0], self.head_chunk):
-                logits = head(h[s:s + self.head_chunk]).float()
-                nll[s:s + self.head_chunk] = F.cross_entropy(logits, targets[s:s + self.head_chunk],
-                                                             reduction="none")
+            hidden = self._fast[0](input_ids=ids, attention_mask=att).last_hidden_state
+            sums = self._head_nll_sums(hidden, ids, pred)
         else:
             out = self.model(input_ids=ids, attention_mask=att, output_hidden_states=want_embed)
-            logits = out.logits[:, :-1][pred].float()
-            nll = F.cross_entropy(logits, targets, reduction="none")
+            nll = F.cross_entropy(out.logits[:, :-1][pred].float(), ids[:, 1:][pred], reduction="none")
+            rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pred)[pred]
+            sums = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
+            sums.index_add_(0, rows, nll.double())
             hidden = out.hidden_states[-1] if want_embed else None
-        sums = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
-        sums.index_add_(0, rows, nll.double())
         counts = pred.sum(dim=1)
         emb = None
         if want_embed:
@@ -204,9 +196,8 @@ class LossEngine:
         tokens: the prefixes run once per group (right-padded), their key/value cache is
         repeated for each row of the group, and the rows' suffixes run on it."""
         import torch
-        import torch.nn.functional as F
 
-        dec, head = self._fast
+        dec = self._fast[0]
         dev = self.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         P = max(cuts)
@@ -227,16 +218,25 @@ class LossEngine:
         hidden = dec(input_ids=sids, attention_mask=torch.cat([patt[owner], satt], dim=1), position_ids=pos,
                      use_cache=True, **{cache_argument(dec): cache}).last_hidden_state
         pred = smsk[:, 1:] & satt[:, 1:].bool()
-        targets = sids[:, 1:][pred]
-        rows_of = torch.arange(sids.shape[0], device=dev)[:, None].expand_as(pred)[pred]
+        return self._head_nll_sums(hidden, sids, pred).cpu().numpy(), pred.sum(dim=1).cpu().numpy()
+
+    def _head_nll_sums(self, hidden, ids, pred):
+        """Per-row float64 sum of the NLL of ``ids[:, 1:]`` where ``pred`` is set, with the output
+        layer (the verified shortcut) run on those positions only, ``head_chunk`` at a time."""
+        import torch
+        import torch.nn.functional as F
+
+        head = self._fast[1]
+        targets = ids[:, 1:][pred]
         h = hidden[:, :-1][pred]
-        nll = torch.empty(h.shape[0], dtype=torch.float32, device=dev)
+        nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], self.head_chunk):
             logits = head(h[s:s + self.head_chunk]).float()
             nll[s:s + self.head_chunk] = F.cross_entropy(logits, targets[s:s + self.head_chunk], reduction="none")
-        sums = torch.zeros(sids.shape[0], dtype=torch.float64, device=dev)
-        sums.index_add_(0, rows_of, nll.double())
-        return sums.cpu().numpy(), pred.sum(dim=1).cpu().numpy()
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(pred)[pred]
+        sums = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
+        sums.index_add_(0, rows, nll.double())
+        return sums
 
     def score_groups(self, rendered: Sequence[Rendered], groups: Sequence[Sequence[int]], *,
                      min_prefix: int = 8, on_batch: Callable[[int, int], None] | None = None,
