@@ -361,3 +361,25 @@ def test_per_selected_views_follow_indices(tmp_path, tiny_embed_model):
     assert (sel.selected_probabilities > 0).all()          # tsds draws only rows with mass
     rnd = tasksift.select(pool, pool[:3], method="random", count=4, seed=0, progress=False, explain=False)
     assert rnd.selected_probabilities is None and len(rnd.selected_scores) == 4
+
+
+def test_targets_in_pool_are_matched_on_the_id_column_without_reading_rows(monkeypatch):
+    from tasksift.api import _as_loaded, note_targets_in_pool
+    from tasksift.data.pool import Pool
+
+    rows = _rows(8)
+    pool = Pool.from_examples(_as_loaded(rows + rows[2:3], "pool", "auto", None, False, None).examples)  # row 2 twice
+    target = _as_loaded(rows[2:4] + _rows(3, "other"), "target", "auto", None, False, None).examples
+
+    def no_reading(*a, **k):
+        raise AssertionError("pool rows were read")
+    monkeypatch.setattr(Pool, "__iter__", no_reading)
+    monkeypatch.setattr(Pool, "__getitem__", no_reading)
+    info: dict = {}
+    with pytest.warns(tasksift.errors.SelectionWarning, match="2 of 5 target examples also sit in the pool"):
+        note_targets_in_pool(pool, target, np.array([8, 2, 0, 5]), info)
+    assert info["target_in_pool"] == {"target_examples": 2, "selected_pool_rows": 2}
+    info = {}
+    with pytest.warns(tasksift.errors.SelectionWarning, match=r"\(0 of the selected rows"):
+        note_targets_in_pool(pool, target, np.array([0, 1]), info)
+    assert info["target_in_pool"] == {"target_examples": 2, "selected_pool_rows": 0}

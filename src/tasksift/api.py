@@ -12,6 +12,7 @@ import numpy as np
 from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, max_rows_within
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
+from .data.pool import Pool
 from .errors import ConfigError, DataError, SelectionWarning
 from .exec import make_executor
 from .features.embed import EmbedConfig
@@ -360,7 +361,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
             explanation.duplicate_groups = [keep[np.asarray(g, dtype=np.int64)].tolist()
                                             for g in explanation.duplicate_groups]
     check_result_size(idx, budget_rows, len(full_d), info, counted_in_tokens=n_tok is not None)
-    note_targets_in_pool(full_d.examples, target_d.examples, idx, info)
+    note_targets_in_pool(full_d.pool, target_d.examples, idx, info)
     timings["total"] = time.perf_counter() - t0
     return Selection(indices=idx, ids=full_d.pool.id_list(idx), scores=scores,
                      columns=columns, method=name if isinstance(method, str) else str(method),
@@ -456,18 +457,30 @@ def check_result_size(indices: np.ndarray, k: int, n_pool: int, info: dict[str, 
                 + (f" ({reason})" if reason else ""))
 
 
-def note_targets_in_pool(pool: Sequence[Example], target: Sequence[Example], indices: np.ndarray,
+def note_targets_in_pool(pool: Pool | Sequence[Example], target: Sequence[Example], indices: np.ndarray,
                          info: dict[str, Any]) -> None:
     """Target examples whose content also sits in the pool (same example id) make a selection
     look better on them than it is: count them (and how many were selected) in
-    ``info["target_in_pool"]`` with one warning line."""
-    target_ids = {ex.id for ex in target}
-    in_pool = target_ids & {ex.id for ex in pool}
-    if not in_pool:
+    ``info["target_in_pool"]`` with one warning line. A :class:`Pool` is matched on its id
+    column (``pyarrow.compute.is_in``), without reading its rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def id_column(rows: Pool | Sequence[Example]) -> pa.Array:
+        return rows.ids if isinstance(rows, Pool) else pa.array([ex.id for ex in rows], type=pa.string())
+
+    target_ids = pc.unique(id_column(target))
+    if not len(target_ids) or not len(pool):
         return
-    picked = sum(1 for i in indices if pool[int(i)].id in in_pool)
-    info["target_in_pool"] = {"target_examples": len(in_pool), "selected_pool_rows": int(picked)}
-    _warn(info, f"{len(in_pool)} of {len(target_ids)} target examples also sit in the pool "
+    ids = id_column(pool)
+    hit = pc.is_in(ids, value_set=target_ids)
+    hit = np.asarray(hit.fill_null(False), dtype=bool)
+    if not hit.any():
+        return
+    in_pool = len(pc.unique(ids.filter(pa.array(hit))))
+    picked = int(hit[np.asarray(indices, dtype=np.int64)].sum())
+    info["target_in_pool"] = {"target_examples": in_pool, "selected_pool_rows": picked}
+    _warn(info, f"{in_pool} of {len(target_ids)} target examples also sit in the pool "
                 f"({picked} of the selected rows are copies of them)")
 
 
