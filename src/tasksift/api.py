@@ -473,11 +473,11 @@ def note_targets_in_pool(pool: Pool | Sequence[Example], target: Sequence[Exampl
     if not len(target_ids) or not len(pool):
         return
     ids = id_column(pool)
-    hit = pc.is_in(ids, value_set=target_ids)
-    hit = np.asarray(hit.fill_null(False), dtype=bool)
+    hit_column = pc.is_in(ids, value_set=target_ids)   # ids are never null
+    hit = hit_column.to_numpy(zero_copy_only=False)
     if not hit.any():
         return
-    in_pool = len(pc.unique(ids.filter(pa.array(hit))))
+    in_pool = len(pc.unique(ids.filter(hit_column)))
     picked = int(hit[np.asarray(indices, dtype=np.int64)].sum())
     info["target_in_pool"] = {"target_examples": in_pool, "selected_pool_rows": picked}
     _warn(info, f"{in_pool} of {len(target_ids)} target examples also sit in the pool "
