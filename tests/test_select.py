@@ -368,8 +368,8 @@ def test_targets_in_pool_are_matched_on_the_id_column_without_reading_rows(monke
     from tasksift.data.pool import Pool
 
     rows = _rows(8)
-    pool = Pool.from_examples(_as_loaded(rows + rows[2:3], "pool", "auto", None, False, None).examples)  # row 2 twice
-    target = _as_loaded(rows[2:4] + _rows(3, "other"), "target", "auto", None, False, None).examples
+    pool = _as_loaded(rows + rows[2:3], "pool", "auto", None, False, None).pool  # row 2 twice
+    target = _as_loaded(rows[2:4] + _rows(3, "other"), "target", "auto", None, False, None).pool
 
     def no_reading(*a, **k):
         raise AssertionError("pool rows were read")

@@ -12,7 +12,7 @@ import numpy as np
 from .budget import Budget, allocate_quotas, allocate_token_quotas, cut_to_tokens, max_rows_within
 from .data.example import Example
 from .data.loading import LoadedData, load_examples
-from .data.pool import Pool
+from .data.pool import Pool, as_pool
 from .errors import ConfigError, DataError, SelectionWarning
 from .exec import make_executor
 from .features.embed import EmbedConfig
@@ -361,7 +361,7 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
             explanation.duplicate_groups = [keep[np.asarray(g, dtype=np.int64)].tolist()
                                             for g in explanation.duplicate_groups]
     check_result_size(idx, budget_rows, len(full_d), info, counted_in_tokens=n_tok is not None)
-    note_targets_in_pool(full_d.pool, target_d.examples, idx, info)
+    note_targets_in_pool(full_d.pool, target_d.pool, idx, info)
     timings["total"] = time.perf_counter() - t0
     return Selection(indices=idx, ids=full_d.pool.id_list(idx), scores=scores,
                      columns=columns, method=name if isinstance(method, str) else str(method),
@@ -457,22 +457,18 @@ def check_result_size(indices: np.ndarray, k: int, n_pool: int, info: dict[str, 
                 + (f" ({reason})" if reason else ""))
 
 
-def note_targets_in_pool(pool: Pool | Sequence[Example], target: Sequence[Example], indices: np.ndarray,
+def note_targets_in_pool(pool: Pool | Sequence[Example], target: Pool | Sequence[Example], indices: np.ndarray,
                          info: dict[str, Any]) -> None:
     """Target examples whose content also sits in the pool (same example id) make a selection
     look better on them than it is: count them (and how many were selected) in
-    ``info["target_in_pool"]`` with one warning line. A :class:`Pool` is matched on its id
-    column (``pyarrow.compute.is_in``), without reading its rows."""
-    import pyarrow as pa
+    ``info["target_in_pool"]`` with one warning line. Matched on the id columns
+    (``pyarrow.compute.is_in``), without reading the pool's rows."""
     import pyarrow.compute as pc
 
-    def id_column(rows: Pool | Sequence[Example]) -> pa.Array:
-        return rows.ids if isinstance(rows, Pool) else pa.array([ex.id for ex in rows], type=pa.string())
-
-    target_ids = pc.unique(id_column(target))
+    target_ids = pc.unique(as_pool(target).ids)
     if not len(target_ids) or not len(pool):
         return
-    ids = id_column(pool)
+    ids = as_pool(pool).ids
     hit_column = pc.is_in(ids, value_set=target_ids)   # ids are never null
     hit = hit_column.to_numpy(zero_copy_only=False)
     if not hit.any():
