@@ -70,6 +70,21 @@ def test_top_k_ties_and_nan():
     assert top_k(np.array([1.0, np.nan, 3.0, 3.0, -np.inf]), 3).tolist() == [2, 3, 0]
 
 
+def test_top_k_equals_a_full_sort_with_ties_at_the_cut():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 60))
+        x = rng.integers(0, 6, size=n).astype(np.float64)          # many ties
+        x[rng.random(n) < 0.15] = np.nan
+        x[rng.random(n) < 0.1] = -np.inf
+        x[rng.random(n) < 0.05] = np.inf
+        finite = np.flatnonzero(np.isfinite(x))
+        full = finite[np.lexsort((finite, -x[finite]))]            # the oracle: sort every finite row
+        for k in (0, 1, 2, n // 3, len(finite) - 1, len(finite), len(finite) + 3):
+            got = top_k(x, k)
+            assert got.dtype.kind == "i" and got.tolist() == full[:max(k, 0)].tolist(), (trial, k)
+
+
 def test_budgets_and_quotas():
     assert Budget(ratio=0.01).rows(1000) == 10 and Budget(count=5).rows(5) == 5
     with pytest.raises(ConfigError):

@@ -77,9 +77,9 @@ class Selection:
     def source_mix(self, depth: int = 1) -> dict[str, int]:
         """Selected rows per pool source (first ``depth`` path parts), largest first."""
         out: dict[str, int] = {}
-        for source in self.pool.pool.sources[self.indices]:
+        for source, n in self.pool.pool.source_counts(self.indices).items():
             key = "/".join(Path(source).parts[:depth]) if source else Path(self.pool.path).name
-            out[key] = out.get(key, 0) + 1
+            out[key] = out.get(key, 0) + n
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def manifest(self) -> dict[str, Any]:

@@ -51,9 +51,9 @@ class LoadedData:
     def counts_by_source(self, depth: int = 1) -> dict[str, int]:
         """Rows per source (first ``depth`` path parts of each file below the folder)."""
         out: dict[str, int] = {}
-        for src in self.pool.sources:
+        for src, n in self.pool.source_counts().items():
             key = "/".join(Path(src).parts[:depth]) if src else Path(self.path).name
-            out[key] = out.get(key, 0) + 1
+            out[key] = out.get(key, 0) + n
         return dict(sorted(out.items()))
 
 

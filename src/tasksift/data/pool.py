@@ -327,6 +327,23 @@ class Pool(Sequence):
         names = np.array([f.source for f in self._base.files] or [None], dtype=object)
         return names[self._col(self._base.file)]
 
+    def sources_at(self, indices: Any) -> np.ndarray:
+        """``source`` of the rows at ``indices`` (object array): :attr:`sources` without
+        building it for every row."""
+        names = np.array([f.source for f in self._base.files] or [None], dtype=object)
+        return names[self._base.file[self._positions(indices)]]
+
+    def source_counts(self, indices: Any = None) -> dict[Any, int]:
+        """Rows per ``source`` (None for a single-file input): of every row, or of ``indices``
+        (counted as often as they occur). Counted on the file column, with no per-row objects."""
+        codes = self._col(self._base.file) if indices is None else self._base.file[self._positions(indices)]
+        counts = np.bincount(codes, minlength=len(self._base.files))
+        out: dict[Any, int] = {}
+        for f, c in zip(self._base.files, counts.tolist()):   # files sharing a source add up
+            if c:
+                out[f.source] = out.get(f.source, 0) + int(c)
+        return out
+
     def stored_rows(self) -> tuple[MemoryRows | ArrowRows, PoolColumns, np.ndarray]:
         """Where this pool's rows live: the row store, the stored pool's columns and each row's
         position in them (for code that reads blocks of rows elsewhere: :mod:`tasksift.data.blocks`)."""

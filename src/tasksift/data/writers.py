@@ -62,7 +62,7 @@ def score_rows(data: LoadedData, indices: Sequence[int], columns: Mapping[str, n
     columns, each prefixed ``tasksift_`` unless it already is). Ranks start at ``first_rank``."""
     idx = np.asarray(indices, dtype=np.int64)
     ids = data.pool.id_list(idx)
-    sources = data.pool.sources[idx] if len(idx) else []
+    sources = data.pool.sources_at(idx)
     out = []
     for rank, (i, id_, source) in enumerate(zip(idx, ids, sources), start=first_rank):
         cells = {"tasksift_id": id_, "tasksift_rank": rank}

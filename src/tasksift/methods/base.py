@@ -164,6 +164,15 @@ class SelectionMethod(abc.ABC):
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest finite scores, best first; ties broken by lower index."""
     scores = np.asarray(scores, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(scores))
-    order = finite[np.lexsort((finite, -scores[finite]))]
+    finite = np.isfinite(scores)
+    n_finite, k = int(finite.sum()), max(0, int(k))
+    if 0 < k < n_finite:
+        # only the rows at or above the k-th highest score can be chosen (ties at that score
+        # included): sort those, not the whole pool (same order, a k-sized sort)
+        values = scores[finite]
+        values.partition(n_finite - k)
+        finite &= scores >= values[n_finite - k]
+        del values
+    cand = np.flatnonzero(finite) if k else np.empty(0, np.int64)
+    order = cand[np.lexsort((cand, -scores[cand]))]
     return order[:k]

@@ -102,7 +102,9 @@ def pool_log_weights(pool: Pool, target_counts: sp.spmatrix, config: NgramConfig
 def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k indices drawn without replacement with probability proportional to exp(log_weights)
     (Gumbel top-k), in draw order. Rows with -inf weight are never drawn."""
-    keys = np.asarray(log_weights, dtype=np.float64) + rng.gumbel(size=len(log_weights))
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    keys = rng.gumbel(size=len(log_weights))
+    keys += log_weights                           # in place: one pool-sized array, not two
     keys[~np.isfinite(log_weights)] = np.nan
     return top_k(keys, k)
 
@@ -142,12 +144,14 @@ class DSIRSelection(SelectionMethod):
             if c["sampling"] == "gumbel":
                 idx = gumbel_top_k(logw, k, ctx.rng)
             else:
-                idx = top_k(np.where(np.isfinite(logw), logw, np.nan), k)
-        finite = np.isfinite(logw)
-        w = np.exp(logw[finite] - logw[finite].max()) if finite.any() else np.zeros(0)
+                idx = top_k(logw, k)
+        w = logw[np.isfinite(logw)]                # one pool-sized copy, then in place
+        if len(w):
+            w -= w.max()
+            np.exp(w, out=w)
         info = {"ngram_features": cfg.describe(), "smoothing": smoothing, "sampling": c["sampling"],
                 "length_normalize": bool(c["length_normalize"]),
-                "effective_sample_size": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)) if len(w) else 0.0}
+                "effective_sample_size": float(w.sum() ** 2 / max(float(np.dot(w, w)), 1e-300)) if len(w) else 0.0}
         if len(idx) < k:
             info["short"] = f"only {len(idx)} rows have a finite weight, fewer than the budget of {k}"
         return MethodResult(indices=idx.astype(np.int64), scores=logw, columns={"dsir_log_weight": logw},

@@ -15,7 +15,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,19 +48,19 @@ def source_key(source: Any, fallback: str) -> str:
     return Path(source).parts[0] if source else fallback
 
 
-def source_table(pool_sources: np.ndarray, indices: np.ndarray, fallback: str, limit: int = MAX_SOURCES
-                 ) -> list[tuple[str, int, int]]:
+def source_table(pool_counts: Mapping[Any, int], picked_counts: Mapping[Any, int], fallback: str,
+                 limit: int = MAX_SOURCES) -> list[tuple[str, int, int]]:
     """(source, pool rows, selected rows) for the ``limit`` sources with most selected rows
-    (then most pool rows), and one ``other (n sources)`` row for the rest; the selected column
-    sums to ``len(indices)`` and the pool column to the pool's size."""
-    def by_key(values: Sequence[Any]) -> Counter:
+    (then most pool rows), and one ``other (n sources)`` row for the rest, from the rows per
+    raw source of the pool and of the subset (:meth:`tasksift.data.pool.Pool.source_counts`);
+    the selected column sums to the subset's size and the pool column to the pool's."""
+    def by_key(counts: Mapping[Any, int]) -> Counter:
         out: Counter = Counter()
-        for src, n in Counter(values).items():    # one Path() per distinct source, not per row
+        for src, n in counts.items():
             out[source_key(src, fallback)] += n
         return out
 
-    pool = by_key(pool_sources.tolist())
-    picked = by_key(pool_sources[indices].tolist())
+    pool, picked = by_key(pool_counts), by_key(picked_counts)
     keys = sorted(pool, key=lambda s: (-picked.get(s, 0), -pool[s], s))
     rows = [(s, pool[s], picked.get(s, 0)) for s in keys[:limit]]
     rest = keys[limit:]
@@ -184,7 +184,8 @@ def _run_section(sel: Any, ex: Any) -> str:
 
 def _source_section(sel: Any) -> str:
     n, k = len(sel.pool), len(sel.indices)
-    rows = source_table(sel.pool.pool.sources, sel.indices, Path(sel.pool.path).name)
+    rows = source_table(sel.pool.pool.source_counts(), sel.pool.pool.source_counts(sel.indices),
+                        Path(sel.pool.path).name)
     body = [(s, p, f"{100 * p / max(1, n):.1f}", c, f"{100 * c / max(1, k):.1f}",
              f"{(c / k) / (p / n):.2f}" if p and k else "–") for s, p, c in rows]
     body.append(("total", n, "100.0", k, "100.0", "–"))
@@ -260,14 +261,14 @@ def _neighbours_section(sel: Any, ex: Any) -> str:
     shown = np.arange(min(len(targets), MAX_TARGETS_SHOWN))
     positions = sorted({int(p) for p in ex.rows_of_target[shown].ravel() if p >= 0})
     rows_by_pos = dict(zip(positions, sel.pool.pool.examples(sel.indices[positions]))) if positions else {}
-    sources = sel.pool.pool.sources
+    sources = dict(zip(sel.indices[positions].tolist(), sel.pool.pool.sources_at(sel.indices[positions]))) if positions else {}
     body = []
     for t in shown:
         items = []
         for p, s in zip(ex.rows_of_target[t], ex.sims_of_target[t]):
             if p < 0:
                 continue
-            src = sources[sel.indices[p]]
+            src = sources[int(sel.indices[p])]
             where = f"rank {int(p) + 1}" + (f", {html.escape(str(src))}" if src else "")
             items.append(f"<li><span class='sim'>{float(s):.3f} · {where}</span><br>{clip(rows_by_pos[int(p)].text, ROW_CHARS)}</li>")
         body.append((f"#{int(t) + 1} <span class='sim'>({html.escape(_where(targets[t]))})</span><br>"
@@ -299,11 +300,10 @@ def _duplicates_section(sel: Any, ex: Any) -> str:
     probs = sel.probabilities
     groups = ex.duplicate_groups[:MAX_GROUPS_SHOWN]
     heads = sel.pool.pool.examples([g[0] for g in groups])
-    sources = sel.pool.pool.sources
+    sources = sel.pool.pool.sources_at([g[0] for g in groups])
     rows = []
-    for i, (g, head) in enumerate(zip(groups, heads), start=1):
+    for i, (g, head, src) in enumerate(zip(groups, heads, sources), start=1):
         p = float(np.sum(probs[g])) if probs is not None else None
-        src = sources[g[0]]
         rows.append((i, len(g), density[g[0]], sum(1 for r in g if r in chosen), "–" if p is None else f"{p:.3g}",
                      html.escape(str(src)) if src else "–", f"{clip(head.text, ROW_CHARS)}"))
     more = f" ({len(ex.duplicate_groups) - len(groups)} more groups not shown)" if len(ex.duplicate_groups) > len(groups) else ""
