@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,19 @@ def test_text_batches_equal_the_examples_texts(tmp_path):
             assert got == [getattr(ex, field) for ex in p]
     with pytest.raises(ValueError, match="field"):
         next(pool.text_batches("raw"))
+
+
+def test_pool_source_counts_match_counting_the_source_column(tmp_path):
+    d = tmp_path / "pool"
+    for name, n in (("a", 5), ("b", 3)):
+        (d / name).mkdir(parents=True)
+        (d / name / "x.jsonl").write_text("".join(json.dumps({"text": f"{name} row {i}"}) + "\n" for i in range(n)))
+    pool = load_examples(str(d), role="pool").pool
+    assert pool.source_counts() == Counter(pool.sources.tolist()) == {"a/x.jsonl": 5, "b/x.jsonl": 3}
+    idx = np.array([0, 6, 6, 7])
+    assert pool.source_counts(idx) == Counter(pool.sources[idx].tolist()) == {"a/x.jsonl": 1, "b/x.jsonl": 3}
+    assert pool.sources_at(idx).tolist() == pool.sources[idx].tolist()
+    view = pool.take([7, 1])
+    assert view.source_counts() == {"b/x.jsonl": 1, "a/x.jsonl": 1}
+    assert view.sources_at([1, 0]).tolist() == ["a/x.jsonl", "b/x.jsonl"]
+    assert pool.source_counts([]) == {} and pool.sources_at([]).tolist() == []

@@ -4,8 +4,8 @@ page's tables and numbers, escaping, caps, --no-report, and the report's cost on
 from __future__ import annotations
 
 import json
-from collections import Counter
 import re
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import pytest
 
 import tasksift
 from tasksift.cli import main
-from tasksift.data.loading import load_examples
 from tasksift.features.embed import EmbedConfig, Embedder
 from tasksift.report.explain import (Explanation, TfidfSpace, dense_rows, duplicate_groups, nearest_pairs,
                                      unit_rows)
@@ -232,22 +231,6 @@ def test_source_table_caps_the_sources_and_keeps_the_sums():
     rows = source_table(Counter(sources.tolist()), Counter(sources[idx].tolist()), "pool", limit=5)
     assert len(rows) == 6 and rows[-1][0] == "other (15 sources)"
     assert sum(r[1] for r in rows) == 200 and sum(r[2] for r in rows) == len(idx)
-
-
-def test_pool_source_counts_match_counting_the_source_column(tmp_path):
-    d = tmp_path / "pool"
-    for name, n in (("a", 5), ("b", 3)):
-        (d / name).mkdir(parents=True)
-        (d / name / "x.jsonl").write_text("".join(json.dumps({"text": f"{name} row {i}"}) + "\n" for i in range(n)))
-    pool = load_examples(str(d), role="pool").pool
-    assert pool.source_counts() == Counter(pool.sources.tolist()) == {"a/x.jsonl": 5, "b/x.jsonl": 3}
-    idx = np.array([0, 6, 6, 7])
-    assert pool.source_counts(idx) == Counter(pool.sources[idx].tolist()) == {"a/x.jsonl": 1, "b/x.jsonl": 3}
-    assert pool.sources_at(idx).tolist() == pool.sources[idx].tolist()
-    view = pool.take([7, 1])
-    assert view.source_counts() == {"b/x.jsonl": 1, "a/x.jsonl": 1}
-    assert view.sources_at([1, 0]).tolist() == ["a/x.jsonl", "b/x.jsonl"]
-    assert pool.source_counts([]) == {} and pool.sources_at([]).tolist() == []
 
 
 def test_row_text_is_escaped_and_the_page_is_offline(tmp_path):

@@ -324,25 +324,29 @@ class Pool(Sequence):
     @property
     def sources(self) -> np.ndarray:
         """Each example's ``source`` (object array; None for a single-file input)."""
-        names = np.array([f.source for f in self._base.files] or [None], dtype=object)
-        return names[self._col(self._base.file)]
+        return self._source_names()[self._file_codes()]
 
     def sources_at(self, indices: Any) -> np.ndarray:
         """``source`` of the rows at ``indices`` (object array): :attr:`sources` without
         building it for every row."""
-        names = np.array([f.source for f in self._base.files] or [None], dtype=object)
-        return names[self._base.file[self._positions(indices)]]
+        return self._source_names()[self._file_codes(indices)]
 
     def source_counts(self, indices: Any = None) -> dict[Any, int]:
         """Rows per ``source`` (None for a single-file input): of every row, or of ``indices``
         (counted as often as they occur). Counted on the file column, with no per-row objects."""
-        codes = self._col(self._base.file) if indices is None else self._base.file[self._positions(indices)]
-        counts = np.bincount(codes, minlength=len(self._base.files))
+        counts = np.bincount(self._file_codes(indices), minlength=len(self._base.files))
         out: dict[Any, int] = {}
         for f, c in zip(self._base.files, counts.tolist()):   # files sharing a source add up
             if c:
                 out[f.source] = out.get(f.source, 0) + int(c)
         return out
+
+    def _source_names(self) -> np.ndarray:
+        return np.array([f.source for f in self._base.files] or [None], dtype=object)
+
+    def _file_codes(self, indices: Any = None) -> np.ndarray:
+        """The file number of every row, or of the rows at ``indices``."""
+        return self._col(self._base.file) if indices is None else self._base.file[self._positions(indices)]
 
     def stored_rows(self) -> tuple[MemoryRows | ArrowRows, PoolColumns, np.ndarray]:
         """Where this pool's rows live: the row store, the stored pool's columns and each row's

@@ -261,14 +261,14 @@ def _neighbours_section(sel: Any, ex: Any) -> str:
     shown = np.arange(min(len(targets), MAX_TARGETS_SHOWN))
     positions = sorted({int(p) for p in ex.rows_of_target[shown].ravel() if p >= 0})
     rows_by_pos = dict(zip(positions, sel.pool.pool.examples(sel.indices[positions]))) if positions else {}
-    sources = dict(zip(sel.indices[positions].tolist(), sel.pool.pool.sources_at(sel.indices[positions]))) if positions else {}
+    sources_by_pos = dict(zip(positions, sel.pool.pool.sources_at(sel.indices[positions]))) if positions else {}
     body = []
     for t in shown:
         items = []
         for p, s in zip(ex.rows_of_target[t], ex.sims_of_target[t]):
             if p < 0:
                 continue
-            src = sources[int(sel.indices[p])]
+            src = sources_by_pos[int(p)]
             where = f"rank {int(p) + 1}" + (f", {html.escape(str(src))}" if src else "")
             items.append(f"<li><span class='sim'>{float(s):.3f} · {where}</span><br>{clip(rows_by_pos[int(p)].text, ROW_CHARS)}</li>")
         body.append((f"#{int(t) + 1} <span class='sim'>({html.escape(_where(targets[t]))})</span><br>"
