@@ -17,7 +17,8 @@ is printed under the table. With ``--base`` (a checkout of
 today's code, e.g. ``git -C /work/main worktree add /work/scratch/pool/base 70a9998``) the same
 command runs with ``PYTHONPATH`` pointing there for pools of at most ``--base-max-rows`` rows,
 and the table says whether both wrote the same subset (same ``selected_ids`` in the manifest and
-byte-identical ``selected.jsonl``). Goals: random/length <= 600 MB and dsir <= 1.5 GB at 1M
+the same rows in ``selected.jsonl`` once the ``tasksift_*`` score and explain columns are set
+aside: newer code writes more of those). Goals: random/length <= 600 MB and dsir <= 1.5 GB at 1M
 rows; dsir <= 3 GB at 10M rows; tsds <= 3 GB at 1M rows with the embeddings in the store.
 
 ``tsds`` measures the select, not the embedding (1M rows of MiniLM take hours on 2 CPUs): a
@@ -188,8 +189,16 @@ def run_select(src: Path, pool: Path, target: Path, method: str, out: Path,
 
 
 def selection_of(out: Path) -> tuple[list, str]:
+    """The manifest's ``selected_ids`` and a digest of ``selected.jsonl``'s rows without the
+    ``tasksift_*`` columns: the input's own fields, in order. (Newer code also writes explain
+    columns, e.g. ``tasksift_nearest_target``, that older code did not.)"""
     man = json.loads((out / "manifest.json").read_text())
-    return man["selected_ids"], hashlib.sha1((out / "selected.jsonl").read_bytes()).hexdigest()
+    digest = hashlib.sha1()
+    with open(out / "selected.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = {k: v for k, v in json.loads(line).items() if not k.startswith("tasksift_")}
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return man["selected_ids"], digest.hexdigest()
 
 
 def main() -> None:

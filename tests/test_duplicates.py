@@ -89,6 +89,49 @@ def test_distinct_rows_keeps_the_first_of_each_content():
     assert distinct_rows(Pool.from_examples(exs[:2])) is None
 
 
+class _Ids:
+    """A stand-in pool: distinct_rows reads only ``.ids``."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+
+def _first_seen(values) -> list[int] | None:
+    seen: dict = {}
+    for i, v in enumerate(values):
+        seen.setdefault(v, i)
+    return None if len(seen) == len(values) else sorted(seen.values())
+
+
+def _id_arrays():
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    hexes = [f"{v:016x}" for v in rng.integers(0, 300, 2000)]   # fixed width, many repeats
+    mixed = [str(v) for v in rng.integers(0, 1000, 2000)]        # widths 1-3
+    nul = ["ab", "ab\x00", "ab", "a\x00b", "ab\x00"]            # NUL bytes: not trailing padding
+    sliced = pa.array(["x" * 4] + hexes + ["zzzz"])[1:-1]
+    return {
+        "hex": pa.array(hexes),
+        "mixed-width": pa.array(mixed),
+        "sliced": sliced,
+        "chunked": pa.chunked_array([pa.array(hexes[:700]), pa.array(hexes[700:])]),
+        "large": pa.array(hexes, type=pa.large_string()),
+        "utf8": pa.array([["é", "ü", "é", "ñ"][v % 4] + "q" for v in range(40)]),
+        "nul": pa.array(nul),
+        "all-distinct": pa.array([f"{v:08d}" for v in range(500)]),
+        "one-row": pa.array(["a"]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_id_arrays()))
+def test_distinct_rows_matches_a_first_seen_oracle(name):
+    ids = _id_arrays()[name]
+    got = distinct_rows(_Ids(ids))
+    want = _first_seen(ids.to_pylist())
+    assert (got if got is None else got.tolist()) == want
+
+
 def test_cli_says_what_it_did_with_duplicates(tmp_path, capsys):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in POOL))
