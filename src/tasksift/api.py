@@ -424,6 +424,8 @@ def distinct_rows(pool: Any) -> np.ndarray | None:
     ids = pool.ids
     if len(ids) < 2:
         return None
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.chunk(0) if ids.num_chunks == 1 else ids.combine_chunks()
     fixed = _fixed_width(ids)
     if fixed is not None:
         order = np.argsort(fixed, kind="stable")
@@ -434,21 +436,16 @@ def distinct_rows(pool: Any) -> np.ndarray | None:
         if starts.all():
             return None
         return np.sort(order[starts])
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
     codes = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False)
     _, first = np.unique(codes, return_index=True)
     return None if len(first) == len(codes) else np.sort(first)
 
 
 def _fixed_width(ids: Any) -> np.ndarray | None:
-    """The Arrow string array (or chunked array) ``ids`` as a numpy ``S<width>`` array over
-    its data buffer, when every id has the same byte width, none is null and none holds a NUL
-    byte; else None."""
+    """The Arrow string array ``ids`` as a numpy ``S<width>`` array over its data buffer,
+    when every id has the same byte width, none is null and none holds a NUL byte; else None."""
     import pyarrow as pa
 
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)) or ids.null_count:
         return None
     offset_type = np.int64 if pa.types.is_large_string(ids.type) else np.int32
