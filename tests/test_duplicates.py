@@ -109,7 +109,7 @@ def _id_arrays():
     rng = np.random.default_rng(0)
     hexes = [f"{v:016x}" for v in rng.integers(0, 300, 2000)]   # fixed width, many repeats
     mixed = [str(v) for v in rng.integers(0, 1000, 2000)]        # widths 1-3
-    nul = ["ab", "ab\x00", "ab", "a\x00b", "ab\x00"]            # NUL bytes: not trailing padding
+    nul = ["a\x00\x00", "a\x00b", "ab\x00", "a\x00\x00", "abc", "ab\x00"]   # one width, NUL bytes
     sliced = pa.array(["x" * 4] + hexes + ["zzzz"])[1:-1]
     return {
         "hex": pa.array(hexes),

@@ -417,7 +417,7 @@ def distinct_rows(pool: Any) -> np.ndarray | None:
     string buffer: a stable sort puts equal ids side by side in pool order, so the first of
     each run is the row kept. At 10M ids the step peaks ~0.37 GB above its input, where an
     Arrow hash group-by peaked ~1.3 GB (README, scale section). Other ids (mixed widths,
-    nulls, NUL bytes) go through a dictionary encoding."""
+    nulls) go through a dictionary encoding."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -443,7 +443,7 @@ def distinct_rows(pool: Any) -> np.ndarray | None:
 
 def _fixed_width(ids: Any) -> np.ndarray | None:
     """The Arrow string array ``ids`` as a numpy ``S<width>`` array over its data buffer,
-    when every id has the same byte width, none is null and none holds a NUL byte; else None."""
+    when every id has the same byte width and none is null; else None."""
     import pyarrow as pa
 
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)) or ids.null_count:
@@ -456,8 +456,7 @@ def _fixed_width(ids: Any) -> np.ndarray | None:
     if width == 0 or (widths != width).any():
         return None
     data = np.frombuffer(data_buf, dtype=np.uint8)[int(offsets[0]): int(offsets[-1])]
-    if not data.all():   # numpy's S strings drop trailing NUL bytes: compare those another way
-        return None
+    # numpy's S compare ignores trailing NUL bytes, which at one width keeps distinct ids apart
     return data.view(f"S{width}")
 
 
