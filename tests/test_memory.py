@@ -77,3 +77,60 @@ def test_threshold_from_the_environment(monkeypatch):
     assert return_freed_memory() == 0
     monkeypatch.delenv("TASKSIFT_MMAP_THRESHOLD")
     assert return_freed_memory() == DEFAULT_MMAP_THRESHOLD == return_freed_memory()   # idempotent
+
+
+# a 40 MiB block: heap-served inside reuse_freed_memory (64 MiB threshold), mmap-ed before
+# and after it (glibc's settled 32 MiB, restored on exit); a 16 MiB block freed inside stays
+# in the process until the exit trims it
+REUSE = textwrap.dedent("""
+    import ctypes, json
+    import psutil
+    from tasksift.memory import reuse_freed_memory
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = MallInfo2
+
+    def mapped(size):
+        h = libc.mallinfo2().hblks
+        p = libc.malloc(size)
+        n = libc.mallinfo2().hblks - h
+        libc.free(p)
+        return n
+
+    before = mapped(40 << 20)
+    with reuse_freed_memory() as applied:
+        inside = mapped(40 << 20)
+        pin = libc.malloc(64 << 10)
+        p = libc.malloc(16 << 20)
+        ctypes.memset(p, 1, 16 << 20)
+        libc.free(p)
+        kept = libc.mallinfo2().fordblks
+    after = mapped(40 << 20)
+    print(json.dumps({"applied": applied, "before": before, "inside": inside, "after": after,
+                      "kept_inside": kept / 2**20, "kept_after": libc.mallinfo2().fordblks / 2**20}))
+""")
+
+
+def test_reuse_freed_memory_serves_large_blocks_from_the_heap_only_inside():
+    out = subprocess.run([sys.executable, "-c", REUSE], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TASKSIFT_MMAP_THRESHOLD": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["applied"] is True
+    assert (r["before"], r["inside"], r["after"]) == (1, 0, 1), r
+    assert r["kept_inside"] >= 16, r     # the freed 16 MiB block was kept for reuse
+    assert r["kept_after"] < 16, r       # and trimmed on exit
+
+
+def test_reuse_freed_memory_is_off_with_the_environment_switch(monkeypatch):
+    from tasksift.memory import reuse_freed_memory
+
+    monkeypatch.setenv("TASKSIFT_MMAP_THRESHOLD", "0")
+    with reuse_freed_memory() as applied:
+        assert applied is False

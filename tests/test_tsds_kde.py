@@ -95,3 +95,25 @@ def test_screen_by_the_kde_k_nearest_keeps_the_exact_sum(dtype, kde_k):
     np.testing.assert_allclose(got, full, rtol=1e-12, atol=1e-12)
     fewer = len(kernel_columns(x[:30], x, SIGMA, kde_k)) - len(kernel_columns(x[:30], x, SIGMA))
     assert fewer < 0 if kde_k == 1 else fewer <= 0  # it screens where the cap binds
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_ranges_hold_every_member_and_prune_nothing_the_column_test_keeps(dtype):
+    """The per-(A, C) ranges of t_A(v) = v.c_A - v.c_C bound every member of C as the column
+    test computes it, and pruning cells by them leaves the blocks' columns unchanged."""
+    rng = np.random.default_rng(21)
+    x = tied_clusters(rng, n=900, d=16, dtype=dtype)
+    piv = PivotColumns(x, SIGMA, n_pivots=20, seed=2, block=40)
+    tv = piv.g.astype(np.float64) - piv.gown[None, :]  # (A, sorted position)
+    for c in piv.used:
+        seg = tv[:, piv.starts[c]:piv.starts[c + 1]]
+        assert (piv.tmin[:, c] <= seg.min(axis=1)).all() and (seg.max(axis=1) <= piv.tmax[:, c]).all()
+    rows = np.sort(rng.choice(len(x), 300, replace=False))
+    pruned = piv.blocks(rows)
+    piv.tmin[:], piv.tmax[:] = -np.inf, np.inf  # the column test alone
+    plain = piv.blocks(rows)
+    assert len(pruned) == len(plain)
+    for (b1, c1), (b2, c2) in zip(pruned, plain):
+        assert b1.tolist() == b2.tolist() and c1.tolist() == c2.tolist()
+    assert sorted(np.concatenate([b for b, _ in pruned]).tolist()) == rows.tolist()
+    assert (np.sort(piv.order) == np.arange(len(x))).all() and (piv.order[piv.pos] == np.arange(len(x))).all()

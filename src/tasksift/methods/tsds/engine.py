@@ -49,10 +49,11 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...exec import Executor, make_executor
 from ...manifest import peak_memory_mb
+from ...memory import reuse_freed_memory
 from ...neighbors import TopK, block_rows, knn, npy_layout, read_rows, resolve_index, search_blocks
 from .gather import pair_distances
 from .inputs import check_embeddings, check_params, checked_block, l2_normalize, normalize_block, prepare
-from .kde import PivotColumns, range_density
+from .kde import PivotColumns, range_density, sq_norms
 from .solver import solve_needing_densities
 
 #: index kinds searched by the sharded exact engine (the others go to faiss in-process)
@@ -250,13 +251,13 @@ def gather_task(source: Any, start: int, end: int, rows: np.ndarray, dtype: str,
 
 
 def density_task(rows: np.ndarray, cols: np.ndarray | None, sigma: float, kde_k: int,
-                 kill: str | None = None, *, xu: np.ndarray) -> dict[str, Any]:
+                 kill: str | None = None, *, xu: np.ndarray, xn: np.ndarray) -> dict[str, Any]:
     """Exact densities of the prefetched rows ``rows`` against the columns ``cols`` of ``xu``
-    (all of them when None)."""
+    (all of them when None); ``xn`` holds the rows' squared norms (:func:`~.kde.sq_norms`)."""
     die_once(kill)
     t0 = time.perf_counter()
-    xc = xu if cols is None else xu[cols]
-    rho, _ = range_density(xu[rows], xc, sigma, kde_k, counts=False)
+    xc, cn = (xu, xn) if cols is None else (xu[cols], xn[cols])
+    rho, _ = range_density(xu[rows], xc, sigma, kde_k, counts=False, rn=xn[rows], cn=cn)
     return {"rho": rho, "pairs": int(len(rows) * len(xc)), "seconds": time.perf_counter() - t0,
             "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
@@ -426,7 +427,7 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
          shard_rows: int = 250_000, margin: int | None = None,
          timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
-         blas_threads: int | None = 1, hugepages: bool | None = False) -> TSDSResult:
+         blas_threads: int | None = 1, hugepages: bool | None = False, reuse_memory: bool = True) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
     diagnostics). See :func:`selection_probabilities` for the TSDS parameters.
 
@@ -448,13 +449,18 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     during the call (default False: no compaction stalls on first touch, see
     :func:`hugepage_advice`; None leaves NumPy's setting as it is). The result does not
     depend on it.
+    reuse_memory: glibc keeps freed blocks for reuse during the call
+    (:func:`~tasksift.memory.reuse_freed_memory`: the many large temporaries of the blocks
+    reuse pages instead of faulting in fresh ones; what was kept goes back on return). The
+    result does not depend on it.
     """
     if blas_threads is not None and (isinstance(blas_threads, bool) or not isinstance(blas_threads, (int, np.integer))
                                      or blas_threads < 1):
         raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
     if hugepages is not None and not isinstance(hugepages, (bool, np.bool_)):
         raise ConfigError(f"tsds: hugepages must be True, False or None, got {hugepages!r}")
-    with blas_thread_limit(blas_threads), hugepage_advice(hugepages):
+    memory = reuse_freed_memory() if reuse_memory else contextlib.nullcontext()
+    with blas_thread_limit(blas_threads), hugepage_advice(hugepages), memory:
         return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,
                      seed=seed, normalize=normalize, recall_sample=recall_sample, executor=executor,
                      shard_rows=shard_rows, margin=margin, timer=timer, kill_once_dir=kill_once_dir)
@@ -537,10 +543,12 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
     rho_u = np.full(len(U), 1.0 if sigma == 0 else np.nan)
     kde_stats = {"rows": 0, "pairs": 0, "tasks": 0}
     pivot_cache: list[PivotColumns] = []
+    shared: dict[str, np.ndarray] = {}
 
     def pivots() -> PivotColumns:
         if not pivot_cache:
-            pivot_cache.append(PivotColumns(xu, sigma, seed=seed))
+            shared.update(xu=xu, xn=sq_norms(xu))
+            pivot_cache.append(PivotColumns(xu, sigma, seed=seed, norms=shared["xn"]))
         return pivot_cache[0]
 
     def densities(J: np.ndarray) -> np.ndarray:
@@ -560,7 +568,7 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
                     calls += [(rows[a:a + 4096], None) for a in range(0, len(rows), 4096)]
                 keyed = ((j, (rows, cols, sigma, kk, kill("kde", kde_stats["tasks"] + j)))
                          for j, (rows, cols) in enumerate(calls))
-                for j, r in executor.map_tasks(density_task, keyed, shared={"xu": xu}):
+                for j, r in executor.map_tasks(density_task, keyed, shared=shared):
                     rho_u[calls[j][0]] = r["rho"]
                     kde_stats["rows"] += len(calls[j][0])
                     kde_stats["pairs"] += r["pairs"]

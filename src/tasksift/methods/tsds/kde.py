@@ -22,20 +22,27 @@ from ...neighbors import CHUNK_BYTES, block_rows
 EPS64 = float(np.finfo(np.float64).eps)
 
 
-def _sq_norms(a: np.ndarray) -> np.ndarray:
+def sq_norms(a: np.ndarray) -> np.ndarray:
+    """Float64 squared L2 norms of the rows of ``a`` (any float dtype; float64 sums): the
+    ``rn``/``cn`` that :func:`kernel_columns`, :func:`kernel_weights` and
+    :func:`range_density` accept, so that norms computed once serve every block."""
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
-def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | None = None) -> np.ndarray:
+
+def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | None = None, *,
+                   rn: np.ndarray | None = None, cn: np.ndarray | None = None) -> np.ndarray:
     """Indices of the columns ``xc`` that may lie inside the kernel (distance < ``sigma``) of
     some row of ``xr`` and, with ``kde_k``, also among that row's ``kde_k`` nearest columns: a
     float32 BLAS screen, widened by its rounding bound (certified: no such column is left
     out; of columns tied at a row's ``kde_k``-th distance, any may be kept, which leaves the
-    sum of the ``kde_k`` largest weights unchanged)."""
+    sum of the ``kde_k`` largest weights unchanged). ``rn``, ``cn``: the rows' and columns'
+    squared norms (:func:`sq_norms`), when known."""
     a32, c32 = np.asarray(xr, dtype=np.float32), np.asarray(xc, dtype=np.float32)
-    # float32 norms (float32 BLAS-speed sums, no casting): each within d eps of the true one
-    an = np.einsum("ij,ij->i", a32, a32).astype(np.float64)
-    cn = np.einsum("ij,ij->i", c32, c32).astype(np.float64)
+    # float32 norms (float32 BLAS-speed sums, no casting): each within d eps of the true one;
+    # given float64 norms are nearer still
+    an = np.einsum("ij,ij->i", a32, a32).astype(np.float64) if rn is None else np.asarray(rn, dtype=np.float64)
+    cn = np.einsum("ij,ij->i", c32, c32).astype(np.float64) if cn is None else np.asarray(cn, dtype=np.float64)
     s2 = float(sigma) ** 2
     # |fl32(a.c) - a.c| <= (d + 2) eps |a| |c|, the float32 norms and shifts below add at most
     # (d + 4) eps (|a|^2 + |c|^2) / 2; the bound allows 2 (d + 8) eps (|a|^2 + |c|^2 + s2).
@@ -64,17 +71,20 @@ def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | No
     return np.flatnonzero(inside.any(axis=0))
 
 
-def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float) -> np.ndarray:
+def kernel_weights(xr: np.ndarray, xc: np.ndarray, sigma: float, *, rn: np.ndarray | None = None,
+                   cn: np.ndarray | None = None) -> np.ndarray:
     """The (len(xr), len(xc)) float64 kernel weights ``max(0, 1 - d^2 / sigma^2)`` of every
     pair (row of ``xr``, row of ``xc``), from one float64 BLAS product
     ``(2 a / s2) . c`` shifted by ``1 - |a|^2 / s2`` per row and ``-|c|^2 / s2`` per column
     (the shifts run over the (rows x columns) result, not over copies of the columns). Weights
     within that computation's rounding bound of 1 (duplicates, near-duplicates) are
-    recomputed from the differences, so a duplicate's weight is exactly 1."""
+    recomputed from the differences, so a duplicate's weight is exactly 1. ``rn``, ``cn``:
+    the squared norms (:func:`sq_norms`), when known."""
     s2 = float(sigma) ** 2
     a, c = np.asarray(xr, dtype=np.float64), np.asarray(xc, dtype=np.float64)
     d = a.shape[1]
-    an, cn = _sq_norms(a), _sq_norms(c)
+    an = sq_norms(a) if rn is None else np.asarray(rn, dtype=np.float64)
+    cn = sq_norms(c) if cn is None else np.asarray(cn, dtype=np.float64)
     w = np.matmul(a * (2.0 / s2), c.T)
     w += (1.0 - an / s2)[:, None]
     w -= (cn / s2)[None, :]
@@ -102,7 +112,8 @@ def sum_largest(w: np.ndarray, kde_k: int) -> tuple[np.ndarray, np.ndarray]:
     return rho, cnt
 
 
-def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int, *, counts: bool = True
+def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int, *, counts: bool = True,
+                  rn: np.ndarray | None = None, cn: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Densities of the rows ``xr`` against the columns ``xc`` (which must include each row
     itself, or its duplicate, for ``rho >= 1``, and every row's kernel neighbours): float64
@@ -110,14 +121,18 @@ def range_density(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int, *, c
     Per block of rows, :func:`kernel_columns` screens the columns in float32 and
     :func:`kernel_weights` weighs the rest in float64. ``counts=False``: the screen also drops
     the columns beyond each row's ``kde_k`` nearest (faster where the cap binds) and no counts
-    are returned. Memory: blocks of about ``CHUNK_BYTES``."""
+    are returned. ``rn``, ``cn``: the rows' and columns' squared norms (:func:`sq_norms`),
+    when known (computed once here otherwise). Memory: blocks of about ``CHUNK_BYTES``."""
     rho = np.zeros(len(xr))
     cnt = np.zeros(len(xr), dtype=np.int64)
+    rn = sq_norms(xr) if rn is None else np.asarray(rn, dtype=np.float64)
+    cn = sq_norms(xc) if cn is None else np.asarray(cn, dtype=np.float64)
     step = block_rows(len(xc), 8)
     for s in range(0, len(xr), step):
-        xb = xr[s:s + step]
-        cols = kernel_columns(xb, xc, sigma, None if counts else kde_k)
-        rho[s:s + step], cnt[s:s + step] = sum_largest(kernel_weights(xb, xc[cols], sigma), kde_k)
+        xb, bn = xr[s:s + step], rn[s:s + step]
+        cols = kernel_columns(xb, xc, sigma, None if counts else kde_k, rn=bn, cn=cn)
+        w = kernel_weights(xb, xc[cols], sigma, rn=bn, cn=cn[cols])
+        rho[s:s + step], cnt[s:s + step] = sum_largest(w, kde_k)
     return rho, (cnt if counts else None)
 
 
@@ -127,7 +142,7 @@ def kde_exact(x: np.ndarray, sigma: float, kde_k: int, *, rows: np.ndarray | Non
     ``x``: every pair's kernel weight from float64 BLAS (no screening, no pruning; the plain
     computation, for checks)."""
     x64 = np.asarray(x, dtype=np.float64)
-    xn = _sq_norms(x64)
+    xn = sq_norms(x64)
     rows = np.arange(len(x64)) if rows is None else np.asarray(rows)
     s2 = float(sigma) ** 2
     rho = np.empty(len(rows))
@@ -157,17 +172,22 @@ class PivotColumns:
     * *annulus*: ``|D(u, c_C) - D(v, c_C)| <= sigma`` for some ``u``,
 
     both widened by the rounding bound of the float32 products ``x.c`` they come from. Exact:
-    no column inside the kernel is left out. Memory: ``len(x) * n_pivots`` float32 products.
+    no column inside the kernel is left out. ``norms``: :func:`sq_norms` of ``x``, when known
+    (used for float32 ``x``). Memory: ``len(x) * n_pivots`` float32 products (kept in the
+    order of the cells: ``order``/``pos`` map between rows of ``x`` and sorted positions).
     """
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
-                 block: int = 256, iterations: int = 3, sample: int = 16384) -> None:
+                 block: int = 256, iterations: int = 3, sample: int = 16384,
+                 norms: np.ndarray | None = None) -> None:
         rng = np.random.default_rng(seed)
         n, d = x.shape
         self.sigma, self.block = float(sigma), int(block)
         xs = np.asarray(x, dtype=np.float32)
         self.n = n
-        self.trivial = not np.isfinite(_sq_norms(xs)).all()  # beyond float32's range: no pruning
+        # the bounds need the norms of the float32 rows: given ones serve for float32 input
+        xn = np.asarray(norms, dtype=np.float64) if norms is not None and xs is x else sq_norms(xs)
+        self.trivial = not np.isfinite(xn).all()  # beyond float32's range: no pruning
         if self.trivial:
             return
         sample = xs[np.sort(rng.choice(n, size=min(n, int(sample)), replace=False))]
@@ -177,11 +197,10 @@ class PivotColumns:
             last = it == int(iterations)
             pts = xs if last else sample
             c32 = centres.astype(np.float32)
-            self.cn = _sq_norms(c32)
+            self.cn = sq_norms(c32)
             g = self._products(pts, c32)
             cell = self._nearest(g, self.cn)
             if last:
-                self.g, self.cell = g, cell
                 break
             # each used cell's centre moves to its members' mean (float32 sums of sorted rows,
             # as a float32 product would give: the centres only steer the pruning)
@@ -192,22 +211,44 @@ class PivotColumns:
             centres[used] = np.asarray(sums, dtype=np.float64) / size[used, None]
         # the last assignment was made against c32: the products g are those of c32
         self.c32 = c32
-        self.xn = _sq_norms(xs)
+        p = len(centres)
         if x.dtype != np.float32:  # bounds hold for the float32 copies, each within eps |x| of its row
-            self.sigma += 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0)))
+            self.sigma += 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(xn.max(initial=0)))
         # |fl32(x.c) - x.c| <= (d + 2) eps |x| |c| (x4 to spare); distances from them carry sqrt of twice that
-        self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(self.xn.max(initial=0) * self.cn.max(initial=0)))
+        self.err = 4.0 * (d + 2) * float(np.finfo(np.float32).eps) * float(np.sqrt(xn.max(initial=0) * self.cn.max(initial=0)))
         rows = np.arange(n)
-        self.gown = self.g[self.cell, rows].astype(np.float64)
+        gown = g[cell, rows]
+        dist = np.sqrt(np.maximum(xn + self.cn[cell] - 2.0 * gown.astype(np.float64), 0.0))  # D(x, own centre)
+        # from here on the rows live in *sorted* positions: by cell, then by distance to its
+        # centre (a cell's members are one contiguous run ``starts[C]:starts[C + 1]``)
+        self.order = np.lexsort((dist, cell))  # sorted position -> row of x
+        self.pos = np.empty(n, dtype=np.int64)
+        self.pos[self.order] = rows  # row of x -> sorted position
+        self.cell, self.dist, self.xn = cell[self.order], dist[self.order], xn[self.order]
+        self.gown = gown[self.order].astype(np.float64)
+        self.starts = np.searchsorted(self.cell, np.arange(p + 1))
         c64 = self.c32.astype(np.float64)
-        self.gaps = np.stack([np.sqrt(_sq_norms(c64 - c)) for c in c64])  # |c_A - c_C|, from the differences
-        self.dist = self._centre_dist(rows, self.cell)
-        self.order = np.lexsort((self.dist, self.cell))  # members of each cell, by distance to its centre
-        self.starts = np.searchsorted(self.cell[self.order], np.arange(len(centres) + 1))
-        self.rmin = np.full(len(centres), np.inf)
-        self.rmax = np.full(len(centres), -np.inf)
-        np.minimum.at(self.rmin, self.cell, self.dist)
-        np.maximum.at(self.rmax, self.cell, self.dist)
+        self.gaps = np.stack([np.sqrt(sq_norms(c64 - c)) for c in c64])  # |c_A - c_C|, from the differences
+        self.used = np.flatnonzero(self.starts[1:] > self.starts[:-1])
+        cuts = self.starts[self.used]
+        self.rmin = np.full(p, np.inf)
+        self.rmax = np.full(p, -np.inf)
+        self.rmin[self.used] = self.dist[cuts]  # sorted by distance within each cell
+        self.rmax[self.used] = self.dist[self.starts[self.used + 1] - 1]
+        # the products in sorted order, and per (A, C) bounds on t_A(v) = v.c_A - v.c_C over
+        # C's members v (float32 differences, widened by their rounding bound |a - b| eps / 2
+        # with |a|, |b| <= max |x| |c|): a cell whose range misses a block's interval holds no
+        # candidate column
+        own32 = self.gown.astype(np.float32)
+        tol = 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(xn.max(initial=0) * self.cn.max(initial=0))) + 1e-30
+        self.tmin = np.full((p, p), np.inf)
+        self.tmax = np.full((p, p), -np.inf)
+        for a in range(0, p, 32):
+            g[a:a + 32] = g[a:a + 32][:, self.order]
+            tv = g[a:a + 32] - own32[None, :]
+            self.tmin[a:a + 32, self.used] = np.minimum.reduceat(tv, cuts, axis=1) - tol
+            self.tmax[a:a + 32, self.used] = np.maximum.reduceat(tv, cuts, axis=1) + tol
+        self.g = g
 
     @staticmethod
     def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
@@ -227,41 +268,38 @@ class PivotColumns:
             out[s:s + cols] = np.argmax(g[:, s:s + cols] - half, axis=0)
         return out
 
-    def _centre_dist(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        d2 = self.xn[rows] + self.cn[cells] - 2.0 * self.g[cells, rows].astype(np.float64)
-        return np.sqrt(np.maximum(d2, 0.0))
-
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``):
-        the rows of one cell per block (mixing cells widens the bounds far more than it
-        saves)."""
+        """``(rows block, its candidate columns)`` covering ``rows`` (positions in ``x``;
+        the columns sorted): the rows of one cell per block (mixing cells widens the bounds
+        far more than it saves)."""
         rows = np.asarray(rows)
         if self.trivial:
             return [(rows[a:a + self.block], np.arange(self.n)) for a in range(0, len(rows), self.block)]
-        rows = rows[np.lexsort((self.dist[rows], self.cell[rows]))]
-        cuts = np.flatnonzero(np.diff(self.cell[rows])) + 1
+        ps = np.sort(self.pos[rows])  # by cell, then by distance to its centre
+        cuts = np.flatnonzero(np.diff(self.cell[ps])) + 1
         out = []
         span_d = np.sqrt(2.0 * self.err) * 2.0 + 1e-9
-        for part in np.split(rows, cuts):
+        for part in np.split(ps, cuts):
             A = int(self.cell[part[0]])
             gap = self.gaps[A]  # |c_A - c_C|
+            reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
             for a in range(0, len(part), self.block):
                 blk = part[a:a + self.block]
                 gb = self.g[:, blk].T.astype(np.float64)  # (B, P)
                 t = gb[:, [A]] - gb  # t(u) for every cell C
-                reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
                 t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
                 du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
                 d_lo, d_hi = du.min(axis=0) - self.sigma - span_d, du.max(axis=0) + self.sigma + span_d
-                # cells whose members' centre distances overlap the annulus, then their members
-                cand = np.flatnonzero((d_lo <= self.rmax) & (d_hi >= self.rmin))
+                # cells whose members' centre distances overlap the annulus and whose
+                # hyperplane range meets the interval, then their members
+                cand = np.flatnonzero((d_lo <= self.rmax) & (d_hi >= self.rmin)
+                                      & (self.tmax[A] >= t_lo) & (self.tmin[A] <= t_hi))
                 i = self.starts[cand]
                 span = self.starts[cand + 1] - i
-                idx = self.order[np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span)
-                                 + np.arange(span.sum())]
+                idx = np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span) + np.arange(span.sum())
                 c = self.cell[idx]
                 tv = self.g[A, idx].astype(np.float64) - self.gown[idx]
                 dv = self.dist[idx]
                 keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
-                out.append((blk, np.sort(idx[keep])))
+                out.append((self.order[blk], np.sort(self.order[idx[keep]])))
         return out
