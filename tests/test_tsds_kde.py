@@ -104,13 +104,15 @@ def test_cell_ranges_hold_every_member_and_prune_nothing_the_column_test_keeps(d
     rng = np.random.default_rng(21)
     x = tied_clusters(rng, n=900, d=16, dtype=dtype)
     piv = PivotColumns(x, SIGMA, n_pivots=20, seed=2, block=40)
-    tv = piv.g.astype(np.float64) - piv.gown[None, :]  # (A, sorted position)
-    for c in piv.used:
-        seg = tv[:, piv.starts[c]:piv.starts[c + 1]]
-        assert (piv.tmin[:, c] <= seg.min(axis=1)).all() and (seg.max(axis=1) <= piv.tmax[:, c]).all()
+    tv = piv.g[:, piv.order].astype(np.float64) - piv.gown[None, :]  # (A, sorted position)
+    for a in range(len(piv.c32)):
+        tmin, tmax = piv.cell_ranges(a)
+        for c in piv.used:
+            seg = tv[a, piv.starts[c]:piv.starts[c + 1]]
+            assert tmin[c] <= seg.min() and seg.max() <= tmax[c]
     rows = np.sort(rng.choice(len(x), 300, replace=False))
     pruned = piv.blocks(rows)
-    piv.tmin[:], piv.tmax[:] = -np.inf, np.inf  # the column test alone
+    piv.tmin[:], piv.tmax[:] = -np.inf, np.inf  # the column test alone (every cell's ranges are in)
     plain = piv.blocks(rows)
     assert len(pruned) == len(plain)
     for (b1, c1), (b2, c2) in zip(pruned, plain):

@@ -235,20 +235,32 @@ class PivotColumns:
         self.rmax = np.full(p, -np.inf)
         self.rmin[self.used] = self.dist[cuts]  # sorted by distance within each cell
         self.rmax[self.used] = self.dist[self.starts[self.used + 1] - 1]
-        # the products in sorted order, and per (A, C) bounds on t_A(v) = v.c_A - v.c_C over
-        # C's members v (float32 differences, widened by their rounding bound |a - b| eps / 2
-        # with |a|, |b| <= max |x| |c|): a cell whose range misses a block's interval holds no
-        # candidate column
-        own32 = self.gown.astype(np.float32)
-        tol = 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(xn.max(initial=0) * self.cn.max(initial=0))) + 1e-30
-        self.tmin = np.full((p, p), np.inf)
-        self.tmax = np.full((p, p), -np.inf)
-        for a in range(0, p, 32):
-            g[a:a + 32] = g[a:a + 32][:, self.order]
-            tv = g[a:a + 32] - own32[None, :]
-            self.tmin[a:a + 32, self.used] = np.minimum.reduceat(tv, cuts, axis=1) - tol
-            self.tmax[a:a + 32, self.used] = np.maximum.reduceat(tv, cuts, axis=1) + tol
-        self.g = g
+        self.g = g  # (centres, rows of x): not reordered (no second copy)
+        # per (A, C) bounds on t_A(v) = v.c_A - v.c_C over C's members v, filled for a cell A
+        # when a block of A first asks (:meth:`cell_ranges`)
+        self.tmin = np.full((p, p), -np.inf)
+        self.tmax = np.full((p, p), np.inf)
+        self.ranged = np.zeros(p, dtype=bool)
+        self._own32 = self.gown.astype(np.float32)
+        # float32 differences are within |a - b| eps / 2 of the float64 ones, |a|, |b| <= max |x| |c|
+        self._tol = 2.0 * float(np.finfo(np.float32).eps) * float(np.sqrt(xn.max(initial=0) * self.cn.max(initial=0))) + 1e-30
+
+    def cell_ranges(self, a: int) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) least and greatest ``t_A(v) = v.c_A - v.c_C`` (``A = a``) over the members
+        ``v`` of each cell ``C``, as the column test computes them (float64 differences of the
+        float32 products; here float32 differences widened by their rounding bound; +-inf for
+        empty cells): a cell whose range misses a block's hyperplane interval holds no
+        candidate column. Computed once per cell ``a``."""
+        if not self.ranged[a]:
+            tv = self.g[a, self.order]  # in sorted positions: each cell's members contiguous
+            tv -= self._own32
+            cuts = self.starts[self.used]
+            self.tmin[a] = np.inf
+            self.tmax[a] = -np.inf
+            self.tmin[a, self.used] = np.minimum.reduceat(tv, cuts) - self._tol
+            self.tmax[a, self.used] = np.maximum.reduceat(tv, cuts) + self._tol
+            self.ranged[a] = True
+        return self.tmin[a], self.tmax[a]
 
     @staticmethod
     def _products(xs: np.ndarray, c32: np.ndarray) -> np.ndarray:
@@ -282,10 +294,11 @@ class PivotColumns:
         for part in np.split(ps, cuts):
             A = int(self.cell[part[0]])
             gap = self.gaps[A]  # |c_A - c_C|
+            tmin, tmax = self.cell_ranges(A)
             reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
             for a in range(0, len(part), self.block):
                 blk = part[a:a + self.block]
-                gb = self.g[:, blk].T.astype(np.float64)  # (B, P)
+                gb = self.g[:, self.order[blk]].T.astype(np.float64)  # (B, P)
                 t = gb[:, [A]] - gb  # t(u) for every cell C
                 t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
                 du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
@@ -293,12 +306,12 @@ class PivotColumns:
                 # cells whose members' centre distances overlap the annulus and whose
                 # hyperplane range meets the interval, then their members
                 cand = np.flatnonzero((d_lo <= self.rmax) & (d_hi >= self.rmin)
-                                      & (self.tmax[A] >= t_lo) & (self.tmin[A] <= t_hi))
+                                      & (tmax >= t_lo) & (tmin <= t_hi))
                 i = self.starts[cand]
                 span = self.starts[cand + 1] - i
                 idx = np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span) + np.arange(span.sum())
                 c = self.cell[idx]
-                tv = self.g[A, idx].astype(np.float64) - self.gown[idx]
+                tv = self.g[A, self.order[idx]].astype(np.float64) - self.gown[idx]
                 dv = self.dist[idx]
                 keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
                 out.append((self.order[blk], np.sort(self.order[idx[keep]])))
