@@ -23,12 +23,15 @@ Stages (each timed as ``tsds_<stage>``):
 3. **kde** (``sigma > 0``): exact densities against the prefetched set ``U`` (the union of
    the lists), for the neighbours the plan depends on only (see
    :func:`~.solver.solve_needing_densities`), as range sums (:mod:`.kde`): ``U`` is cut into
-   k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows is compared only
-   with the columns that two triangle-inequality bounds leave, a float32 screen drops the
-   columns outside every row's kernel and float64 BLAS weighs the rest. Exact either way.
-
-The products run in this process use one BLAS thread by default (``blas_threads``).
+   k-means cells (:class:`~.kde.PivotColumns`), each block of needed rows (one cell) is
+   compared only with the columns that two triangle-inequality bounds leave (whole cells
+   first, by each cell's range of the hyperplane coordinate, then column by column), a
+   float32 screen drops the columns outside every row's kernel and float64 BLAS weighs the
+   rest; the squared norms of ``U`` are computed once for all blocks. Exact either way.
 4. **solve**: the water-filling (:func:`~.solver.water_filling`), float64, on the driver.
+
+The products run in this process use one BLAS thread by default (``blas_threads``), and
+glibc keeps freed temporaries for reuse during the call (``reuse_memory``).
 
 Memory: a search task holds one block of rows (about ``SEARCH_BLOCK_BYTES / (4 M)`` rows,
 x2 for float64 or a normalised copy), its distances and up to ``2 M (L + margin) * 12``
