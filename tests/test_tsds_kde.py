@@ -119,3 +119,13 @@ def test_cell_ranges_hold_every_member_and_prune_nothing_the_column_test_keeps(d
         assert b1.tolist() == b2.tolist() and c1.tolist() == c2.tolist()
     assert sorted(np.concatenate([b for b, _ in pruned]).tolist()) == rows.tolist()
     assert (np.sort(piv.order) == np.arange(len(x))).all() and (piv.order[piv.pos] == np.arange(len(x))).all()
+
+
+def test_nearest_centre_is_argmax_with_ties_to_the_lower_centre():
+    rng = np.random.default_rng(4)
+    g = np.round(rng.standard_normal((37, 40000)) * 4).astype(np.float32)  # many exact ties
+    cn = np.round(rng.random(37) * 4) / 2
+    want = np.argmax(g - (0.5 * cn).astype(np.float32)[:, None], axis=0)
+    assert (PivotColumns._nearest(g, cn) == want).all()
+    assert (PivotColumns._nearest(g[:, :500], cn, cols=7) == want[:500]).all()  # blocks of 7 columns
+    assert (PivotColumns._nearest(g[:1], cn[:1]) == 0).all()

@@ -271,13 +271,25 @@ class PivotColumns:
         return g
 
     @staticmethod
-    def _nearest(g: np.ndarray, cn: np.ndarray, cols: int = 8192) -> np.ndarray:
-        """Per row (column of the products ``g``), the centre maximising ``g - |c|^2 / 2``
-        (the nearest)."""
-        half = (0.5 * cn).astype(np.float32)[:, None]
+    def _nearest(g: np.ndarray, cn: np.ndarray, cols: int = 16384) -> np.ndarray:
+        """Per row of ``x`` (column of the products ``g``), the centre maximising
+        ``g - |c|^2 / 2`` (the nearest; ties to the lower centre, as ``argmax``): a running
+        maximum down the centres, over ``cols`` columns at a time (contiguous rows of ``g``;
+        an ``argmax`` along axis 0 would first copy each block transposed, 5x slower here)."""
+        half = (0.5 * cn).astype(np.float32)
         out = np.empty(g.shape[1], dtype=np.int64)
         for s in range(0, g.shape[1], cols):
-            out[s:s + cols] = np.argmax(g[:, s:s + cols] - half, axis=0)
+            blk = g[:, s:s + cols]
+            best = blk[0] - half[0]
+            arg = np.zeros(blk.shape[1], dtype=np.int64)
+            v = np.empty_like(best)
+            more = np.empty(blk.shape[1], dtype=bool)
+            for i in range(1, len(blk)):
+                np.subtract(blk[i], half[i], out=v)
+                np.greater(v, best, out=more)
+                np.maximum(best, v, out=best)
+                np.copyto(arg, i, where=more)
+            out[s:s + cols] = arg
         return out
 
     def blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
