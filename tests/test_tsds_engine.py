@@ -295,3 +295,15 @@ def test_hugepage_advice_leaves_the_result_and_restores_numpys_setting(tsds_data
     np.testing.assert_array_equal(got.neighbor_ids, ref.neighbor_ids)
     with pytest.raises(ConfigError, match="hugepages"):
         tsds(q, x, max_k=300, hugepages="no")
+
+
+def test_reuse_memory_leaves_the_result_unchanged(tsds_data):
+    from tasksift.errors import ConfigError
+
+    q, x, _ = tsds_data
+    on = tsds(q, x, max_k=300, kde_k=100, seed=0)
+    off = tsds(q, x, max_k=300, kde_k=100, seed=0, reuse_memory=False)
+    np.testing.assert_array_equal(on.p, off.p)
+    np.testing.assert_array_equal(on.neighbor_ids, off.neighbor_ids)
+    with pytest.raises(ConfigError, match="reuse_memory"):
+        tsds(q, x, max_k=300, reuse_memory="yes")

@@ -462,6 +462,8 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
         raise ConfigError(f"tsds: blas_threads must be an integer >= 1 or None, got {blas_threads!r}")
     if hugepages is not None and not isinstance(hugepages, (bool, np.bool_)):
         raise ConfigError(f"tsds: hugepages must be True, False or None, got {hugepages!r}")
+    if not isinstance(reuse_memory, (bool, np.bool_)):
+        raise ConfigError(f"tsds: reuse_memory must be True or False, got {reuse_memory!r}")
     memory = reuse_freed_memory() if reuse_memory else contextlib.nullcontext()
     with blas_thread_limit(blas_threads), hugepage_advice(hugepages), memory:
         return _tsds(query, candidates, alpha=alpha, C=C, sigma=sigma, max_k=max_k, kde_k=kde_k, index=index,

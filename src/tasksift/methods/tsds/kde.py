@@ -29,7 +29,6 @@ def sq_norms(a: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, a, dtype=np.float64)
 
 
-
 def kernel_columns(xr: np.ndarray, xc: np.ndarray, sigma: float, kde_k: int | None = None, *,
                    rn: np.ndarray | None = None, cn: np.ndarray | None = None) -> np.ndarray:
     """Indices of the columns ``xc`` that may lie inside the kernel (distance < ``sigma``) of
@@ -173,8 +172,10 @@ class PivotColumns:
 
     both widened by the rounding bound of the float32 products ``x.c`` they come from. Exact:
     no column inside the kernel is left out. ``norms``: :func:`sq_norms` of ``x``, when known
-    (used for float32 ``x``). Memory: ``len(x) * n_pivots`` float32 products (kept in the
-    order of the cells: ``order``/``pos`` map between rows of ``x`` and sorted positions).
+    (used for float32 ``x``). Memory: ``len(x) * n_pivots`` float32 products ``g`` (in the
+    rows' order) and, per row, its cell, distance to its centre and norm in *sorted* positions
+    (by cell, then distance: ``order``/``pos`` map between the two), plus two (P, P) float64
+    tables of the cells' hyperplane ranges (:meth:`cell_ranges`).
     """
 
     def __init__(self, x: np.ndarray, sigma: float, *, n_pivots: int = 256, seed: int = 0,
