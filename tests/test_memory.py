@@ -22,13 +22,10 @@ def _glibc() -> bool:
 
 pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc only")
 
-# glibc's own malloc/free through ctypes: a 16 MiB free first (glibc then raises its mmap
-# threshold to 16 MiB), then 100 touched 2 MiB blocks, each followed by a 64 KiB block that
-# pins the heap above it, then the 2 MiB blocks are freed
-SCRIPT = textwrap.dedent("""
+# glibc's malloc, free and mallinfo2 through ctypes, for the scripts below
+GLIBC = textwrap.dedent("""
     import ctypes, json, sys
     import psutil
-    from tasksift.memory import return_freed_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -38,6 +35,13 @@ SCRIPT = textwrap.dedent("""
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
     libc.mallinfo2.restype = MallInfo2
+""")
+
+# glibc's own malloc/free through ctypes: a 16 MiB free first (glibc then raises its mmap
+# threshold to 16 MiB), then 100 touched 2 MiB blocks, each followed by a 64 KiB block that
+# pins the heap above it, then the 2 MiB blocks are freed
+SCRIPT = GLIBC + textwrap.dedent("""
+    from tasksift.memory import return_freed_memory
     applied = return_freed_memory() if sys.argv[1] == "on" else 0
     rss = lambda: psutil.Process().memory_info().rss
     libc.free(libc.malloc(16 << 20))
@@ -82,19 +86,8 @@ def test_threshold_from_the_environment(monkeypatch):
 # a 40 MiB block: heap-served inside reuse_freed_memory (64 MiB threshold), mmap-ed before
 # and after it (glibc's settled 32 MiB, restored on exit); a 16 MiB block freed inside stays
 # in the process until the exit trims it
-REUSE = textwrap.dedent("""
-    import ctypes, json
-    import psutil
+REUSE = GLIBC + textwrap.dedent("""
     from tasksift.memory import reuse_freed_memory
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallinfo2.restype = MallInfo2
 
     def mapped(size):
         h = libc.mallinfo2().hblks
