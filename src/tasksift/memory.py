@@ -42,23 +42,19 @@ def return_freed_memory(threshold: int | None = None) -> int:
     if threshold is None:
         env = os.environ.get("TASKSIFT_MMAP_THRESHOLD", "")
         threshold = int(env) if env.isdigit() else DEFAULT_MMAP_THRESHOLD
-    if threshold <= 0 or not sys.platform.startswith("linux"):
+    if threshold <= 0:
         return 0
     if _applied == threshold:
         return threshold
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(int(threshold)))
-    except (OSError, AttributeError):   # not glibc (e.g. musl has no mallopt)
-        return 0
-    if ok != 1:
+    libc = _libc()
+    if libc is None or libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(int(threshold))) != 1:
         return 0
     _applied = int(threshold)
     return _applied
 
 
 def _libc() -> ctypes.CDLL | None:
-    """glibc, where this is Linux with glibc (None otherwise)."""
+    """glibc, where this is Linux with glibc (None otherwise: e.g. musl has no mallopt)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
