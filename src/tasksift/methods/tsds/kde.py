@@ -311,7 +311,8 @@ class PivotColumns:
             reach_t = self.sigma * gap * (1.0 + 1e-12) + 4.0 * self.err
             for a in range(0, len(part), self.block):
                 blk = part[a:a + self.block]
-                gb = self.g[:, self.order[blk]].T.astype(np.float64)  # (B, P)
+                blk_rows = self.order[blk]  # the block's rows of x
+                gb = self.g[:, blk_rows].T.astype(np.float64)  # (B, P)
                 t = gb[:, [A]] - gb  # t(u) for every cell C
                 t_lo, t_hi = t.min(axis=0) - reach_t, t.max(axis=0) + reach_t
                 du = np.sqrt(np.maximum(self.xn[blk][:, None] + self.cn[None, :] - 2.0 * gb, 0.0))
@@ -324,8 +325,9 @@ class PivotColumns:
                 span = self.starts[cand + 1] - i
                 idx = np.repeat(i - np.concatenate([[0], np.cumsum(span)[:-1]]), span) + np.arange(span.sum())
                 c = self.cell[idx]
-                tv = self.g[A, self.order[idx]].astype(np.float64) - self.gown[idx]
+                idx_rows = self.order[idx]
+                tv = self.g[A, idx_rows].astype(np.float64) - self.gown[idx]
                 dv = self.dist[idx]
                 keep = (tv >= t_lo[c]) & (tv <= t_hi[c]) & (dv >= d_lo[c]) & (dv <= d_hi[c])
-                out.append((self.order[blk], np.sort(self.order[idx[keep]])))
+                out.append((blk_rows, np.sort(idx_rows[keep])))
         return out
