@@ -112,8 +112,16 @@ def test_summarize_tolerates_rows_without_new_fields(seed_dirs, tmp_path):
 
 def test_summarize_refuses_mismatched_or_duplicate_dirs(seed_dirs, tmp_path):
     work, dirs = seed_dirs
-    with pytest.raises(ConfigError, match="same seed twice"):
+    with pytest.raises(ConfigError, match="given twice"):
         summarize_dirs([dirs[0], dirs[0]], tmp_path / "x")
+    copy = tmp_path / "copy"       # the same arm in two dirs with different rows: two runs of one seed
+    copy.mkdir()
+    (copy / "run.json").write_text((dirs[0] / "run.json").read_text())
+    rows = read_results(dirs[0] / "results.jsonl")
+    rows[-1]["scores"]["loss"]["all"] += 1.0
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match="same seed twice"):
+        summarize_dirs([dirs[0], copy], tmp_path / "x")
     other = tmp_path / "other"
     run_evaluation(_recipe(work, 2, finetune={"steps": 2, "lr": 5e-3, "r": 4, "alpha": 8, "batch_size": 4,
                                               "max_length": 128}), other, progress=False)

@@ -3,9 +3,11 @@
 publishable summary (``bench/results/<task>.json``, see :func:`.summary.publishable`).
 
 Each dir needs ``run.json`` (the recipe) and ``results.jsonl``. The recipes must agree on
-everything but ``seeds`` (and output settings). The base model's arm, identical in every dir,
+everything but ``seeds``, ``methods`` (a dir may add methods to the others': the combined
+recipe lists the union) and output settings. The base model's arm, identical in every dir,
 is taken from the first dir that has it; an arm present in two dirs is an error (two runs of
-the same seed). Rows lacking fields added after a run started (answer style, per-item choice
+the same seed) unless the two rows are equal (a row copied so that a run of added methods
+skips its base and random arms). Rows lacking fields added after a run started (answer style, per-item choice
 counts, the target's answer style) are tolerated; with the task's data at hand (the recipe's
 ``task`` paths) the task-level ones are recomputed from it.
 """
@@ -20,7 +22,7 @@ from ..errors import ConfigError
 from .config import recipe_from_dict
 from .arms import RESULTS, json_line, read_results
 
-_IGNORED = ("seeds", "out", "progress", "cache_dir", "keep_adapters")
+_IGNORED = ("seeds", "methods", "out", "progress", "cache_dir", "keep_adapters")
 
 
 def _recipe_key(recipe: dict[str, Any]) -> str:
@@ -54,6 +56,10 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
     seeds, rows in a stable order, the first dir's summary.json for pool information)."""
     if not dirs:
         raise ConfigError("--summarize needs at least one out dir")
+    named = [Path(d).resolve() for d in dirs]
+    again = sorted({str(d) for d in dirs if named.count(Path(d).resolve()) > 1})
+    if again:
+        raise ConfigError(f"out dir(s) given twice: {', '.join(again)}")
     recipes, all_rows, summaries = [], [], []
     for d in dirs:
         r, rows, s = read_run_dir(d)
@@ -68,6 +74,7 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
                           != json.dumps(recipes[0].get(k), sort_keys=True, default=str))
             raise ConfigError(f"{d} was run with another recipe than {dirs[0]} (differs in: {', '.join(diff)})")
     seen: dict[str, str] = {}
+    seen_rows: dict[str, dict[str, Any]] = {}
     merged: list[dict[str, Any]] = []
     for d, rows in all_rows:
         for row in rows:
@@ -75,11 +82,17 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
                 if row["arm"] in seen:
                     continue
             elif row["arm"] in seen:
+                if json_line(row) == json_line(seen_rows[row["arm"]]):
+                    continue   # the same row, copied into a second dir
                 raise ConfigError(f"arm {row['arm']} is in both {seen[row['arm']]} and {d}: the same seed twice")
             seen[row["arm"]] = d
+            seen_rows[row["arm"]] = row
             merged.append(row)
     seeds = sorted({s for r in recipes for s in r.get("seeds", [])})
-    recipe = {**recipes[0], "seeds": seeds}
+    methods: list[Any] = []
+    for r in recipes:
+        methods += [m for m in r.get("methods", []) if m not in methods]
+    recipe = {**recipes[0], "seeds": seeds, "methods": methods}
     order = {"base": 0, "random": 1, "method": 2, "full": 3}
     merged.sort(key=lambda r: (order.get(r["kind"], 9), r["method"], str(r["budget"]), r["seed"] if r["seed"] is not None else -1))
     first_summary = next((s for s in summaries if s), {})

@@ -12,7 +12,8 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
       n_target: 50                     # target examples given to the selectors
       n_test: 300                      # held-out gold-labelled test items (disjoint)
       seed: 0
-    methods: [knn, "dedup -> knn"]     # registered names or recipe strings
+    methods: [knn, "dedup -> knn",     # registered names or recipe strings; a trailing
+              "knn [embed_text=prompt]"]  # [settings] makes an arm of other features (.variants)
     method_options: {knn: {k: 5}}      # per-method options (config= of tasksift.select)
     budgets: [0.01, 0.05]              # floats < 1 = ratios of the pool, ints = row counts
     seeds: [0, 1]
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .variants import split_arm
 
 SCORERS = ("loss", "loss_answer", "mc", "em")
 DTYPES = ("float32", "bfloat16")
@@ -175,8 +177,16 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         methods = [methods]
     if not isinstance(methods, list):
         raise ConfigError("'methods' must be a list of method names or recipe strings", file=source)
+    labels: list[str] = []
     for m in methods:
-        method_label(m)
+        labels.append(method_label(m))
+        try:
+            split_arm(labels[-1])
+        except ConfigError as e:
+            raise ConfigError(str(e), file=source) from None
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ConfigError(f"method(s) listed twice: {', '.join(twice)}", file=source)
     methods = [m for m in methods if method_label(m) != "random"]
     budgets = d.get("budgets", [0.01, 0.05])
     if not isinstance(budgets, list) or not budgets:

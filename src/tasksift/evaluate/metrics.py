@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .scorers import HIGHER_IS_BETTER
+from .variants import method_parts
 
 #: Penalty per declared cost class.
 COST_PENALTY = {"cheap": 0.0, "moderate": 1.0, "expensive": 2.0}
@@ -85,11 +86,6 @@ def efficiency(sdf_value: float, pir_value: float, line: tuple[float, float] | N
         return float("nan")
     a, b = line
     return float((pir_value - (a + b * sdf_value)) / math.sqrt(1.0 + b * b))
-
-
-def method_parts(method: str) -> list[str]:
-    """``"dedup -> knn"`` -> ``["dedup", "knn"]``."""
-    return [p.strip() for p in str(method).split("->") if p.strip()]
 
 
 def feasibility_penalty(method: str, infos: Mapping[str, Any]) -> dict[str, Any]:

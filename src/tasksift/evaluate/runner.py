@@ -32,6 +32,7 @@ from ..finetune import finetune_lora
 from ..manifest import peak_memory_mb
 from .arms import RESULTS, arm_id, json_line, plan_arms, read_results
 from .config import EvalRecipe, budget_label, method_label
+from .variants import method_of, split_arm
 from .contamination import OverlapResult, find_overlaps, pool_text
 from .metrics import compute_metrics
 from .scorers import ITEM_SCORERS, ModelScorer, aggregate
@@ -69,13 +70,15 @@ def load_pool(recipe: EvalRecipe) -> LoadedData:
 
 
 def _method_config(recipe: EvalRecipe, label: str) -> dict[str, Any]:
-    """The method's options from the recipe; LM-based methods default to the base model."""
+    """The method's options from the recipe (under the arm's whole label, else, for an arm
+    with [settings], under its method's); LM-based methods default to the base model."""
     from ..methods.registry import get_method
 
-    opts = dict(recipe.method_options.get(label, {}))
-    if "->" in label:
+    spec = method_of(label)
+    opts = dict(recipe.method_options.get(label) or (recipe.method_options.get(spec, {}) if isinstance(spec, str) else {}))
+    if not isinstance(spec, str) or "->" in spec:
         return opts
-    cls = get_method(label)
+    cls = get_method(spec)
     defaults = getattr(cls, "defaults", {}) or {}
     if "lm" in cls.info.needs and "model" in defaults and "model" not in opts:
         opts["model"] = recipe.base_model
@@ -93,14 +96,15 @@ def validate_methods(recipe: EvalRecipe) -> None:
 
     for m in recipe.methods:
         label = method_label(m)
-        if isinstance(m, str) and "->" not in m:
-            get_method(label)(**_method_config(recipe, label))
+        spec = method_of(m)
+        if isinstance(spec, str) and "->" not in spec:
+            get_method(spec)(**_method_config(recipe, label))
             continue
         try:
             from ..recipe import parse_recipe
         except ImportError:
             raise ConfigError(f"method recipe '{label}' needs tasksift.recipe, which this install lacks") from None
-        parse_recipe(m)
+        parse_recipe(spec)
 
 
 class Evaluation:
@@ -195,18 +199,21 @@ class Evaluation:
             return np.arange(n), {"total": 0.0}, {}
         b = arm["budget_value"]
         kw = {"ratio": b} if isinstance(b, float) and b < 1 else {"count": min(int(b), n)}
-        method = arm["spec"]
+        method = method_of(arm["spec"])
         label = arm["method"]
         sel = select(self.pool, self.task.target, method=method, seed=int(arm["seed"]),
                      config=_method_config(self.recipe, label), cache_dir=self.cache_dir, progress=self.progress,
-                     embed=self.embed_config(), explain=False, **kw)   # an arm needs the indices only, not report.html's data
+                     embed=self.embed_config(label), explain=False, **kw)   # an arm needs the indices only, not report.html's data
         return sel.indices, dict(sel.timings), dict(sel.info)
 
-    def embed_config(self):
-        """The embedding settings of every arm's selection (the recipe's embed_model / embed_dtype)."""
+    def embed_config(self, label: str | None = None):
+        """The embedding settings of an arm's selection: the recipe's embed_model / embed_dtype,
+        and the text its label's [settings] name (default: prompt and response)."""
         from ..features.embed import EmbedConfig
 
-        return EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device, dtype=self.recipe.embed_dtype)
+        text = split_arm(label)[1].get("embed_text", "text") if label else "text"
+        return EmbedConfig(model=self.recipe.embed_model, device=self.recipe.device, dtype=self.recipe.embed_dtype,
+                           text=text)
 
     def _score(self, model, tok) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.task is not None
@@ -237,8 +244,8 @@ class Evaluation:
             timings["select"] = time.perf_counter() - t
             timings["select_stages"] = {k: round(v, 4) for k, v in sel_timings.items()}
             row["peak_rss_mb_after_select"] = round(peak_memory_mb(), 1)
-            cfg = self.embed_config()
-            row["embed"] = {"model": cfg.model, "dtype": cfg.resolved_dtype()}   # what the vectors were, if used
+            cfg = self.embed_config(arm["method"])
+            row["embed"] = {"model": cfg.model, "dtype": cfg.resolved_dtype(), "text": cfg.text}   # what the vectors were, if used
             subset = [self.pool.examples[int(i)] for i in idx]
             row["n_selected"] = len(subset)
             mix: dict[str, int] = {}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from .variants import method_parts
+
 #: The survey's twelve published (SDF, PIR) points (TEDD-Ranker page, current version).
 PUBLISHED_POINTS: dict[str, tuple[float, float]] = {
     "AlpaGasus": (0.173, 1.284), "Superfiltering": (0.05, 1.475), "InsTag": (0.02, 1.344),
@@ -82,8 +84,7 @@ def _dense(values: Mapping[str, float]) -> dict[str, int]:
 
 def _traits_of(method: str, infos: Mapping[str, Any]) -> tuple[float, int, bool, bool, bool, bool] | None:
     """A method's (or a recipe's, parts summed / or-ed) survey traits from the registry."""
-    parts = [p.strip() for p in method.split("->") if p.strip()]
-    got = [getattr(infos.get(p), "survey", None) for p in parts]
+    got = [getattr(infos.get(p), "survey", None) for p in method_parts(method)]
     if not got or any(g is None for g in got):
         return None
     return (sum(g.llms_trained for g in got), sum(g.steps for g in got), all(g.reproducible for g in got),
