@@ -3,6 +3,7 @@ same inputs, as whole processes in alternating runs.
 
     python bench/tsds.py [--sizes 100000,1000000] [--reference PATH/tsds.py] [--rounds 3]
                          [--dir DIR] [--mmap] [--no-exact] [--queries 200] [--dim 384]
+                         [--backend local|processes] [--workers N]
 
 ``--reference`` is the path of a runnable copy of ``tsds.py`` from github.com/ZifanL/TSDS
 (the project does not ship it, and this bench changes nothing in it). It is run as
@@ -17,7 +18,9 @@ per cluster), the ``--queries`` queries from ``--task-clusters`` of them, writte
 files under ``--dir``. Settings: alpha 0.5, C 5, sigma 0.75, max_k 5000, kde_k 1000.
 tasksift runs ``tsds(q, x)`` on the arrays loaded with ``np.load`` (``--mmap``: on the
 ``.npy`` path, read shard by shard). Wall time and peak memory (max RSS) are the operating
-system's figures for the whole child process (``os.wait4``); the medians over ``--rounds``
+system's figures for the whole child process (``os.wait4``; with ``--backend processes`` the
+peak is that of the largest process, the driver or a worker, whose pages the forked workers
+share); the medians over ``--rounds``
 are printed with the ratio tasksift / reference taken round by round.
 
 The exact float64 reference (unless ``--no-exact``) is computed once per size in its own
@@ -88,13 +91,14 @@ def run_measured(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
 # children
 
 
-def child_tasksift(qp: str, xp: str, out: str, mmap: bool) -> None:
+def child_tasksift(qp: str, xp: str, out: str, mmap: bool, backend: str = "local", workers: int = 0) -> None:
     sys.path.insert(0, str(ROOT / "src"))
+    from tasksift.exec import make_executor
     from tasksift.methods.tsds import tsds
 
     q = np.load(qp)
     x = xp if mmap else np.load(xp)
-    r = tsds(q, x, seed=0, **SETTINGS)
+    r = tsds(q, x, seed=0, executor=make_executor(backend, workers=workers or None), **SETTINGS)
     np.save(out, r.p)
     info = {k: r.info[k] for k in ("prefetched", "density_rows", "support_size", "fully_filled_queries",
                                    "search_cut_uncertified", "search_researched_rows")}
@@ -188,6 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default=None, help="folder for the inputs (default: a temporary folder)")
     ap.add_argument("--mmap", action="store_true", help="give tasksift the .npy path instead of the array")
     ap.add_argument("--no-exact", action="store_true", help="skip the float64 exact reference")
+    ap.add_argument("--backend", default="local", choices=["local", "processes"],
+                    help="tasksift's executor (processes: worker processes on this machine)")
+    ap.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=200)
@@ -199,7 +206,8 @@ def main(argv=None) -> int:
     if args.child:
         kind, *rest = args.child
         if kind == "tasksift":
-            child_tasksift(rest[0], rest[1], rest[2], rest[3] == "1")
+            child_tasksift(rest[0], rest[1], rest[2], rest[3] == "1", *(rest[4:5] or ["local"]),
+                           *[int(w) for w in rest[5:6]])
         else:
             child_exact(*rest)
         return 0
@@ -214,7 +222,8 @@ def main(argv=None) -> int:
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     print(f"TSDS bench: M={args.queries}, d={args.dim}, {args.clusters} clusters (queries from "
           f"{args.task_clusters}), {SETTINGS}; {os.cpu_count()} CPUs; tasksift input: "
-          f"{'.npy path' if args.mmap else 'array (np.load)'}; reference: {skip or ref}")
+          f"{'.npy path' if args.mmap else 'array (np.load)'}, executor {args.backend}"
+          f"{f' ({args.workers} workers)' if args.workers else ''}; reference: {skip or ref}")
     rows = []
     try:
         for n in [int(float(s)) for s in args.sizes.split(",") if s]:
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
                     run_dir.mkdir()
                     if impl == "tasksift":
                         out = run_measured(me + ["tasksift", str(qp), str(xp), str(run_dir / "p.npy"),
-                                                 "1" if args.mmap else "0"], run_dir)
+                                                 "1" if args.mmap else "0", args.backend, str(args.workers)], run_dir)
                         if out["rc"] == 0:
                             out.update(json.loads(out["output"].strip().splitlines()[-1]))
                             out["p"] = run_dir / "p.npy"

@@ -95,9 +95,11 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
     p.add_argument("--no-report", action="store_true", default=None,
                    help="write neither report.html nor the tasksift_nearest_target columns (skips their cost)")
-    p.add_argument("--backend", choices=["local", "ray"], default=None,
-                   help="where features (and TSDS neighbour search + KDE) are computed: in this process (default) or on Ray")
-    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument("--backend", choices=["local", "processes", "ray"], default=None,
+                   help="where features (and TSDS neighbour search + KDE) are computed: in this process (default), "
+                        "in worker processes on this machine, or on Ray")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (processes: default one per core) or Ray actors (default: one per GPU, else per CPU)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default $RAY_ADDRESS or a local cluster)")
 
 
@@ -136,7 +138,7 @@ def _setting_table() -> dict[str, Any]:
         "quotas": Option(None, "", str, dict, None),
         "fields": Option(None, "", str, dict, None),
         "format": Option(None, "", Choices("json", "jsonl", "csv", "tsv", "parquet", "hf"), None),
-        "backend": Option(None, "", Choices("local", "ray"), None),
+        "backend": Option(None, "", Choices("local", "processes", "ray"), None),
         "embed_text": Option(None, "", Choices("text", "prompt", "response"), None),
         "target_fields": Option(None, "", str, dict, None),
     })

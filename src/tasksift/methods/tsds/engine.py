@@ -64,6 +64,8 @@ EXACT_KINDS = ("auto", "exact", "flat")
 #: bytes of float32 distances per search block: small enough to be reused from the heap
 #: rather than mapped afresh (page faults) for every block
 SEARCH_BLOCK_BYTES = 16 * 2**20
+#: candidates per search task by default (fewer when an executor has more workers than shards)
+SHARD_ROWS = 250_000
 
 
 @dataclass
@@ -177,9 +179,9 @@ def die_once(marker: str | None) -> None:
 
 
 def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, normalize: bool,
-                      kill: str | None = None, *, q: np.ndarray) -> dict[str, Any]:
+                      kill: str | None = None, *, q: np.ndarray, x: np.ndarray | None = None) -> dict[str, Any]:
     """One shard of the search: rows ``start:end`` of ``source`` (an array or a ``.npy``
-    path), read, checked for NaN/inf and normalised when asked one search block at a time
+    path; None: the shared array ``x``), read, checked for NaN/inf and normalised when asked one search block at a time
     (a path's rows are read into blocks of about ``SEARCH_BLOCK_BYTES`` of distances, which
     the allocator reuses, never the whole shard at once), and their exact top-``k`` per query
     (float32 squared L2, ids local to the shard, unordered)."""
@@ -187,6 +189,7 @@ def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, nor
     die_once(kill)
     rows = max(int(k) + 1, block_rows(len(q), 4, SEARCH_BLOCK_BYTES))
     owned = isinstance(source, (str, os.PathLike))
+    source = x if source is None else source
     seen = {"bad": -1, "sq": 0.0, "read": 0.0, "bytes": 0}
 
     def blocks() -> Iterator[tuple[int, np.ndarray]]:
@@ -217,13 +220,14 @@ def sq_dist_tolerance(d: int) -> float:
 
 
 def range_shard_task(source: Any, start: int, end: int, dtype: str, normalize: bool, *, q: np.ndarray,
-                     limit: np.ndarray) -> dict[str, Any]:
-    """Rows ``start:end`` of ``source`` (read and normalised as the search does) that may lie
+                     limit: np.ndarray, x: np.ndarray | None = None) -> dict[str, Any]:
+    """Rows ``start:end`` of ``source`` (None: of the shared array ``x``; read and normalised
+    as the search does) that may lie
     within squared distance ``limit[i]`` of query ``i``: every row whose float32 squared
     distance, less its rounding bound (:func:`sq_dist_tolerance`), is at most the limit.
     Returns per query the sorted absolute row ids."""
     t0 = time.perf_counter()
-    x, _, _ = checked_block(read_rows(source, start, end), np.dtype(dtype), normalize,
+    x, _, _ = checked_block(read_rows(x if source is None else source, start, end), np.dtype(dtype), normalize,
                             owned=isinstance(source, (str, os.PathLike)))
     q32 = np.ascontiguousarray(q, dtype=np.float32)
     qn = np.einsum("ij,ij->i", q32, q32)
@@ -298,8 +302,14 @@ class Candidates:
         return isinstance(self.source, str)
 
     def shard(self, s: int, e: int) -> tuple[Any, int, int]:
-        """(source, start, end) arguments that make a task read rows ``s:e``."""
-        return (self.source, s, e) if self.is_path else (self.source[s:e], 0, e - s)
+        """(source, start, end) arguments that make a task read rows ``s:e``: the path, or
+        None for an array, which tasks get once as the shared ``x`` (:meth:`shared`)."""
+        return (self.source if self.is_path else None), s, e
+
+    def shared(self) -> dict[str, Any]:
+        """The shared arguments the shards read: ``{"x": array}`` for an array (sent to each
+        worker once: by reference in this process, by fork or the object store elsewhere)."""
+        return {} if self.is_path else {"x": self.source}
 
 
 def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[int, int]], normalize: bool,
@@ -311,7 +321,8 @@ def _search_exact(q: np.ndarray, cands: Candidates, kp: int, shards: list[tuple[
     calls = ((i, (*cands.shard(s, e), kp, cands.dtype.name, normalize, kill("search", i)))
              for i, (s, e) in enumerate(shards))
     x_sq = 0.0
-    for i, r in executor.map_tasks(search_shard_task, calls, shared={"q": np.ascontiguousarray(q, np.float32)}):
+    shared = {"q": np.ascontiguousarray(q, np.float32), **cands.shared()}
+    for i, r in executor.map_tasks(search_shard_task, calls, shared=shared):
         s = shards[i][0]
         if "bad_row" in r:
             raise DataError(f"row {s + r['bad_row']} holds NaN or inf", file="candidates")
@@ -329,11 +340,11 @@ def _range_search(q: np.ndarray, limit: np.ndarray, cands: Candidates, shards: l
     ``limit`` of it (:func:`range_shard_task` over all shards)."""
     found: list[list[np.ndarray]] = [[] for _ in range(len(q))]
     calls = ((i, (*cands.shard(s, e), cands.dtype.name, normalize)) for i, (s, e) in enumerate(shards))
-    shared = {"q": np.ascontiguousarray(q, np.float32), "limit": np.asarray(limit, dtype=np.float64)}
+    shared = {"q": np.ascontiguousarray(q, np.float32), "limit": np.asarray(limit, dtype=np.float64),
+              **cands.shared()}
     for i, r in executor.map_tasks(range_shard_task, calls, shared=shared):
-        off = 0 if cands.is_path else shards[i][0]
         for j, ids in enumerate(r["ids"]):
-            found[j].append(ids + off)
+            found[j].append(ids)
         stats.append({"stage": "range", "shard": i, "rows": int(shards[i][1] - shards[i][0]),
                       "seconds": r["seconds"], "pid": r["pid"], "peak_mb": r["peak_mb"]})
     return [np.sort(np.concatenate(f)) for f in found]
@@ -428,7 +439,7 @@ def merge_rows(rows_a: np.ndarray, xa: np.ndarray, rows_b: np.ndarray, xb: np.nd
 def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sigma: float = 0.75,
          max_k: int = 5000, kde_k: int = 1000, index: str = "auto", seed: int | None = None,
          normalize: bool = False, recall_sample: int = 50, executor: Executor | None = None,
-         shard_rows: int = 250_000, margin: int | None = None,
+         shard_rows: int | None = None, margin: int | None = None,
          timer: Callable[[str], ContextManager] | None = None, kill_once_dir: str | None = None,
          blas_threads: int | None = 1, hugepages: bool | None = False, reuse_memory: bool = True) -> TSDSResult:
     """Run TSDS and return the full :class:`TSDSResult` (probabilities, plan, densities,
@@ -438,7 +449,8 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
     path must be visible to every worker; tasks read their own rows, nobody maps the file).
     executor: where the shard, gather and density tasks run (default: this process, one
     after another); the result does not depend on it.
-    shard_rows: candidates per search task. margin: extra float32 neighbours kept per query
+    shard_rows: candidates per search task (default: ``SHARD_ROWS``, fewer where that would
+    leave one of the executor's workers without a shard). margin: extra float32 neighbours kept per query
     before the float64 cut (default ``16 + L / 50``).
     timer(stage): optional outer context manager factory (e.g. ``SelectionContext.timed``)
     that also receives ``tsds_search``, ``tsds_gather``, ``tsds_kde``, ``tsds_solve`` (and
@@ -473,12 +485,13 @@ def tsds(query: Any, candidates: Any, *, alpha: float = 0.5, C: float = 5.0, sig
 
 def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, max_k: int, kde_k: int,
           index: str, seed: int | None, normalize: bool, recall_sample: int, executor: Executor | None,
-          shard_rows: int, margin: int | None, timer: Callable[[str], ContextManager] | None,
+          shard_rows: int | None, margin: int | None, timer: Callable[[str], ContextManager] | None,
           kill_once_dir: str | None) -> TSDSResult:
     """:func:`tsds` itself, with the BLAS thread limit in place."""
     check_params(alpha, C, sigma, max_k, kde_k)
-    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
-        raise ConfigError(f"tsds: shard_rows must be an integer >= 1, got {shard_rows!r}")
+    if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer))
+                                   or shard_rows < 1):
+        raise ConfigError(f"tsds: shard_rows must be an integer >= 1 or None, got {shard_rows!r}")
     alpha, C, sigma = float(alpha), float(C), float(sigma)
     kind = resolve_index(index, 1, 1)  # validates; the exact kinds all take the sharded engine
     cands = Candidates.of(candidates)
@@ -487,6 +500,8 @@ def _tsds(query: Any, candidates: Any, *, alpha: float, C: float, sigma: float, 
     m, n = len(q), cands.n
     seed = 0 if seed is None else int(seed)
     executor = make_executor("local") if executor is None else executor
+    if shard_rows is None:
+        shard_rows = max(1, min(SHARD_ROWS, -(-n // max(1, int(executor.workers)))))
     L = int(min(max_k, n))
     kp = int(min(n, L + (16 + L // 50 if margin is None else int(margin))))
     tm = StageTimer(timer)

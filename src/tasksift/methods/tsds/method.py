@@ -14,7 +14,7 @@ from .sampling import SAMPLING_MODES, draw, nearest_query_distance
 
 DEFAULTS: dict[str, Any] = {
     "alpha": 0.5, "C": 5.0, "sigma": 0.75, "max_k": 5000, "kde_k": 1000, "index": "auto",
-    "sampling": "without_replacement", "normalize": True, "shard_rows": 250_000,
+    "sampling": "without_replacement", "normalize": True, "shard_rows": None,
 }
 
 
@@ -24,8 +24,9 @@ class TSDSSelection(SelectionMethod):
     """TSDS over the pool/target sentence embeddings. Options: ``alpha`` (0.5), ``C`` (5.0),
     ``sigma`` (0.75; 0 = KNN-Uniform), ``max_k`` (5000), ``kde_k`` (1000), ``index``
     ("auto"), ``sampling`` ("without_replacement" | "with_replacement" | "top"),
-    ``normalize`` (True: L2-normalise the embeddings first), ``shard_rows`` (250000:
-    candidates per search task, see :func:`tasksift.methods.tsds.engine.tsds`)."""
+    ``normalize`` (True: L2-normalise the embeddings first), ``shard_rows`` (None:
+    250000 candidates per search task, fewer where that leaves a worker of the executor
+    idle; see :func:`tasksift.methods.tsds.engine.tsds`)."""
 
     parameters = {
         "alpha": Option(DEFAULTS["alpha"], "weight of alignment to the target (1) against diversity (0)",
@@ -41,7 +42,8 @@ class TSDSSelection(SelectionMethod):
                            "(tasksift_rank is the draw order; 'top' = highest probability first)",
                            Choices(*SAMPLING_MODES)),
         "normalize": Option(DEFAULTS["normalize"], "L2-normalise the embeddings first", bool),
-        "shard_rows": Option(DEFAULTS["shard_rows"], "pool rows per search task", Interval(int, 1)),
+        "shard_rows": Option(DEFAULTS["shard_rows"], "pool rows per search task (default: 250000, fewer "
+                             "where that leaves a worker idle)", Interval(int, 1), None),
     }
 
     def __init__(self, **config: Any) -> None:
@@ -55,7 +57,7 @@ class TSDSSelection(SelectionMethod):
         x = ctx.embeddings("pool")
         res = tsds(q, x, alpha=c["alpha"], C=c["C"], sigma=c["sigma"], max_k=c["max_k"],
                    kde_k=c["kde_k"], index=c["index"], seed=ctx.seed, normalize=bool(c["normalize"]),
-                   timer=ctx.timed, executor=ctx.executor, shard_rows=int(c["shard_rows"]))
+                   timer=ctx.timed, executor=ctx.executor, shard_rows=c["shard_rows"])
         p = res.p
         with ctx.timed("tsds_sample"):
             idx, sinfo = draw(p, k, rng=ctx.rng, sampling=c["sampling"],
