@@ -260,9 +260,11 @@ def select(pool: Any, target: Any, method: str | Sequence | Mapping = "tsds",
         ("proportional", "equal" or a mapping group -> fraction or count); the method runs
         within each group.
     seed: every random choice derives from it; equal inputs and seed give equal output.
-    backend: "local" (in-process), "ray" (features computed by Ray actors, ``num_workers``
-        of them, on the cluster at ``ray_address`` / ``$RAY_ADDRESS`` or a local one; TSDS
-        also runs its neighbour search and KDE as Ray tasks over shards of the pool), or an
+    backend: "local" (in-process), "processes" (``num_workers`` worker processes on this
+        machine, default one per core, in the roles Ray's workers take), "ray" (features
+        computed by Ray actors, ``num_workers`` of them, on the cluster at ``ray_address`` /
+        ``$RAY_ADDRESS`` or a local one; TSDS also runs its neighbour search and KDE as Ray
+        tasks over shards of the pool), or an
         :class:`~tasksift.exec.Executor` already built (see :func:`tasksift.exec.make_executor`).
     distinct: count distinct content (default): pool rows repeating an earlier row's content
         (same example id) are collapsed before the method runs, so no content is picked
