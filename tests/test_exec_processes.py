@@ -173,16 +173,11 @@ def test_pool_features_on_processes_equal_local_and_a_dead_worker_is_retried(tmp
 
 @pytest.mark.slow   # ~40 s on 2 busy cores: each worker loads the embedding model
 def test_selection_on_processes_equals_local_end_to_end(tmp_path, tiny_embed_model):
-    import json
-
     from tasksift.api import select
     from tasksift.features.embed import EmbedConfig
-    from test_ray_pool import write_pool
+    from test_ray_pool import write_pool, write_target
 
-    folder = write_pool(tmp_path / "pool", 300)
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps({"instruction": f"Question {i} about pears?", "output": "pears"}) + "\n"
-                              for i in range(5)))
+    folder, target = write_pool(tmp_path / "pool", 300), write_target(tmp_path / "target.jsonl")
     kw = dict(method="tsds", count=40, embed=EmbedConfig(model=tiny_embed_model), progress=False, seed=0)
     local = select(folder, target, cache_dir=tmp_path / "a", **kw)
     there = select(folder, target, cache_dir=tmp_path / "b", backend="processes", num_workers=2, **kw)

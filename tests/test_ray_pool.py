@@ -66,6 +66,13 @@ class TextStats:
 FIELDS = ("chars", "words", "row", "sum")
 
 
+def write_target(path: Path) -> Path:
+    """Five target examples about pears (for the pools of :func:`write_pool`)."""
+    path.write_text("".join(json.dumps({"instruction": f"Question {i} about pears?", "output": "pears"}) + "\n"
+                            for i in range(5)))
+    return path
+
+
 def write_pool(folder: Path, n: int) -> Path:
     """A folder of two files in two layouts, with a few rows repeated (duplicate ids)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,10 +212,7 @@ def test_ray_selection_equals_local_end_to_end(tmp_path, tiny_embed_model, ray_e
     from tasksift.api import select
     from tasksift.features.embed import EmbedConfig
 
-    folder = write_pool(tmp_path / "pool", 300)
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps({"instruction": f"Question {i} about pears?", "output": "pears"}) + "\n"
-                              for i in range(5)))
+    folder, target = write_pool(tmp_path / "pool", 300), write_target(tmp_path / "target.jsonl")
     kw = dict(method="knn", count=40, embed=EmbedConfig(model=tiny_embed_model), progress=False, seed=0)
     local = select(folder, target, cache_dir=tmp_path / "a", **kw)
     remote = select(folder, target, cache_dir=tmp_path / "b", backend=ray_executor, **kw)

@@ -75,7 +75,10 @@ def _method_config(recipe: EvalRecipe, label: str) -> dict[str, Any]:
     from ..methods.registry import get_method
 
     spec = method_of(label)
-    opts = dict(recipe.method_options.get(label) or (recipe.method_options.get(spec, {}) if isinstance(spec, str) else {}))
+    opts = recipe.method_options.get(label)
+    if opts is None and isinstance(spec, str):
+        opts = recipe.method_options.get(spec)
+    opts = dict(opts or {})
     if not isinstance(spec, str) or "->" in spec:
         return opts
     cls = get_method(spec)

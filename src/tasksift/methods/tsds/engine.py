@@ -181,8 +181,8 @@ def die_once(marker: str | None) -> None:
 def search_shard_task(source: Any, start: int, end: int, k: int, dtype: str, normalize: bool,
                       kill: str | None = None, *, q: np.ndarray, x: np.ndarray | None = None) -> dict[str, Any]:
     """One shard of the search: rows ``start:end`` of ``source`` (an array or a ``.npy``
-    path; None: the shared array ``x``), read, checked for NaN/inf and normalised when asked one search block at a time
-    (a path's rows are read into blocks of about ``SEARCH_BLOCK_BYTES`` of distances, which
+    path; None: the shared array ``x``), read, checked for NaN/inf and normalised when asked
+    one search block at a time (a path's rows are read into blocks of about ``SEARCH_BLOCK_BYTES`` of distances, which
     the allocator reuses, never the whole shard at once), and their exact top-``k`` per query
     (float32 squared L2, ids local to the shard, unordered)."""
     t0 = time.perf_counter()
@@ -222,9 +222,9 @@ def sq_dist_tolerance(d: int) -> float:
 def range_shard_task(source: Any, start: int, end: int, dtype: str, normalize: bool, *, q: np.ndarray,
                      limit: np.ndarray, x: np.ndarray | None = None) -> dict[str, Any]:
     """Rows ``start:end`` of ``source`` (None: of the shared array ``x``; read and normalised
-    as the search does) that may lie
-    within squared distance ``limit[i]`` of query ``i``: every row whose float32 squared
-    distance, less its rounding bound (:func:`sq_dist_tolerance`), is at most the limit.
+    as the search does) that may lie within squared distance ``limit[i]`` of query ``i``:
+    every row whose float32 squared distance, less its rounding bound
+    (:func:`sq_dist_tolerance`), is at most the limit.
     Returns per query the sorted absolute row ids."""
     t0 = time.perf_counter()
     x, _, _ = checked_block(read_rows(x if source is None else source, start, end), np.dtype(dtype), normalize,
