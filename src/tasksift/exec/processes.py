@@ -1,8 +1,8 @@
 """The process executor: blocks run in worker processes on this machine, one per core.
 
 For one machine with several cores and no cluster: :meth:`ProcessExecutor.map_tasks` starts
-``workers`` processes for each call, which on Linux are forks of this one, so the large
-read-only ``shared`` arguments (a query matrix, the prefetched rows of TSDS) reach every
+``workers`` processes for each new set of ``shared`` arguments, which on Linux are forks of
+this one, so the large read-only ``shared`` arguments (a query matrix, the prefetched rows of TSDS) reach every
 worker without a copy (copy-on-write pages); elsewhere (``spawn``) they are pickled once
 per worker. Each call's own arguments and its result travel by pickle, so tasks take small
 arguments (row ranges, index arrays) and return small results. Workers run one BLAS thread

@@ -20,24 +20,17 @@ encoded by ``StaticModel.encode`` itself.
 from __future__ import annotations
 
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..exec.processes import available_cores
+
 #: rows pooled at once (their float32 sums: POOL_ROWS x dim x 4 bytes)
 POOL_ROWS = 4096
 #: fewest texts per tokenising thread
 MIN_TEXTS_PER_THREAD = 256
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def fast_path_supported(model: Any) -> bool:
@@ -113,7 +106,7 @@ class StaticEncoder:
     def __init__(self, model: Any, max_tokens: int | None = None, threads: int | None = None) -> None:
         self.model = model
         self.max_tokens = max_tokens
-        self.threads = cpu_count() if threads is None else max(1, int(threads))
+        self.threads = available_cores() if threads is None else max(1, int(threads))
         self.fast = fast_path_supported(model)
         self._vectors32 = np.asarray(model.embedding, dtype=np.float32) if self.fast else None
 
