@@ -68,6 +68,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         arms = plan_arms(recipe)
         print(f"tasksift evaluate {recipe.name}: {len(arms)} arms, {sum(a['id'] in done for a in arms)} finished "
               f"in {out}; scorers {', '.join(recipe.scorers)} (primary {recipe.primary})")
+        if recipe.sweep is not None:
+            from ..evaluate.sweep import SWEEP_FILE, read_sweep, sweep_points
+
+            have = {r.get("point") for r in read_sweep(out / SWEEP_FILE)}
+            sw = recipe.sweep
+            print(f"  sweep first (random subsets at {sw['budget']}, {sw['scorer']} on {sw['n_val']} validation items):")
+            for pt in sweep_points(sw):
+                print(f"  {'done' if pt['id'] in have else 'todo'}  sweep|{pt['id']}")
         for a in arms:
             print(f"  {'done' if a['id'] in done else 'todo'}  {a['id']}")
         return 0

@@ -9,7 +9,8 @@ is taken from the first dir that has it; an arm present in two dirs is an error 
 the same seed) unless the two rows are equal (a row copied so that a run of added methods
 skips its base and random arms). Rows lacking fields added after a run started (answer style, per-item choice
 counts, the target's answer style) are tolerated; with the task's data at hand (the recipe's
-``task`` paths) the task-level ones are recomputed from it.
+``task`` paths) the task-level ones are recomputed from it. A recipe with a ``sweep``: the table and choice come from the dirs'
+``sweep.jsonl`` (:mod:`.sweep`); dirs whose finished sweeps chose differently are refused.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def _recipe_key(recipe: dict[str, Any]) -> str:
         d.pop("embed_dtype", None)
     if isinstance(d.get("finetune"), dict):
         d["finetune"] = {k: v for k, v in d["finetune"].items() if k != "gradient_checkpointing"}
+    if d.get("sweep") is None:   # no sweep = recipes from before the option
+        d.pop("sweep", None)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -99,6 +102,29 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
     return recipe, merged, first_summary
 
 
+def combined_sweep(recipe: dict[str, Any], dirs: Sequence[str | Path]) -> dict[str, Any] | None:
+    """The sweep's table and choice (:func:`.sweep.choose`) from the first dir whose
+    ``sweep.jsonl`` covers the grid (None: no sweep in the recipe, or none finished); a
+    ConfigError when two finished sweeps chose different settings."""
+    from .sweep import SWEEP_FILE, choose, read_sweep, sweep_fingerprint, sweep_points
+
+    sweep = recipe.get("sweep")
+    if not sweep:
+        return None
+    fp = sweep_fingerprint(recipe)
+    found: list[tuple[str, dict[str, Any]]] = []
+    for d in dirs:
+        rows = read_sweep(Path(d) / SWEEP_FILE, fp)
+        if {p["id"] for p in sweep_points(sweep)} <= {r["point"] for r in rows}:
+            found.append((str(d), choose(rows, sweep)))
+    for d, res in found[1:]:
+        a, b = found[0][1]["chosen"], res["chosen"]
+        if (a["lr"], a["warmup_ratio"]) != (b["lr"], b["warmup_ratio"]):
+            raise ConfigError(f"{found[0][0]} and {d} chose different sweep settings (lr {a['lr']:g} / "
+                              f"warmup {a['warmup_ratio']:g} against {b['lr']:g} / {b['warmup_ratio']:g})")
+    return found[0][1] if found else None
+
+
 def _task_meta(recipe: dict[str, Any]) -> dict[str, Any]:
     """Task-level metadata recomputed from the task's data when it is at hand ({} otherwise)."""
     from ..errors import TasksiftError
@@ -137,6 +163,9 @@ def summarize_dirs(dirs: Sequence[str | Path], out: str | Path, *, publish: str 
                    target_style=base.get("target_answer_style") or meta.get("target_answer_style"))
     if meta:
         summary["recomputed_from_task_data"] = sorted(k for k in meta if k not in base)
+    sweep = combined_sweep(recipe, dirs)
+    if sweep is not None:
+        summary["sweep"] = sweep
     try:
         fingerprint = recipe_from_dict(recipe).fingerprint()
     except ConfigError:

@@ -36,6 +36,8 @@ A recipe is a YAML mapping (every key optional except ``pool``, ``task`` and ``m
     embed_dtype: auto                  # as `tasksift select --embed-dtype` (auto: bfloat16 where the
                                        # CPU has it); float32 reproduces runs from before that option
     cache_dir: null                    # feature cache (default: <out>/cache)
+    sweep: {lr: [1.0e-4, 2.0e-4, 5.0e-4], warmup_ratio: [0.0, 0.1],   # optional: choose the
+            budget: 0.01, seeds: [0], n_val: 100, scorer: loss}      # finetune lr/warm-up (.sweep)
 
 Relative paths are resolved against the current directory (run from the project root);
 ``random`` at every budget and the base model without fine-tuning are always evaluated.
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .sweep import parse_sweep
 from .variants import split_arm
 
 SCORERS = ("loss", "loss_answer", "mc", "em")
@@ -71,7 +74,7 @@ SCORING_DEFAULTS: dict[str, Any] = {"max_length": 1024, "batch_tokens": 4096, "d
 _TOP_KEYS = {"name", "pool", "pool_sample", "pool_layout", "pool_fields", "task", "methods", "method_options",
              "budgets", "seeds", "full", "base_model", "gguf_file", "device", "finetune", "scorers",
              "primary_scorer", "generation", "contamination", "embed_model", "embed_dtype", "cache_dir", "scoring",
-             "out", "keep_adapters", "progress"}
+             "out", "keep_adapters", "progress", "sweep"}
 
 
 @dataclass
@@ -104,6 +107,7 @@ class EvalRecipe:
     out: str | None = None
     keep_adapters: bool = False
     progress: bool = True
+    sweep: dict[str, Any] | None = None
 
     @property
     def primary(self) -> str:
@@ -129,6 +133,8 @@ class EvalRecipe:
                 d[part].pop("dtype")
         if d.get("embed_dtype") == "auto":
             d.pop("embed_dtype")
+        if d.get("sweep") is None:   # no sweep = the same recipe as before the option existed
+            d.pop("sweep", None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -241,7 +247,7 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         scoring=sc,
         embed_model=str(d.get("embed_model") or "default"), embed_dtype=ed, cache_dir=d.get("cache_dir"),
         out=d.get("out"), keep_adapters=bool(d.get("keep_adapters", False)),
-        progress=bool(d.get("progress", True)))
+        progress=bool(d.get("progress", True)), sweep=parse_sweep(d.get("sweep"), ft, budgets, source))
 
 
 def load_recipe(path: str | Path) -> EvalRecipe:

@@ -72,8 +72,20 @@ def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed:
     arms = [a for a in plan_arms(recipe) if a["id"] not in done]
     per_arm = [{"arm": a["id"], "steps": arm_steps(a, recipe, len(ev.pool)),
                 "seconds": arm_steps(a, recipe, len(ev.pool)) * step_s + score_s} for a in arms]
+    sweep = recipe.sweep
+    if sweep is not None:  # its points train random subsets and score the validation items
+        from .sweep import SWEEP_FILE, read_sweep, sweep_points
+
+        t = time.perf_counter()
+        scorer.score(items, [sweep["scorer"]])
+        val_s = (time.perf_counter() - t) / len(items) * int(sweep["n_val"])
+        have = {r.get("point") for r in read_sweep(ev.out / SWEEP_FILE)}
+        steps = arm_steps({"kind": "random", "budget_value": sweep["budget"]}, recipe, len(ev.pool))
+        per_arm = [{"arm": f"sweep|{p['id']}", "steps": steps, "seconds": steps * step_s + val_s}
+                   for p in sweep_points(sweep) if p["id"] not in have] + per_arm
+    n_sweep = sum(a["arm"].startswith("sweep|") for a in per_arm)
     return {"seconds_per_step": step_s, "seconds_per_item": per_item, "score_seconds_per_arm": score_s,
-            "n_test": len(ev.task.test), "arms": per_arm, "n_arms_todo": len(arms),
+            "n_test": len(ev.task.test), "arms": per_arm, "n_arms_todo": len(arms), "n_sweep_todo": n_sweep,
             "total_seconds": float(sum(a["seconds"] for a in per_arm)), "sample_steps": sample_steps,
             "sample_items": len(items), "excludes": "selection time (embedding, LM scoring, LoBaSS's reference model)"}
 
@@ -87,8 +99,11 @@ def format_estimate(est: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     items = ", ".join(f"{k} {v:.2f}" for k, v in est["seconds_per_item"].items())
     steps = sum(a["steps"] for a in est["arms"])
+    sweep = est.get("n_sweep_todo", 0)
+    train_s = steps * est["seconds_per_step"]
     return (f"estimate from {est['sample_steps']} LoRA steps and {est['sample_items']} test items: "
-            f"{est['seconds_per_step']:.2f} s/step, s/item: {items}; {est['n_arms_todo']} arms to run "
-            f"({steps} steps, {est['n_test']} test items each): about {_hms(est['total_seconds'])} "
-            f"(training {_hms(steps * est['seconds_per_step'])}, scoring "
-            f"{_hms(est['n_arms_todo'] * est['score_seconds_per_arm'])}; {est['excludes']} not included)")
+            f"{est['seconds_per_step']:.2f} s/step, s/item: {items}; "
+            + (f"{sweep} sweep points and " if sweep else "")
+            + f"{est['n_arms_todo']} arms to run ({steps} steps in all, {est['n_test']} test items per arm): "
+            f"about {_hms(est['total_seconds'])} (training {_hms(train_s)}, scoring "
+            f"{_hms(est['total_seconds'] - train_s)}; {est['excludes']} not included)")

@@ -76,8 +76,10 @@ def _math_item(rng: random.Random) -> tuple[str, str, str]:
 
 
 def write_smoke_data(folder: str | Path, seed: int = 0, n_target: int = 8, n_test: int = 12,
-                     planted: int = 2) -> dict[str, Path]:
-    """Write the smoke pool (150 demo rows + ``planted`` test questions), target and test files."""
+                     planted: int = 2, n_val: int = 6) -> dict[str, Path]:
+    """Write the smoke pool (150 demo rows + ``planted`` test questions), target, test and
+    validation files (the validation questions are drawn after the others: the same target
+    and test whatever ``n_val``)."""
     from ..data.demo import demo_rows
 
     folder = Path(folder)
@@ -99,16 +101,23 @@ def write_smoke_data(folder: str | Path, seed: int = 0, n_target: int = 8, n_tes
         test.append({"id": f"smoke-{len(test)}", "prompt": q, "answer": r, "gold": gold, "extractor": "gsm8k",
                      "choices": [f"The answer is {o}." for o in opts], "label": opts.index(g),
                      "subtask": "math" if len(test) % 2 == 0 else "math-b"})
+    val = []
+    while len(val) < n_val:  # for a learning-rate sweep (.sweep): rows like the test file's
+        q, r, gold = _math_item(rng)
+        if q not in seen:
+            seen.add(q)
+            val.append({"id": f"smoke-val-{len(val)}", "prompt": q, "answer": r, "gold": gold, "extractor": "gsm8k"})
     for j in range(planted):  # contamination the check must find
         t = test[j]
         pool.insert(7 * (j + 1), {"instruction": t["prompt"], "input": "", "output": t["answer"], "task": "math"})
-    paths = {"pool": folder / "pool", "target": folder / "target.jsonl", "test": folder / "test.jsonl"}
+    paths = {"pool": folder / "pool", "target": folder / "target.jsonl", "test": folder / "test.jsonl",
+             "validation": folder / "validation.jsonl"}
     by_task: dict[str, list[dict]] = {}
     for r in pool:
         by_task.setdefault(r["task"], []).append(r)
     for task, rows in by_task.items():  # one file per task type, so the source mix is telling
         write_text(paths["pool"] / f"{task}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    for k, rows in (("target", target), ("test", test)):
+    for k, rows in (("target", target), ("test", test), ("validation", val)):
         write_text(paths[k], "".join(json.dumps(r) + "\n" for r in rows))
     return paths
 
@@ -124,7 +133,7 @@ def smoke_recipe(work_dir: str | Path, seed: int = 0) -> dict[str, Any]:
         "name": "smoke",
         "pool": str(paths["pool"]),
         "task": {"kind": "jsonl", "name": "math", "target": str(paths["target"]), "test": str(paths["test"]),
-                 "seed": seed},
+                 "validation": str(paths["validation"]), "seed": seed},
         "methods": ["knn", "perplexity"],
         "method_options": {"perplexity": {"keep": "low", "batch_tokens": 2048}},
         "budgets": [0.05, 0.2],

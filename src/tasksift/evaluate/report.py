@@ -390,6 +390,26 @@ def _feasibility_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def _sweep_block(summary: dict) -> str:
+    """The learning-rate sweep's table (mean validation score per setting, the chosen one in bold)."""
+    sw = summary.get("sweep")
+    if not sw:
+        return ""
+    c = sw["chosen"]
+    head = (f"<h2>Learning-rate sweep</h2><p>Random subsets ({html.escape(str(sw['budget']))}, seeds "
+            f"{', '.join(map(str, sw['seeds']))}) fine-tuned with each setting and scored by {html.escape(sw['scorer'])} "
+            f"on {sw['n_val']} validation items (none of them test items; "
+            f"{'higher' if sw['higher_is_better'] else 'lower'} is better). Every arm trained with "
+            f"<b>lr {c['lr']:g}, warm-up {c['warmup_ratio']:g}</b>.</p>")
+    rows = ["<table><tr><th>lr</th><th>warm-up ratio</th><th>score per seed</th><th>mean</th></tr>"]
+    for e in sw["table"]:
+        chosen = e["lr"] == c["lr"] and e["warmup_ratio"] == c["warmup_ratio"]
+        cells = [f"{e['lr']:g}", f"{e['warmup_ratio']:g}", ", ".join(_fmt(v, 4) for v in e["scores"]), _fmt(e["mean"], 4)]
+        rows.append("<tr>" + "".join(f"<td>{'<b>' + x + '</b>' if chosen else x}</td>" for x in cells) + "</tr>")
+    rows.append("</table>")
+    return head + "\n".join(rows)
+
+
 DEFINITIONS = """
 <ul>
 <li><b>SDF</b> (selected data fraction) = |subset| / |pool| (pool after any contaminated rows were dropped).</li>
@@ -489,6 +509,7 @@ def render_report(rows: list[dict], summary: dict) -> str:
              "<h2>Score distributions</h2><div class='grid'>" +
              "".join(f"<img src='{_distributions(rows, s, colors)}' alt='distribution'>" for s in scorers if s == "loss") +
              "".join(f"<img src='{_per_test_set(rows, summary, s, colors)}' alt='per test set'>" for s in scorers) + "</div>",
+             _sweep_block(summary),
              "<h2>Feasibility</h2>", _feasibility_table(summary),
              "<h2>On the survey's map</h2>",
              "<p>The survey (Liu et al., NAACL 2025) and its TEDD-Ranker page tabulate twelve methods' (SDF, PIR); its "

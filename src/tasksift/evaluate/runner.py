@@ -1,12 +1,15 @@
 """Runs an evaluation recipe: every arm (method x budget x seed, plus random at every budget,
 the base model and optionally the full pool), each selected, fine-tuned and scored the same way.
 
+With a ``sweep`` in the recipe, its points run first (:mod:`.sweep`: random subsets, scored
+on validation items) and choose the learning rate and warm-up every arm then trains with.
+
 An *arm* is one (method, budget, seed). For each arm not finished yet:
 
 1. select with :func:`tasksift.select` (same pool, target examples and seed for every method);
 2. fine-tune the base model with LoRA (:func:`tasksift.finetune.finetune_lora`) on the subset,
    with the same steps, learning rate, rank and batch size for every arm, seeded by the arm's
-   seed;
+   seed (:meth:`Evaluation.train`);
 3. score the adapted model on the held-out test part (loss / multiple choice / exact match);
 4. append one row to ``results.jsonl`` (atomically: the file is rewritten whole through a
    temporary file), so a killed run resumes from the last finished arm.
@@ -127,6 +130,8 @@ class Evaluation:
         self.pool_info: dict[str, Any] = {}
         self._model = None
         self._tok = None
+        self.val_flags: np.ndarray | None = None
+        self.sweep_result: dict[str, Any] | None = None
 
     # -- setup ------------------------------------------------------------------------
     def _check_run_file(self) -> None:
@@ -144,7 +149,8 @@ class Evaluation:
         """Load pool and task, check contamination, optionally drop contaminated pool rows."""
         t0 = time.perf_counter()
         pool = load_pool(self.recipe)
-        task = load_task(self.recipe.task)
+        sweep = self.recipe.sweep
+        task = load_task(self.recipe.task, n_val=int(sweep["n_val"]) if sweep else 0)
         c = self.recipe.contamination
         keys = [t.key for t in task.test]
         ov = find_overlaps([pool_text(ex) for ex in pool.examples], keys, ngram=int(c["ngram"]),
@@ -164,6 +170,11 @@ class Evaluation:
                               layout=pool.layout, skipped=pool.skipped)
             ov = OverlapResult(ov.flag[keep], ov.test_index[keep], ov.containment[keep], ov.jaccard[keep], ov.settings)
         self.pool, self.task, self.overlap = pool, task, ov
+        if task.validation:   # which pool rows hold a validation item (counted per sweep subset, not dropped)
+            self.val_flags = find_overlaps([pool_text(ex) for ex in pool.examples], [t.key for t in task.validation],
+                                           ngram=int(c["ngram"]), near_threshold=float(c["near_threshold"]),
+                                           char_ngram=int(c["char_ngram"]), jaccard_threshold=float(c["jaccard_threshold"]),
+                                           min_shared=int(c["min_shared"])).flag
         self.pool_info = {"rows": len(pool), "rows_before_drop": len(pool) + dropped, "dropped_contaminated": dropped,
                           "contamination_before_drop": before, "contaminated_by_source": by_source,
                           "sources": pool.counts_by_source(), "seconds": time.perf_counter() - t0,
@@ -220,12 +231,63 @@ class Evaluation:
 
     def _score(self, model, tok) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.task is not None
+        per_item = self._score_items(model, tok, self.task.test, self.recipe.scorers)
+        return aggregate(self.task.test, per_item, self.recipe.scorers), per_item
+
+    def _score_items(self, model, tok, items: list, scorers: list[str]) -> dict[str, Any]:
         g, s = self.recipe.generation, self.recipe.scoring
         scorer = ModelScorer(model, tok, max_length=int(s["max_length"]), batch_tokens=int(s["batch_tokens"]),
                              max_new_tokens=int(g["max_new_tokens"]), gen_batch_size=int(g["batch_size"]),
                              progress=self.progress, dtype=str(s.get("dtype", "float32")))
-        per_item = scorer.score(self.task.test, self.recipe.scorers)
-        return aggregate(self.task.test, per_item, self.recipe.scorers), per_item
+        return scorer.score(items, scorers)
+
+    def finetune_settings(self) -> dict[str, Any]:
+        """The recipe's finetune settings, with the sweep's chosen lr and warm-up when it has run."""
+        ft = dict(self.recipe.finetune)
+        if self.sweep_result is not None:
+            ft.update(lr=self.sweep_result["chosen"]["lr"], warmup_ratio=self.sweep_result["chosen"]["warmup_ratio"])
+        return ft
+
+    def train(self, subset: list, *, seed: int, adapter_dir: Path, lr: float | None = None,
+              warmup_ratio: float | None = None) -> dict[str, Any]:
+        """LoRA fine-tune the base model on ``subset`` with the run's settings
+        (:meth:`finetune_settings`; ``lr``/``warmup_ratio`` override them, for the sweep) into
+        ``adapter_dir``; returns the training facts an arm row records."""
+        from ..finetune import read_train_log
+
+        model, tok = self.model()
+        ft = self.finetune_settings()
+        lr = float(ft["lr"] if lr is None else lr)
+        warm = float(ft["warmup_ratio"] if warmup_ratio is None else warmup_ratio)
+        finetune_lora(model, subset, tokenizer=tok, steps=ft["steps"], epochs=ft["epochs"] or 1.0, lr=lr,
+                      r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
+                      batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(seed),
+                      out_dir=adapter_dir, progress=self.progress, warmup_ratio=warm,
+                      gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")))
+        log = read_train_log(adapter_dir)
+        return {"steps": log.get("steps"), "epochs": log.get("epochs"),
+                "first_loss": (log.get("loss") or [None])[0], "last_loss": (log.get("loss") or [None])[-1],
+                "trained_examples": log.get("trained_examples"), "lr": lr, "warmup_ratio": warm}
+
+    def score_adapter(self, adapter_dir: Path, items: list, scorers: list[str]) -> dict[str, Any]:
+        """Per-item scores of the base model with the adapter in ``adapter_dir`` (unloaded
+        afterwards; the folder is removed unless ``keep_adapters``)."""
+        from peft import PeftModel
+
+        model, tok = self.model()
+        pm = PeftModel.from_pretrained(model, str(adapter_dir))
+        pm.eval()
+        try:
+            return self._score_items(pm, tok, items, scorers)
+        finally:
+            pm.unload()
+            model.eval()
+            if not self.recipe.keep_adapters:
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+
+    def validation_overlap(self, idx: np.ndarray) -> int:
+        """How many of the selected pool rows ``idx`` hold a validation item (0 without any)."""
+        return 0 if self.val_flags is None else int((self.val_flags[np.asarray(idx, dtype=np.int64)] > 0).sum())
 
     def run_arm(self, arm: dict[str, Any]) -> dict[str, Any]:
         """Select, fine-tune and score one arm; returns its results row."""
@@ -260,35 +322,15 @@ class Evaluation:
             row["contamination"] = self.overlap.summary(idx, ids=[e.id for e in self.pool.examples],
                                                         test_ids=[t_.id for t_ in self.task.test], limit=10)
             row["selection_info"] = {k: v for k, v in sel_info.items() if isinstance(v, (int, float, str, bool))}
-            ft = self.recipe.finetune
             adir = self.out / "adapters" / _safe(arm["id"])
             t = time.perf_counter()
-            finetune_lora(model, subset, tokenizer=tok, steps=ft["steps"], epochs=ft["epochs"] or 1.0, lr=float(ft["lr"]),
-                          r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
-                          batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(arm["seed"]),
-                          out_dir=adir, progress=self.progress, warmup_ratio=float(ft["warmup_ratio"]),
-                          gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")))
+            train_info = self.train(subset, seed=int(arm["seed"]), adapter_dir=adir)
             timings["finetune"] = time.perf_counter() - t
             row["peak_rss_mb_after_finetune"] = round(peak_memory_mb(), 1)
-            from ..finetune import read_train_log
-
-            log = read_train_log(adir)
-            train_info = {"steps": log.get("steps"), "epochs": log.get("epochs"),
-                          "first_loss": (log.get("loss") or [None])[0], "last_loss": (log.get("loss") or [None])[-1],
-                          "trained_examples": log.get("trained_examples")}
             t = time.perf_counter()
-            from peft import PeftModel
-
-            pm = PeftModel.from_pretrained(model, str(adir))
-            pm.eval()
-            try:
-                scores, per_item = self._score(pm, tok)
-            finally:
-                pm.unload()
-                model.eval()
+            per_item = self.score_adapter(adir, self.task.test, self.recipe.scorers)
+            scores = aggregate(self.task.test, per_item, self.recipe.scorers)
             timings["score"] = time.perf_counter() - t
-            if not self.recipe.keep_adapters:
-                shutil.rmtree(adir, ignore_errors=True)
         row["train"] = train_info
         row["scores"] = scores
         row["item_scores"] = {k: [None if not np.isfinite(x) else round(float(x), 5) for x in v]
@@ -320,6 +362,10 @@ class Evaluation:
             from .estimate import estimate_run, format_estimate
 
             _log(format_estimate(estimate_run(self)), True)
+        if self.recipe.sweep is not None:
+            from .sweep import run_sweep
+
+            self.sweep_result = run_sweep(self)
         ran = []
         for k, arm in enumerate(arms, 1):
             if arm["id"] in done:
@@ -346,6 +392,8 @@ class Evaluation:
         enrich_summary(summary, rows, self.recipe.scorers, infos, n_choices=meta.get("item_n_choices"),
                        subtasks=meta.get("item_subtasks"), target_style=meta.get("target_answer_style"))
         write_text(self.results_path, "".join(json_line(r) for r in rows))
+        if self.sweep_result is not None:
+            summary["sweep"] = self.sweep_result
         summary.update({"name": self.recipe.name, "fingerprint": self.recipe.fingerprint(), "pool": self.pool_info,
                         "arms_run": ran or [], "arms_skipped": skipped or [], "n_arms": len(rows),
                         "recipe": self.recipe.to_dict(),

@@ -144,7 +144,7 @@ def enrich_summary(summary: dict[str, Any], rows: Sequence[Mapping[str, Any]], s
 PUBLIC_KEYS = ("name", "fingerprint", "primary_scorer", "higher_is_better", "random_line", "random_points",
                "base_scores", "table", "feasibility", "paired", "base_chance", "base_at_chance", "answer_style",
                "target_answer_style", "survey", "missing_fields", "test_sets", "n_arms", "recipe", "combined_from",
-               "recomputed_from_task_data")
+               "recomputed_from_task_data", "sweep")
 #: per-table-entry keys dropped (none hold texts; these are machine-specific)
 _ENTRY_DROP = ("peak_rss_mb",)
 

@@ -12,7 +12,14 @@ Loaders follow the ``../shared/data/targets`` layout:
 * ``strategyqa``: ``task.json`` shuffled and split (yes/no);
 * ``jsonl``: generic ``target``/``test`` files with ``prompt``, ``answer`` and optional
   ``gold``, ``choices``, ``label``, ``extractor``, ``subtask``, ``bare_answer`` fields (GSM8K-style
-  rows, ``extractor: gsm8k``, default ``bare_answer`` to ``gold``).
+  rows, ``extractor: gsm8k``, default ``bare_answer`` to ``gold``); an optional ``validation``
+  file of the same form.
+
+``load_task(spec, n_val=N)`` also draws ``N`` *validation* items (for the learning-rate sweep,
+:mod:`.sweep`) from the target side, disjoint from the target examples and the test items: the
+rows after the target examples in the same shuffle (GSM8K train, CommonsenseQA train, XCOPA val),
+the rows after the test part (BBH, StrategyQA: these need ``n_test``), or the ``validation`` file
+(``jsonl``). The target examples and test items are the same draws with or without them.
 """
 from __future__ import annotations
 
@@ -66,6 +73,7 @@ class TaskData:
     target: list[Example]
     test: list[TestItem]
     info: dict[str, Any] = field(default_factory=dict)
+    validation: list[TestItem] = field(default_factory=list)
 
     @property
     def subtasks(self) -> list[str]:
@@ -106,27 +114,49 @@ def _take(rows: list, n: int | None, rng: random.Random) -> list:
     return rows if n is None else rows[:n]
 
 
+def _take_two(rows: list, n: int | None, n_val: int, rng: random.Random, what: str) -> tuple[list, list]:
+    """The first ``n`` rows of one seeded shuffle (all when None) and the ``n_val`` after them
+    (the same shuffle as :func:`_take`, so the first part does not depend on ``n_val``)."""
+    rows = list(rows)
+    rng.shuffle(rows)
+    first = rows if n is None else rows[:int(n)]
+    if n_val <= 0:
+        return first, []
+    if n is None or len(rows) - int(n) < n_val:
+        have = 0 if n is None else max(0, len(rows) - int(n))
+        raise ConfigError(f"{what}: {n_val} validation items asked for, {have} rows left after the first part")
+    return first, rows[int(n):int(n) + n_val]
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """``total`` cut into ``parts`` near-equal integer shares (the first ones larger)."""
+    return [total // parts + (1 if j < total % parts else 0) for j in range(parts)]
+
+
 def gsm8k_gold(answer: str) -> str:
     """The number after ``####`` in a GSM8K answer, commas removed."""
     return answer.rsplit("####", 1)[-1].strip().replace(",", "")
 
 
-def _load_gsm8k(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
-    train = _take(_read_jsonl(path / "train.jsonl"), spec.get("n_target", 50), rng)
+def _gsm8k_item(r: Mapping[str, Any], item_id: str) -> TestItem:
+    return TestItem(id=item_id, prompt=r["question"], answer=r["answer"], gold=gsm8k_gold(r["answer"]),
+                    extractor="gsm8k", subtask="gsm8k", bare_answer=gsm8k_gold(r["answer"]))
+
+
+def _load_gsm8k(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
+    train, val = _take_two(_read_jsonl(path / "train.jsonl"), spec.get("n_target", 50), n_val, rng, "gsm8k train.jsonl")
     test = _take(_read_jsonl(path / "test.jsonl"), spec.get("n_test", 200), rng)
     target = [_example(r["question"], r["answer"], i, "gsm8k/train") for i, r in enumerate(train)]
-    items = [TestItem(id=f"gsm8k-{i}", prompt=r["question"], answer=r["answer"], gold=gsm8k_gold(r["answer"]),
-                      extractor="gsm8k", subtask="gsm8k", bare_answer=gsm8k_gold(r["answer"]))
-             for i, r in enumerate(test)]
-    return TaskData("gsm8k", target, items)
+    items = [_gsm8k_item(r, f"gsm8k-{i}") for i, r in enumerate(test)]
+    return TaskData("gsm8k", target, items, validation=[_gsm8k_item(r, f"gsm8k-val-{i}") for i, r in enumerate(val)])
 
 
 _LETTER = re.compile(r"\(([A-Z])\)")
 
 
-def bbh_item(row: Mapping[str, Any], task: str, labels: Sequence[str], i: int) -> TestItem:
-    """A BBH row as a test item; options from ``(A)``-style choices in the input, else the
-    task's label set when it is small (yes/no, True/False, ...)."""
+def bbh_item(row: Mapping[str, Any], task: str, labels: Sequence[str], i: int, tag: str = "") -> TestItem:
+    """A BBH row as a test item (id ``bbh-<task>-<tag><i>``); options from ``(A)``-style
+    choices in the input, else the task's label set when it is small (yes/no, True/False, ...)."""
     target = str(row["target"]).strip()
     choices: list[str] | None = None
     if _LETTER.fullmatch(target):
@@ -135,18 +165,22 @@ def bbh_item(row: Mapping[str, Any], task: str, labels: Sequence[str], i: int) -
     elif 1 < len(labels) <= 6:
         choices = list(labels)
     label = choices.index(target) if choices and target in choices else None
-    return TestItem(id=f"bbh-{task}-{i}", prompt=row["input"], answer=target, gold=target,
+    return TestItem(id=f"bbh-{task}-{tag}{i}", prompt=row["input"], answer=target, gold=target,
                     choices=choices if label is not None else None, label=label, extractor="bbh", subtask=task)
 
 
-def _load_bbh(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
+def _load_bbh(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
     subtasks = spec.get("subtasks")
     if not subtasks:
         raise ConfigError("bbh task needs 'subtasks' (file names under the bbh folder, without .json)")
     n_target, n_test = int(spec.get("n_target", 30)), spec.get("n_test", 100)
-    per_target = [n_target // len(subtasks) + (1 if j < n_target % len(subtasks) else 0) for j in range(len(subtasks))]
+    if n_val and n_test is None:
+        raise ConfigError("bbh: validation items come after the test part: set task.n_test")
+    per_target = _shares(n_target, len(subtasks))
+    per_val = _shares(int(n_val), len(subtasks))
     target: list[Example] = []
     items: list[TestItem] = []
+    val: list[TestItem] = []
     for j, t in enumerate(subtasks):
         rows = _read_json(path / f"{t}.json").get("examples") or []
         if len(rows) < per_target[j] + 1:
@@ -154,10 +188,15 @@ def _load_bbh(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskDa
         labels = sorted({str(r["target"]).strip() for r in rows})
         rows = _take(rows, None, rng)
         tgt, rest = rows[:per_target[j]], rows[per_target[j]:]
+        extra = [] if n_test is None else rest[int(n_test):]
         rest = rest if n_test is None else rest[:int(n_test)]
+        if len(extra) < per_val[j]:
+            raise ConfigError(f"bbh task '{t}': {per_val[j]} validation items asked for, {len(extra)} rows left "
+                              "after the target and test parts")
         target += [_example(r["input"], str(r["target"]).strip(), i, f"bbh/{t}") for i, r in enumerate(tgt)]
         items += [bbh_item(r, t, labels, i) for i, r in enumerate(rest)]
-    return TaskData("bbh", target, items)
+        val += [bbh_item(r, t, labels, i, "val-") for i, r in enumerate(extra[:per_val[j]])]
+    return TaskData("bbh", target, items, validation=val)
 
 
 def csqa_prompt(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
@@ -169,20 +208,22 @@ def csqa_prompt(row: Mapping[str, Any]) -> tuple[str, list[str], int]:
     return prompt, opts, labels.index(row["answerKey"])
 
 
-def _load_csqa(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
-    train = _take(_read_jsonl(path / "train_rand_split.jsonl"), spec.get("n_target", 50), rng)
+def _csqa_item(r: Mapping[str, Any], i: int) -> TestItem:
+    p, opts, lab = csqa_prompt(r)
+    return TestItem(id=f"csqa-{r.get('id', i)}", prompt=p, answer=opts[lab], gold=opts[lab][:3], choices=opts,
+                    label=lab, extractor="mc_letter", subtask="csqa", key=r["question"]["stem"])
+
+
+def _load_csqa(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
+    train, val = _take_two(_read_jsonl(path / "train_rand_split.jsonl"), spec.get("n_target", 50), n_val, rng,
+                           "csqa train_rand_split.jsonl")
     dev = _take(_read_jsonl(path / "dev_rand_split.jsonl"), spec.get("n_test", None), rng)
     target = []
     for i, r in enumerate(train):
         p, opts, lab = csqa_prompt(r)
         target.append(_example(p, opts[lab], i, "csqa/train"))
-    items = []
-    for i, r in enumerate(dev):
-        p, opts, lab = csqa_prompt(r)
-        items.append(TestItem(id=f"csqa-{r.get('id', i)}", prompt=p, answer=opts[lab], gold=opts[lab][:3],
-                              choices=opts, label=lab, extractor="mc_letter", subtask="csqa",
-                              key=r["question"]["stem"]))
-    return TaskData("csqa", target, items)
+    items = [_csqa_item(r, i) for i, r in enumerate(dev)]
+    return TaskData("csqa", target, items, validation=[_csqa_item(r, i) for i, r in enumerate(val)])
 
 
 def xcopa_prompt(row: Mapping[str, Any]) -> str:
@@ -190,73 +231,104 @@ def xcopa_prompt(row: Mapping[str, Any]) -> str:
     return f"Premise: {row['premise']}\n{q}"
 
 
-def _load_xcopa(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
+def _xcopa_item(r: Mapping[str, Any], lang: str, i: int, tag: str = "") -> TestItem:
+    ch = [r["choice1"], r["choice2"]]
+    lab = int(r["label"])
+    return TestItem(id=f"xcopa-{lang}-{tag}{r.get('idx', i)}", prompt=xcopa_prompt(r), answer=ch[lab], gold=ch[lab],
+                    choices=ch, label=lab, extractor="exact", subtask=f"xcopa-{lang}", key=r["premise"])
+
+
+def _load_xcopa(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
     langs = spec.get("languages") or ["it"]
     n_target, n_test = int(spec.get("n_target", 40)), spec.get("n_test", None)
-    per = [n_target // len(langs) + (1 if j < n_target % len(langs) else 0) for j in range(len(langs))]
+    per = _shares(n_target, len(langs))
+    per_val = _shares(int(n_val), len(langs))
     target: list[Example] = []
     items: list[TestItem] = []
+    validation: list[TestItem] = []
     for j, lang in enumerate(langs):
-        val = _take(_read_jsonl(path / f"val.{lang}.jsonl"), per[j], rng)
+        val, extra = _take_two(_read_jsonl(path / f"val.{lang}.jsonl"), per[j], per_val[j], rng, f"xcopa val.{lang}.jsonl")
         test = _take(_read_jsonl(path / f"test.{lang}.jsonl"), None if n_test is None else int(n_test), rng)
         for i, r in enumerate(val):
             ch = [r["choice1"], r["choice2"]]
             target.append(_example(xcopa_prompt(r), ch[int(r["label"])], i, f"xcopa/val.{lang}"))
-        for i, r in enumerate(test):
-            ch = [r["choice1"], r["choice2"]]
-            lab = int(r["label"])
-            items.append(TestItem(id=f"xcopa-{lang}-{r.get('idx', i)}", prompt=xcopa_prompt(r), answer=ch[lab],
-                                  gold=ch[lab], choices=ch, label=lab, extractor="exact", subtask=f"xcopa-{lang}",
-                                  key=r["premise"]))
-    return TaskData("xcopa", target, items)
+        items += [_xcopa_item(r, lang, i) for i, r in enumerate(test)]
+        validation += [_xcopa_item(r, lang, i, "val-") for i, r in enumerate(extra)]
+    return TaskData("xcopa", target, items, validation=validation)
 
 
-def _load_strategyqa(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
+def _strategyqa_item(r: Mapping[str, Any], item_id: str) -> TestItem:
+    yes = max(r["target_scores"], key=r["target_scores"].get)
+    return TestItem(id=item_id, prompt=r["input"], answer=str(r["target"]), gold=yes, choices=["Yes", "No"],
+                    label=0 if yes == "Yes" else 1, extractor="yesno", subtask="strategyqa")
+
+
+def _load_strategyqa(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
     f = path / "task.json" if path.is_dir() else path
     rows = _take(_read_json(f).get("examples") or [], None, rng)
     n_target = int(spec.get("n_target", 50))
     tgt, rest = rows[:n_target], rows[n_target:]
+    extra: list = []
     if spec.get("n_test") is not None:
-        rest = rest[:int(spec["n_test"])]
+        rest, extra = rest[:int(spec["n_test"])], rest[int(spec["n_test"]):]
+    elif n_val:
+        raise ConfigError("strategyqa: validation items come after the test part: set task.n_test")
+    if len(extra) < n_val:
+        raise ConfigError(f"strategyqa: {n_val} validation items asked for, {len(extra)} rows left after the "
+                          "target and test parts")
     target = [_example(r["input"], str(r["target"]), i, "strategyqa") for i, r in enumerate(tgt)]
-    items = []
-    for i, r in enumerate(rest):
-        yes = max(r["target_scores"], key=r["target_scores"].get)
-        items.append(TestItem(id=f"strategyqa-{i}", prompt=r["input"], answer=str(r["target"]), gold=yes,
-                              choices=["Yes", "No"], label=0 if yes == "Yes" else 1, extractor="yesno",
-                              subtask="strategyqa"))
-    return TaskData("strategyqa", target, items)
+    items = [_strategyqa_item(r, f"strategyqa-{i}") for i, r in enumerate(rest)]
+    return TaskData("strategyqa", target, items,
+                    validation=[_strategyqa_item(r, f"strategyqa-val-{i}") for i, r in enumerate(extra[:n_val])])
 
 
-def _load_jsonl(path: Path, spec: Mapping[str, Any], rng: random.Random) -> TaskData:
+def _jsonl_rows(file: Path, n: int | None, rng: random.Random) -> list[dict]:
+    rows = _take(_read_jsonl(file), n, rng)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "prompt" not in r or "answer" not in r:
+            raise DataError("each jsonl task row needs 'prompt' and 'answer'", file=str(file), row=i + 1)
+    return rows
+
+
+def _jsonl_item(r: Mapping[str, Any], spec: Mapping[str, Any], default_id: str) -> TestItem:
+    return TestItem(id=str(r.get("id", default_id)), prompt=r["prompt"], answer=r["answer"],
+                    gold=str(r.get("gold", r["answer"])), choices=r.get("choices"), label=r.get("label"),
+                    extractor=r.get("extractor", spec.get("extractor", "exact")),
+                    subtask=str(r.get("subtask", spec.get("name", "test"))), key=r.get("key", r["prompt"]),
+                    bare_answer=r.get("bare_answer", r.get("gold") if r.get("extractor") == "gsm8k" else None))
+
+
+def _load_jsonl(path: Path, spec: Mapping[str, Any], rng: random.Random, n_val: int = 0) -> TaskData:
     tp, sp = spec.get("target"), spec.get("test")
     if not tp or not sp:
         raise ConfigError("jsonl task needs 'target' and 'test' file paths")
     base = path if path else Path(".")
-    tgt = _take(_read_jsonl(base / tp), spec.get("n_target"), rng)
-    tst = _take(_read_jsonl(base / sp), spec.get("n_test"), rng)
-    for i, r in enumerate(tgt + tst):
-        if "prompt" not in r or "answer" not in r:
-            raise DataError("each jsonl task row needs 'prompt' and 'answer'", row=i + 1)
+    tgt = _jsonl_rows(base / tp, spec.get("n_target"), rng)
+    tst = _jsonl_rows(base / sp, spec.get("n_test"), rng)
+    val: list[dict] = []
+    if n_val:
+        if not spec.get("validation"):
+            raise ConfigError("jsonl task: validation items need a 'validation' file (rows like the test file's)")
+        val = _jsonl_rows(base / spec["validation"], None, rng)
+        if len(val) < n_val:
+            raise ConfigError(f"{n_val} validation items asked for, the file has {len(val)}", file=str(base / spec["validation"]))
+        val = val[:n_val]
     target = [_example(r["prompt"], r["answer"], i, "target") for i, r in enumerate(tgt)]
-    items = [TestItem(id=str(r.get("id", f"test-{i}")), prompt=r["prompt"], answer=r["answer"],
-                      gold=str(r.get("gold", r["answer"])), choices=r.get("choices"), label=r.get("label"),
-                      extractor=r.get("extractor", spec.get("extractor", "exact")),
-                      subtask=str(r.get("subtask", spec.get("name", "test"))), key=r.get("key", r["prompt"]),
-                      bare_answer=r.get("bare_answer", r.get("gold") if r.get("extractor") == "gsm8k" else None))
-             for i, r in enumerate(tst)]
-    return TaskData(str(spec.get("name", "jsonl")), target, items)
+    items = [_jsonl_item(r, spec, f"test-{i}") for i, r in enumerate(tst)]
+    return TaskData(str(spec.get("name", "jsonl")), target, items,
+                    validation=[_jsonl_item(r, spec, f"val-{i}") for i, r in enumerate(val)])
 
 
 _LOADERS = {"gsm8k": _load_gsm8k, "bbh": _load_bbh, "csqa": _load_csqa, "xcopa": _load_xcopa,
             "strategyqa": _load_strategyqa, "jsonl": _load_jsonl}
 
 
-def load_task(spec: Mapping[str, Any]) -> TaskData:
-    """Load the target examples and test items a recipe's ``task`` mapping describes.
+def load_task(spec: Mapping[str, Any], n_val: int = 0) -> TaskData:
+    """Load the target examples and test items a recipe's ``task`` mapping describes, and
+    ``n_val`` validation items (see the module docstring; 0: none).
 
     Sampling is seeded by ``spec["seed"]`` (default 0), so every arm of a run, and every rerun,
-    sees the same target and test parts. Target and test are disjoint by construction.
+    sees the same target and test parts. Target, test and validation are disjoint by construction.
     """
     kind = spec.get("kind")
     if kind not in _LOADERS:
@@ -265,10 +337,12 @@ def load_task(spec: Mapping[str, Any]) -> TaskData:
     if kind != "jsonl" and (path is None or not path.exists()):
         raise DataError(f"task data not found (cwd {Path.cwd()})", file=str(spec.get("path")))
     rng = random.Random(int(spec.get("seed", 0)))
-    data = _LOADERS[kind](path, spec, rng)
+    data = _LOADERS[kind](path, spec, rng, int(n_val))
     if not data.target or not data.test:
         raise DataError(f"task '{kind}' gave {len(data.target)} target and {len(data.test)} test items",
                         file=str(spec.get("path")))
     data.info = {"kind": kind, "n_target": len(data.target), "n_test": len(data.test),
                  "subtasks": {s: sum(1 for t in data.test if t.subtask == s) for s in data.subtasks}}
+    if n_val:
+        data.info["n_validation"] = len(data.validation)
     return data
