@@ -11,10 +11,10 @@ import pytest
 from tasksift.errors import ConfigError
 from tasksift.evaluate import preset_recipe
 from tasksift.evaluate.combine import summarize_dirs
-from tasksift.evaluate.config import recipe_from_dict
+from tasksift.evaluate.config import parse_sweep, recipe_from_dict
 from tasksift.evaluate.runner import Evaluation, read_results, run_evaluation
 from tasksift.evaluate.summary import publishable
-from tasksift.evaluate.sweep import SWEEP_FILE, choose, parse_sweep, point_id, read_sweep, sweep_points
+from tasksift.evaluate.sweep import SWEEP_FILE, choose, point_id, read_sweep, sweep_points
 from tasksift.evaluate.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,13 +52,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from ..errors import ConfigError
-from .sweep import parse_sweep
 from .variants import split_arm
 
 SCORERS = ("loss", "loss_answer", "mc", "em")
+SWEEP_KEYS = ("lr", "warmup_ratio", "budget", "seeds", "n_val", "scorer")
 DTYPES = ("float32", "bfloat16")
 EMBED_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")   # tasksift.features.embed_models.DTYPES
 TASK_KINDS = ("gsm8k", "bbh", "csqa", "xcopa", "strategyqa", "jsonl")
@@ -248,6 +250,57 @@ def recipe_from_dict(d: Mapping[str, Any], source: str = "<recipe>") -> EvalReci
         embed_model=str(d.get("embed_model") or "default"), embed_dtype=ed, cache_dir=d.get("cache_dir"),
         out=d.get("out"), keep_adapters=bool(d.get("keep_adapters", False)),
         progress=bool(d.get("progress", True)), sweep=parse_sweep(d.get("sweep"), ft, budgets, source))
+
+
+def _numbers(v: Any, what: str, positive: bool, source: str) -> list[float]:
+    """A sweep list (or one value) of learning rates (``positive``: > 0) or warm-up shares
+    (in [0, 1)), distinct."""
+    vals = v if isinstance(v, list) else [v]
+    out = []
+    for x in vals:
+        ok = not isinstance(x, bool) and isinstance(x, (int, float)) and bool(np.isfinite(x))
+        ok = ok and (x > 0 if positive else 0 <= x < 1)
+        if not ok:
+            raise ConfigError(f"sweep.{what}: {x!r} is not a number {'> 0' if positive else 'in [0, 1)'}", file=source)
+        out.append(float(x))
+    if not out:
+        raise ConfigError(f"sweep.{what} must list at least one value", file=source)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"sweep.{what} lists a value twice: {out}", file=source)
+    return out
+
+
+def parse_sweep(d: Any, finetune: Mapping[str, Any], budgets: Sequence[Any], source: str) -> dict[str, Any] | None:
+    """The recipe's ``sweep`` mapping validated, with its defaults filled in (None: no sweep)."""
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"'sweep' must be a mapping with keys {', '.join(SWEEP_KEYS)}", file=source)
+    unknown = sorted(set(d) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown 'sweep' setting(s) {unknown}; known: {list(SWEEP_KEYS)}", file=source)
+    lrs = _numbers(d.get("lr", finetune["lr"]), "lr", True, source)
+    warm = _numbers(d.get("warmup_ratio", finetune["warmup_ratio"]), "warmup_ratio", False, source)
+    budget = d.get("budget", budgets[0])
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0 or \
+            (isinstance(budget, float) and budget >= 1 and not budget.is_integer()):
+        raise ConfigError(f"sweep.budget {budget!r}: use a ratio in (0, 1) or a positive row count", file=source)
+    budget = int(budget) if isinstance(budget, float) and budget >= 1 else budget
+    seeds = d.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError("sweep.seeds must be a non-empty list of distinct integers", file=source)
+    n_val = d.get("n_val", 100)
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+        raise ConfigError(f"sweep.n_val must be a positive integer, got {n_val!r}", file=source)
+    scorer = d.get("scorer", "loss")
+    if scorer not in SCORERS:
+        raise ConfigError(f"sweep.scorer must be one of {', '.join(SCORERS)}, got {scorer!r}", file=source)
+    if len(lrs) * len(warm) < 2:
+        raise ConfigError("a sweep needs at least two settings (several lr or warmup_ratio values)", file=source)
+    return {"lr": lrs, "warmup_ratio": warm, "budget": budget, "seeds": list(seeds), "n_val": n_val,
+            "scorer": scorer}
 
 
 def load_recipe(path: str | Path) -> EvalRecipe:

@@ -344,6 +344,56 @@ class Evaluation:
             row.setdefault(k, None)
         return row
 
+    def run_sweep(self) -> dict[str, Any]:
+        """Run the unfinished points of the recipe's sweep (:mod:`.sweep`; rows to
+        ``<out>/sweep.jsonl``) on the prepared pool and task, and return its table and choice
+        (:func:`.sweep.choose`)."""
+        from .sweep import SWEEP_FILE, choose, read_sweep, sweep_fingerprint, sweep_points
+
+        sweep = self.recipe.sweep
+        assert sweep is not None and self.task is not None and self.pool is not None
+        fp = sweep_fingerprint(self.recipe.to_dict())
+        path = self.out / SWEEP_FILE
+        rows = read_sweep(path, fp)
+        done = {r["point"] for r in rows}
+        points = sweep_points(sweep)
+        if len(self.task.validation) < int(sweep["n_val"]):
+            raise ConfigError(f"the sweep needs {sweep['n_val']} validation items, the task gave {len(self.task.validation)}")
+        items = self.task.validation
+        todo = [p for p in points if p["id"] not in done]
+        if todo:
+            _log(f"sweep: {len(todo)} of {len(points)} points to run ({sweep['scorer']} on {len(items)} validation items)",
+                 self.progress)
+        for k, p in enumerate(todo, 1):
+            _log(f"sweep point {k}/{len(todo)}: {p['id']}", self.progress)
+            arm = {"id": f"sweep|{p['id']}", "kind": "random", "method": "random", "spec": "random",
+                   "budget": budget_label(sweep["budget"]), "budget_value": sweep["budget"], "seed": p["seed"]}
+            t = time.perf_counter()
+            idx, _, _ = self._select(arm)
+            subset = [self.pool.examples[int(i)] for i in idx]
+            timings = {"select": time.perf_counter() - t}
+            t = time.perf_counter()
+            adir = self.out / "adapters" / _safe("sweep|" + p["id"])
+            train = self.train(subset, seed=p["seed"], adapter_dir=adir, lr=p["lr"], warmup_ratio=p["warmup_ratio"])
+            timings["finetune"] = time.perf_counter() - t
+            t = time.perf_counter()
+            per_item = self.score_adapter(adir, items, [sweep["scorer"]])
+            timings["score"] = time.perf_counter() - t
+            score = aggregate(items, per_item, [sweep["scorer"]]).get(sweep["scorer"], {}).get("all")
+            row = {"point": p["id"], "sweep_fingerprint": fp, "lr": p["lr"], "warmup_ratio": p["warmup_ratio"],
+                   "seed": p["seed"], "budget": budget_label(sweep["budget"]), "n_selected": len(subset),
+                   "n_val": len(items), "scorer": sweep["scorer"], "score": score,
+                   "val_overlap": self.validation_overlap(idx), "train": train,
+                   "timings": {k2: round(v, 4) for k2, v in timings.items()},
+                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            append_row(path, row)
+            rows.append(row)
+        result = choose(rows, sweep)
+        c = result["chosen"]
+        _log(f"sweep: chose lr {c['lr']:g}, warmup_ratio {c['warmup_ratio']:g} ({sweep['scorer']} {c['mean']:.4f} "
+             "on the validation items)", self.progress)
+        return result
+
     # -- the whole run ----------------------------------------------------------------
     def run(self, on_arm: Callable[[dict[str, Any]], None] | None = None, estimate: bool = True) -> dict[str, Any]:
         """Run every unfinished arm, then write metrics, summary.json and report.html. With
@@ -363,9 +413,7 @@ class Evaluation:
 
             _log(format_estimate(estimate_run(self)), True)
         if self.recipe.sweep is not None:
-            from .sweep import run_sweep
-
-            self.sweep_result = run_sweep(self)
+            self.sweep_result = self.run_sweep()
         ran = []
         for k, arm in enumerate(arms, 1):
             if arm["id"] in done:

@@ -11,9 +11,11 @@ A recipe's optional ``sweep`` mapping::
       n_val: 100                     # validation items, from the task's target side
       scorer: loss                   # loss | loss_answer | mc | em, on the validation items
 
+(checked by :func:`tasksift.evaluate.config.parse_sweep`)
 Before the arms, each point (lr, warmup_ratio, seed) of the grid draws the seed's random
 subset of ``budget`` rows (the same draw as the random arm of that seed and budget),
-fine-tunes the base model on it exactly as the arms train (:meth:`Evaluation.train`) and
+fine-tunes the base model on it exactly as the arms train (:meth:`.runner.Evaluation.train`,
+:meth:`~.runner.Evaluation.run_sweep`) and
 scores the validation items (:func:`tasksift.evaluate.tasks.load_task` with ``n_val``:
 disjoint from the target examples and the test items). Each point appends one row to
 ``<out>/sweep.jsonl`` (atomically; a killed sweep resumes after its last finished point;
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,61 +39,9 @@ from ..errors import ConfigError
 from .scorers import HIGHER_IS_BETTER
 
 SWEEP_FILE = "sweep.jsonl"
-SWEEP_KEYS = ("lr", "warmup_ratio", "budget", "seeds", "n_val", "scorer")
 #: recipe parts the sweep's outcome does not depend on (the sweep has its own scorer and budget)
 _NOT_SWEPT = ("methods", "method_options", "seeds", "budgets", "full", "scorers", "primary_scorer", "out",
               "progress", "keep_adapters", "cache_dir", "name")
-
-
-def _numbers(v: Any, what: str, positive: bool, source: str) -> list[float]:
-    """A sweep list (or one value) of learning rates (``positive``: > 0) or warm-up shares
-    (in [0, 1)), distinct."""
-    vals = v if isinstance(v, list) else [v]
-    out = []
-    for x in vals:
-        ok = not isinstance(x, bool) and isinstance(x, (int, float)) and bool(np.isfinite(x))
-        ok = ok and (x > 0 if positive else 0 <= x < 1)
-        if not ok:
-            raise ConfigError(f"sweep.{what}: {x!r} is not a number {'> 0' if positive else 'in [0, 1)'}", file=source)
-        out.append(float(x))
-    if not out:
-        raise ConfigError(f"sweep.{what} must list at least one value", file=source)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"sweep.{what} lists a value twice: {out}", file=source)
-    return out
-
-
-def parse_sweep(d: Any, finetune: Mapping[str, Any], budgets: Sequence[Any], source: str) -> dict[str, Any] | None:
-    """The recipe's ``sweep`` mapping validated, with its defaults filled in (None: no sweep)."""
-    if d is None:
-        return None
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"'sweep' must be a mapping with keys {', '.join(SWEEP_KEYS)}", file=source)
-    unknown = sorted(set(d) - set(SWEEP_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown 'sweep' setting(s) {unknown}; known: {list(SWEEP_KEYS)}", file=source)
-    lrs = _numbers(d.get("lr", finetune["lr"]), "lr", True, source)
-    warm = _numbers(d.get("warmup_ratio", finetune["warmup_ratio"]), "warmup_ratio", False, source)
-    budget = d.get("budget", budgets[0])
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0 or \
-            (isinstance(budget, float) and budget >= 1 and not budget.is_integer()):
-        raise ConfigError(f"sweep.budget {budget!r}: use a ratio in (0, 1) or a positive row count", file=source)
-    budget = int(budget) if isinstance(budget, float) and budget >= 1 else budget
-    seeds = d.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise ConfigError("sweep.seeds must be a non-empty list of distinct integers", file=source)
-    n_val = d.get("n_val", 100)
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
-        raise ConfigError(f"sweep.n_val must be a positive integer, got {n_val!r}", file=source)
-    scorer = d.get("scorer", "loss")
-    if scorer not in HIGHER_IS_BETTER:
-        raise ConfigError(f"sweep.scorer must be one of {', '.join(HIGHER_IS_BETTER)}, got {scorer!r}", file=source)
-    if len(lrs) * len(warm) < 2:
-        raise ConfigError("a sweep needs at least two settings (several lr or warmup_ratio values)", file=source)
-    return {"lr": lrs, "warmup_ratio": warm, "budget": budget, "seeds": list(seeds), "n_val": n_val,
-            "scorer": scorer}
 
 
 def sweep_points(sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -167,58 +116,3 @@ def choose(rows: Sequence[Mapping[str, Any]], sweep: Mapping[str, Any]) -> dict[
     return {"scorer": scorer, "higher_is_better": higher, "budget": sweep["budget"], "seeds": list(sweep["seeds"]),
             "n_val": sweep["n_val"], "table": table,
             "chosen": {"lr": best["lr"], "warmup_ratio": best["warmup_ratio"], "mean": best["mean"]}}
-
-
-def run_sweep(ev: Any) -> dict[str, Any]:
-    """Run the unfinished points of ``ev.recipe.sweep`` on a prepared
-    :class:`~.runner.Evaluation` (rows to ``<out>/sweep.jsonl``) and return :func:`choose`'s
-    result."""
-    from .arms import json_line
-    from .config import budget_label
-    from .runner import _log, _safe, append_row
-    from .scorers import aggregate
-
-    sweep = ev.recipe.sweep
-    assert sweep is not None and ev.task is not None and ev.pool is not None
-    fp = sweep_fingerprint(ev.recipe.to_dict())
-    path = ev.out / SWEEP_FILE
-    rows = read_sweep(path, fp)
-    done = {r["point"] for r in rows}
-    points = sweep_points(sweep)
-    if len(ev.task.validation) < int(sweep["n_val"]):
-        raise ConfigError(f"the sweep needs {sweep['n_val']} validation items, the task gave {len(ev.task.validation)}")
-    items = ev.task.validation
-    todo = [p for p in points if p["id"] not in done]
-    if todo:
-        _log(f"sweep: {len(todo)} of {len(points)} points to run ({sweep['scorer']} on {len(items)} validation items)",
-             ev.progress)
-    for k, p in enumerate(todo, 1):
-        _log(f"sweep point {k}/{len(todo)}: {p['id']}", ev.progress)
-        arm = {"id": f"sweep|{p['id']}", "kind": "random", "method": "random", "spec": "random",
-               "budget": budget_label(sweep["budget"]), "budget_value": sweep["budget"], "seed": p["seed"]}
-        t = time.perf_counter()
-        idx, _, _ = ev._select(arm)
-        subset = [ev.pool.examples[int(i)] for i in idx]
-        timings = {"select": time.perf_counter() - t}
-        t = time.perf_counter()
-        adir = ev.out / "adapters" / _safe("sweep|" + p["id"])
-        train = ev.train(subset, seed=p["seed"], adapter_dir=adir, lr=p["lr"], warmup_ratio=p["warmup_ratio"])
-        timings["finetune"] = time.perf_counter() - t
-        t = time.perf_counter()
-        per_item = ev.score_adapter(adir, items, [sweep["scorer"]])
-        timings["score"] = time.perf_counter() - t
-        score = aggregate(items, per_item, [sweep["scorer"]]).get(sweep["scorer"], {}).get("all")
-        row = {"point": p["id"], "sweep_fingerprint": fp, "lr": p["lr"], "warmup_ratio": p["warmup_ratio"],
-               "seed": p["seed"], "budget": budget_label(sweep["budget"]), "n_selected": len(subset),
-               "n_val": len(items), "scorer": sweep["scorer"], "score": score,
-               "val_overlap": ev.validation_overlap(idx), "train": train,
-               "timings": {k2: round(v, 4) for k2, v in timings.items()},
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        json_line(row)  # serialisable before the write
-        append_row(path, row)
-        rows.append(row)
-    result = choose(rows, sweep)
-    c = result["chosen"]
-    _log(f"sweep: chose lr {c['lr']:g}, warmup_ratio {c['warmup_ratio']:g} ({sweep['scorer']} {c['mean']:.4f} "
-         "on the validation items)", ev.progress)
-    return result
