@@ -132,6 +132,42 @@ def test_finished_run_reruns_nothing(smoke_run, monkeypatch):
     assert s["arms_run"] == [] and len(s["arms_skipped"]) == len(smoke_run["rows"])
 
 
+def test_run_stopped_while_scoring_resumes_without_training_again(tmp_path, monkeypatch):
+    """A stop during an arm's scoring keeps its finished adapter; the resumed run scores that
+    adapter without fine-tuning again, then removes it (keep_adapters off)."""
+    import peft
+
+    real_train, real_score = peft.get_peft_model, Evaluation.score_adapter
+    trained, scored = {"n": 0}, {"n": 0}
+
+    def counting(*a, **k):
+        trained["n"] += 1
+        return real_train(*a, **k)
+
+    def stopping(self, adapter_dir, items, scorers):
+        scored["n"] += 1
+        if scored["n"] == 1:
+            raise KeyboardInterrupt
+        return real_score(self, adapter_dir, items, scorers)
+
+    monkeypatch.setattr(peft, "get_peft_model", counting)
+    monkeypatch.setattr(Evaluation, "score_adapter", stopping)
+    from tasksift.evaluate.presets import smoke_recipe
+
+    d = {**smoke_recipe(tmp_path / "_smoke"), "methods": ["knn"]}
+    recipe = recipe_from_dict(d)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(recipe, tmp_path, progress=False)
+    kept = [p for p in (tmp_path / "adapters").iterdir() if (p / "train_log.json").is_file()]
+    assert trained["n"] == 1 and len(kept) == 1
+    monkeypatch.setattr(Evaluation, "score_adapter", real_score)
+    before = trained["n"]
+    summary = run_evaluation(recipe_from_dict(d), tmp_path, progress=False)
+    n_arms = len([r for r in read_results(tmp_path / "results.jsonl") if r["kind"] != "base"])
+    assert trained["n"] - before == n_arms - 1          # the stopped arm was not trained again
+    assert not kept[0].exists() and summary["n_arms"] == n_arms + 1
+
+
 def test_other_recipe_in_same_out_dir_refused(smoke_run):
     d = preset_recipe("smoke", smoke_run["out"]).to_dict()
     d["seeds"] = [5]

@@ -293,6 +293,51 @@ def test_finetune_lora_reduces_loss_and_leaves_the_model_as_it_was(tiny, tmp_pat
     assert np.nanmean(after) < np.nanmean(before) - 0.3
 
 
+def test_finetune_lora_resume_reuses_only_an_identical_finished_adapter(tiny, tmp_path, monkeypatch):
+    """resume=True returns a finished adapter of the same settings and examples untouched; a
+    different lr, an edited example or an unfinished folder (no train_log.json) trains again."""
+    import peft
+
+    from tasksift.data.example import Example
+    from tasksift.finetune import finetune_lora, read_train_log
+
+    model, tok = tiny
+    exs = sample_examples(4)
+    kw = dict(tokenizer=tok, steps=3, lr=1e-2, r=4, alpha=8, batch_size=2, max_length=64, seed=0, progress=False)
+    real = peft.get_peft_model
+    trained = {"n": 0}
+
+    def counting(*a, **k):
+        trained["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(peft, "get_peft_model", counting)
+    out = tmp_path / "adapter"
+    finetune_lora(model, exs, out_dir=out, resume=True, **kw)
+    assert trained["n"] == 1
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    log = read_train_log(out)
+    assert log["settings"]["examples"] == 4 and log["settings"]["lr"] == 1e-2
+
+    finetune_lora(model, exs, out_dir=out, resume=True, **kw)               # identical: reused
+    assert trained["n"] == 1 and (out / "adapter_model.safetensors").read_bytes() == weights
+    assert read_train_log(out) == log
+
+    finetune_lora(model, exs, out_dir=out, resume=False, **kw)              # resume off: trains
+    assert trained["n"] == 2
+    finetune_lora(model, exs, out_dir=out, resume=True, **{**kw, "lr": 5e-3})   # other lr
+    assert trained["n"] == 3 and read_train_log(out)["lr"] == 5e-3
+    edited = list(exs)
+    m = [dict(x) for x in edited[1].messages]
+    m[-1]["content"] += " (edited)"
+    edited[1] = Example(messages=m, raw=edited[1].raw, row=edited[1].row, id=edited[1].id)   # same id, new text
+    finetune_lora(model, edited, out_dir=out, resume=True, **{**kw, "lr": 5e-3})
+    assert trained["n"] == 4
+    (out / "train_log.json").unlink()                                         # killed before the log
+    finetune_lora(model, edited, out_dir=out, resume=True, **{**kw, "lr": 5e-3})
+    assert trained["n"] == 5
+
+
 def _response_batch(tok, n: int):
     """(ids, attention mask, response-position mask of the next-token predictions) for ``n``
     sample chats, right-padded."""

@@ -6,6 +6,7 @@ Used by LoBaSS to build its reference model and reusable by the evaluation harne
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -120,7 +121,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
                   target_modules: Sequence[str] | None = None, device: str = "auto",
                   warmup_ratio: float = 0.03, weight_decay: float = 0.0, grad_clip: float = 1.0,
                   save_optimizer_state: bool = False, gradient_checkpointing: bool = False,
-                  dtype: str = "float32") -> Path:
+                  dtype: str = "float32", resume: bool = False) -> Path:
     """Fine-tune a LoRA adapter on ``examples`` and save it to ``out_dir``; returns that path.
 
     ``model_name_or_path``: ``"default"``, a hub id, a local path or ``.gguf`` file, or an
@@ -141,6 +142,12 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     ``dtype="bfloat16"`` runs the forward pass under bfloat16 autocast (weights, LoRA
     parameters, optimizer state and the loss stay float32); ``"float32"`` (default) does not
     (a bfloat16/float16 model on a GPU is autocast either way).
+
+    ``resume=True``: when ``out_dir`` already holds a finished adapter (see
+    :func:`adapter_ready`) whose ``train_log.json`` records the same settings and the same
+    examples (:func:`training_settings`: every argument that changes the weights, the base
+    model, and :func:`examples_digest` of ``examples``), return it without training: a run
+    killed after a fine-tune but before its scoring finished does not train again.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -159,19 +166,31 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     if batch_size < 1 or r < 1 or lr <= 0:
         raise ConfigError("batch_size and r must be >= 1 and lr > 0")
     out = Path(out_dir)
+    owned = isinstance(model_name_or_path, (str, os.PathLike))
+    if owned:
+        model_label = str(model_name_or_path)
+    else:
+        model_label = getattr(getattr(model_name_or_path, "config", None), "_name_or_path",
+                              type(model_name_or_path).__name__)
+    settings = training_settings(examples, base_model=model_label, gguf_file=gguf_file, steps=steps, epochs=epochs,
+                                 lr=lr, r=r, alpha=alpha, dropout=dropout, batch_size=batch_size,
+                                 max_length=max_length, seed=seed, target_modules=target_modules,
+                                 warmup_ratio=warmup_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
+                                 save_optimizer_state=save_optimizer_state, dtype=dtype)
+    if resume and adapter_ready(out) and read_train_log(out).get("settings") == settings:
+        if progress:
+            tqdm.write(f"LoRA fine-tune: reusing the finished adapter in {out} (same settings and examples)")
+        return out
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    owned = isinstance(model_name_or_path, (str, os.PathLike))
     if owned:
         model, tok = load_causal_lm(str(model_name_or_path), gguf_file, device=device,
                                     dtype="float32" if resolve_device(device) == "cpu" else "auto")
-        model_label = str(model_name_or_path)
     else:
         model, tok = model_name_or_path, tokenizer
         if tok is None:
             raise ConfigError("pass tokenizer= together with a loaded model")
-        model_label = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
     dev = next(model.parameters()).device
     if dev.type == "cpu":
         set_cpu_threads()
@@ -265,8 +284,36 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         "batch_size": batch_size, "max_length": max_length, "seed": seed,
         "warmup_steps": warm, "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str)
         else sorted(lcfg.target_modules or []), "loss": losses, "seconds": time.perf_counter() - t0,
+        "settings": settings,
     })
     return out
+
+
+def examples_digest(examples: Sequence[Example]) -> str:
+    """SHA-256 of the examples' messages, in order: which rows a fine-tune saw, for
+    :func:`finetune_lora`'s ``resume`` (ids alone would miss an edited row)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.messages, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def training_settings(examples: Sequence[Example], *, base_model: str, gguf_file: str | None,
+                      steps: int | None, epochs: float, lr: float, r: int, alpha: int, dropout: float,
+                      batch_size: int, max_length: int, seed: int, target_modules: Sequence[str] | None,
+                      warmup_ratio: float, weight_decay: float, grad_clip: float,
+                      save_optimizer_state: bool, dtype: str) -> dict[str, Any]:
+    """What decides a fine-tune's weights, as ``train_log.json`` records it under ``settings``
+    (JSON types, so a log read back compares equal); gradient checkpointing and progress are
+    left out (same numbers)."""
+    return {"base_model": str(base_model), "gguf_file": gguf_file, "examples": len(examples),
+            "examples_digest": examples_digest(examples), "steps": None if steps is None else int(steps),
+            "epochs": float(epochs), "lr": float(lr), "r": int(r), "alpha": int(alpha), "dropout": float(dropout),
+            "batch_size": int(batch_size), "max_length": int(max_length), "seed": int(seed),
+            "target_modules": None if target_modules is None else sorted(target_modules),
+            "warmup_ratio": float(warmup_ratio), "weight_decay": float(weight_decay), "grad_clip": float(grad_clip),
+            "save_optimizer_state": bool(save_optimizer_state), "dtype": str(dtype)}
 
 
 def _save_optimizer_state(out: Path, peft_model, opt, step: int) -> None:

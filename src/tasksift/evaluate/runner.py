@@ -263,7 +263,8 @@ class Evaluation:
                       r=int(ft["r"]), alpha=int(ft["alpha"]), dropout=float(ft["dropout"]),
                       batch_size=int(ft["batch_size"]), max_length=int(ft["max_length"]), seed=int(seed),
                       out_dir=adapter_dir, progress=self.progress, warmup_ratio=warm,
-                      gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")))
+                      gradient_checkpointing=bool(ft["gradient_checkpointing"]), dtype=str(ft.get("dtype", "float32")),
+                      resume=True)
         log = read_train_log(adapter_dir)
         return {"steps": log.get("steps"), "epochs": log.get("epochs"),
                 "first_loss": (log.get("loss") or [None])[0], "last_loss": (log.get("loss") or [None])[-1],
@@ -271,19 +272,22 @@ class Evaluation:
 
     def score_adapter(self, adapter_dir: Path, items: list, scorers: list[str]) -> dict[str, Any]:
         """Per-item scores of the base model with the adapter in ``adapter_dir`` (unloaded
-        afterwards; the folder is removed unless ``keep_adapters``)."""
+        afterwards). Once scored, the folder is removed unless ``keep_adapters``; a run stopped
+        while scoring keeps it, and its resumed run scores it without training again
+        (:meth:`train` reuses a finished adapter with the same settings and examples)."""
         from peft import PeftModel
 
         model, tok = self.model()
         pm = PeftModel.from_pretrained(model, str(adapter_dir))
         pm.eval()
         try:
-            return self._score_items(pm, tok, items, scorers)
+            scores = self._score_items(pm, tok, items, scorers)
         finally:
             pm.unload()
             model.eval()
-            if not self.recipe.keep_adapters:
-                shutil.rmtree(adapter_dir, ignore_errors=True)
+        if not self.recipe.keep_adapters:
+            shutil.rmtree(adapter_dir, ignore_errors=True)
+        return scores
 
     def validation_overlap(self, idx: np.ndarray) -> int:
         """How many of the selected pool rows ``idx`` hold a validation item (0 without any)."""
