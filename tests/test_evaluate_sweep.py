@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import peft
 import pytest
 
 from tasksift.errors import ConfigError
@@ -129,10 +130,18 @@ def test_a_sweep_runs_on_validation_items_chooses_and_every_arm_trains_with_the_
         trained.append((adapter_dir.name, info["lr"], info["warmup_ratio"]))
         return info
 
-    def score(self, adapter_dir, items, scorers):
+    def score(self, adapter_dir, items, scorers, **kw):
         scored.append([t.id for t in items])
-        return real_score(self, adapter_dir, items, scorers)
+        return real_score(self, adapter_dir, items, scorers, **kw)
 
+    real_peft = peft.get_peft_model
+    fits = {"n": 0}                                                   # fine-tunes that really ran
+
+    def counting(*a, **k):
+        fits["n"] += 1
+        return real_peft(*a, **k)
+
+    monkeypatch.setattr(peft, "get_peft_model", counting)
     monkeypatch.setattr(Evaluation, "train", train)
     monkeypatch.setattr(Evaluation, "score_adapter", score)
     out = tmp_path / "run"
@@ -155,6 +164,9 @@ def test_a_sweep_runs_on_validation_items_chooses_and_every_arm_trains_with_the_
     # the random arm of the sweep's seed and budget trained the sweep point's subset
     random_arm = next(r for r in arms if r["kind"] == "random")
     assert random_arm["n_selected"] == rows[0]["n_selected"]
+    # ... and got the chosen point's adapter: three fine-tunes ran (two points, knn), not four
+    assert fits["n"] == 3 and random_arm["train"] == {**best["train"], "lr": best["lr"]}
+    assert not (out / "adapters").exists() or not any((out / "adapters").iterdir())    # none left behind
     assert "Learning-rate sweep" in (out / "report.html").read_text()
     assert publishable(summary)["sweep"]["chosen"]["lr"] == best["lr"]
 
@@ -168,11 +180,11 @@ def test_a_killed_sweep_resumes_per_point_and_refuses_another_sweep_s_rows(tmp_p
     real_score = Evaluation.score_adapter
     calls = {"n": 0}
 
-    def dies_on_second(self, adapter_dir, items, scorers):
+    def dies_on_second(self, adapter_dir, items, scorers, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_score(self, adapter_dir, items, scorers)
+        return real_score(self, adapter_dir, items, scorers, **kw)
 
     monkeypatch.setattr(Evaluation, "score_adapter", dies_on_second)
     out = tmp_path / "run"
@@ -184,8 +196,19 @@ def test_a_killed_sweep_resumes_per_point_and_refuses_another_sweep_s_rows(tmp_p
     real_train = Evaluation.train
     monkeypatch.setattr(Evaluation, "train", lambda self, subset, **kw: trained.append(kw.get("lr")) or
                         real_train(self, subset, **kw))
+    real_peft = peft.get_peft_model
+    fits = {"n": 0}
+
+    def counting(*a, **k):
+        fits["n"] += 1
+        return real_peft(*a, **k)
+
+    monkeypatch.setattr(peft, "get_peft_model", counting)
     s = run_evaluation(recipe_from_dict(d), out, progress=False)
     assert trained[:2] == [1e-2, 2e-2] and len(trained) == 4          # the two points left, then the two arms
+    # the point stopped while scoring kept its adapter, and the random arm takes the chosen
+    # point's: only the third point and knn fine-tune
+    assert fits["n"] == 2
     assert [e["lr"] for e in s["sweep"]["table"]] == [5e-3, 1e-2, 2e-2]
 
     other = tmp_path / "other"                                        # rows of another sweep (other n_val)

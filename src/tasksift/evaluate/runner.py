@@ -20,6 +20,7 @@ When every arm is done, PIR/efficiency/feasibility are filled in (:mod:`.metrics
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -270,11 +271,13 @@ class Evaluation:
                 "first_loss": (log.get("loss") or [None])[0], "last_loss": (log.get("loss") or [None])[-1],
                 "trained_examples": log.get("trained_examples"), "lr": lr, "warmup_ratio": warm}
 
-    def score_adapter(self, adapter_dir: Path, items: list, scorers: list[str]) -> dict[str, Any]:
+    def score_adapter(self, adapter_dir: Path, items: list, scorers: list[str], *,
+                      remove: bool | None = None) -> dict[str, Any]:
         """Per-item scores of the base model with the adapter in ``adapter_dir`` (unloaded
         afterwards). Once scored, the folder is removed unless ``keep_adapters``; a run stopped
         while scoring keeps it, and its resumed run scores it without training again
-        (:meth:`train` reuses a finished adapter with the same settings and examples)."""
+        (:meth:`train` reuses a finished adapter with the same settings and examples).
+        ``remove``: whether to remove it once scored (default: unless ``keep_adapters``)."""
         from peft import PeftModel
 
         model, tok = self.model()
@@ -285,7 +288,7 @@ class Evaluation:
         finally:
             pm.unload()
             model.eval()
-        if not self.recipe.keep_adapters:
+        if (not self.recipe.keep_adapters) if remove is None else remove:
             shutil.rmtree(adapter_dir, ignore_errors=True)
         return scores
 
@@ -348,10 +351,14 @@ class Evaluation:
             row.setdefault(k, None)
         return row
 
-    def run_sweep(self) -> dict[str, Any]:
+    def run_sweep(self, finished_arms: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
         """Run the unfinished points of the recipe's sweep (:mod:`.sweep`; rows to
         ``<out>/sweep.jsonl``) on the prepared pool and task, and return its table and choice
-        (:func:`.sweep.choose`)."""
+        (:func:`.sweep.choose`). A point trains exactly what the random arm of its seed trains
+        once its setting is chosen, so the chosen points' adapters become those arms' adapters
+        (unless in ``finished_arms``): the random arms score them without training again
+        (:meth:`train` checks the settings and examples); the other points' adapters are
+        removed unless ``keep_adapters``."""
         from .sweep import SWEEP_FILE, choose, read_sweep, sweep_fingerprint, sweep_points
 
         sweep = self.recipe.sweep
@@ -381,7 +388,7 @@ class Evaluation:
             train = self.train(subset, seed=p["seed"], adapter_dir=adir, lr=p["lr"], warmup_ratio=p["warmup_ratio"])
             timings["finetune"] = time.perf_counter() - t
             t = time.perf_counter()
-            per_item = self.score_adapter(adir, items, [sweep["scorer"]])
+            per_item = self.score_adapter(adir, items, [sweep["scorer"]], remove=False)
             timings["score"] = time.perf_counter() - t
             score = aggregate(items, per_item, [sweep["scorer"]]).get(sweep["scorer"], {}).get("all")
             row = {"point": p["id"], "sweep_fingerprint": fp, "lr": p["lr"], "warmup_ratio": p["warmup_ratio"],
@@ -396,7 +403,28 @@ class Evaluation:
         c = result["chosen"]
         _log(f"sweep: chose lr {c['lr']:g}, warmup_ratio {c['warmup_ratio']:g} ({sweep['scorer']} {c['mean']:.4f} "
              "on the validation items)", self.progress)
+        self._hand_over_sweep_adapters(points, c, finished_arms)
         return result
+
+    def _hand_over_sweep_adapters(self, points: list[dict[str, Any]], chosen: dict[str, Any],
+                                  finished_arms: frozenset[str] | set[str]) -> None:
+        """Move each chosen point's kept adapter to the folder of the random arm of its seed
+        and budget (when that arm is planned, unfinished and has none); remove the rest."""
+        sweep = self.recipe.sweep
+        assert sweep is not None
+        random_arms = {(a["budget"], int(a["seed"])): a["id"] for a in plan_arms(self.recipe)
+                       if a["kind"] == "random" and a["seed"] is not None}
+        for p in points:
+            adir = self.out / "adapters" / _safe("sweep|" + p["id"])
+            if not adir.is_dir():
+                continue
+            arm_id = random_arms.get((budget_label(sweep["budget"]), int(p["seed"])))
+            target = None if arm_id is None or arm_id in finished_arms else self.out / "adapters" / _safe(arm_id)
+            if (p["lr"], p["warmup_ratio"]) == (chosen["lr"], chosen["warmup_ratio"]) and target is not None \
+                    and not target.exists():
+                os.replace(adir, target)
+            elif not self.recipe.keep_adapters:
+                shutil.rmtree(adir, ignore_errors=True)
 
     # -- the whole run ----------------------------------------------------------------
     def run(self, on_arm: Callable[[dict[str, Any]], None] | None = None, estimate: bool = True) -> dict[str, Any]:
@@ -417,7 +445,7 @@ class Evaluation:
 
             _log(format_estimate(estimate_run(self)), True)
         if self.recipe.sweep is not None:
-            self.sweep_result = self.run_sweep()
+            self.sweep_result = self.run_sweep(finished_arms=done)
         ran = []
         for k, arm in enumerate(arms, 1):
             if arm["id"] in done:
