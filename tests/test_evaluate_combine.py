@@ -163,8 +163,7 @@ def test_dtype_option_validated_and_fingerprint_kept():
 
 
 def test_embed_dtype_validated_fingerprint_kept_and_passed_to_selection(tmp_path):
-    from tasksift.evaluate.combine import _recipe_key
-    from tasksift.evaluate.config import EMBED_DTYPES
+    from tasksift.evaluate.config import EMBED_DTYPES, comparable_recipe
     from tasksift.features.embed_models import DTYPES
 
     assert EMBED_DTYPES == DTYPES
@@ -175,7 +174,7 @@ def test_embed_dtype_validated_fingerprint_kept_and_passed_to_selection(tmp_path
     f32 = recipe_from_dict({**d, "embed_dtype": "float32"})
     assert f32.fingerprint() != auto.fingerprint()
     old = {k: v for k, v in auto.to_dict().items() if k != "embed_dtype"}   # a run.json from before the option
-    assert _recipe_key(old) == _recipe_key(auto.to_dict()) != _recipe_key(f32.to_dict())
+    assert comparable_recipe(old) == comparable_recipe(auto.to_dict()) != comparable_recipe(f32.to_dict())
     with pytest.raises(ConfigError, match="embed_dtype"):
         recipe_from_dict({**d, "embed_dtype": "fp8"})
     ev = Evaluation(f32, tmp_path / "out", progress=False)

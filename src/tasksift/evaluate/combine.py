@@ -20,24 +20,14 @@ from typing import Any, Sequence
 
 from ..atomic import write_json, write_text
 from ..errors import ConfigError
-from .config import recipe_from_dict
+from .config import comparable_recipe, recipe_from_dict
 from .arms import RESULTS, json_line, read_results
 
-_IGNORED = ("seeds", "methods", "out", "progress", "cache_dir", "keep_adapters")
-
-
-def _recipe_key(recipe: dict[str, Any]) -> str:
-    d = {k: v for k, v in recipe.items() if k not in _IGNORED}
-    for part in ("finetune", "scoring"):   # a default dtype = the same recipe as before the option existed
-        if isinstance(d.get(part), dict) and d[part].get("dtype") == "float32":
-            d[part] = {k: v for k, v in d[part].items() if k != "dtype"}
-    if d.get("embed_dtype") in (None, "auto"):       # the default = recipes from before the option
-        d.pop("embed_dtype", None)
-    if isinstance(d.get("finetune"), dict):
-        d["finetune"] = {k: v for k, v in d["finetune"].items() if k != "gradient_checkpointing"}
-    if d.get("sweep") is None:   # no sweep = recipes from before the option
-        d.pop("sweep", None)
-    return json.dumps(d, sort_keys=True, default=str)
+def _comparable(recipe: dict[str, Any]) -> dict[str, str]:
+    """What seed dirs of one recipe share (the recipe less its seeds and methods), per key as
+    sorted JSON."""
+    d = comparable_recipe(recipe, drop=("seeds", "methods"))
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in d.items()}
 
 
 def read_run_dir(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
@@ -69,12 +59,11 @@ def combine_rows(dirs: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[
         recipes.append(r)
         all_rows.append((str(d), rows))
         summaries.append(s)
-    key = _recipe_key(recipes[0])
+    first = _comparable(recipes[0])
     for d, r in zip(dirs[1:], recipes[1:]):
-        if _recipe_key(r) != key:
-            diff = sorted(k for k in set(r) | set(recipes[0])
-                          if k not in _IGNORED and json.dumps(r.get(k), sort_keys=True, default=str)
-                          != json.dumps(recipes[0].get(k), sort_keys=True, default=str))
+        mine = _comparable(r)
+        if mine != first:
+            diff = sorted(k for k in set(mine) | set(first) if mine.get(k) != first.get(k))
             raise ConfigError(f"{d} was run with another recipe than {dirs[0]} (differs in: {', '.join(diff)})")
     seen: dict[str, str] = {}
     seen_rows: dict[str, dict[str, Any]] = {}

@@ -126,18 +126,35 @@ class EvalRecipe:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not output/progress settings)."""
-        d = self.to_dict()
-        for k in ("out", "progress", "keep_adapters", "cache_dir"):
-            d.pop(k, None)
-        d["finetune"] = {k: v for k, v in d["finetune"].items() if k != "gradient_checkpointing"}  # same numbers
-        for part in ("finetune", "scoring"):   # a default dtype keeps the fingerprint of runs from before the option
-            if d[part].get("dtype") == "float32":
-                d[part].pop("dtype")
-        if d.get("embed_dtype") == "auto":
-            d.pop("embed_dtype")
-        if d.get("sweep") is None:   # no sweep = the same recipe as before the option existed
-            d.pop("sweep", None)
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return recipe_hash(comparable_recipe(self.to_dict()))
+
+
+#: recipe keys that never change results
+OUTPUT_KEYS = ("out", "progress", "keep_adapters", "cache_dir")
+
+
+def comparable_recipe(recipe: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+    """A recipe dict as results depend on it, for fingerprints and comparisons: without the
+    output keys (:data:`OUTPUT_KEYS`) and ``drop``, without ``finetune.gradient_checkpointing``
+    (same numbers), and without options at their defaults that recipes from before those
+    options lacked (``dtype: float32`` in finetune/scoring, ``embed_dtype: auto``, no sweep),
+    so that such recipes keep their fingerprints."""
+    d = {k: v for k, v in recipe.items() if k not in OUTPUT_KEYS and k not in drop}
+    for part in ("finetune", "scoring"):
+        if isinstance(d.get(part), dict):
+            d[part] = {k: v for k, v in d[part].items()
+                       if not (k == "gradient_checkpointing" and part == "finetune")
+                       and not (k == "dtype" and v == "float32")}
+    if d.get("embed_dtype") in (None, "auto"):
+        d.pop("embed_dtype", None)
+    if "sweep" in d and d["sweep"] is None:
+        d.pop("sweep")
+    return d
+
+
+def recipe_hash(d: Mapping[str, Any]) -> str:
+    """16 hex digits of the SHA-1 of ``d`` as sorted JSON."""
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def method_label(m: Any) -> str:

@@ -28,20 +28,18 @@ finished sweep: copy ``sweep.jsonl`` in before their run.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
+from .config import comparable_recipe, recipe_hash
 from .scorers import HIGHER_IS_BETTER
 
 SWEEP_FILE = "sweep.jsonl"
 #: recipe parts the sweep's outcome does not depend on (the sweep has its own scorer and budget)
-_NOT_SWEPT = ("methods", "method_options", "seeds", "budgets", "full", "scorers", "primary_scorer", "out",
-              "progress", "keep_adapters", "cache_dir", "name")
+_NOT_SWEPT = ("methods", "method_options", "seeds", "budgets", "full", "scorers", "primary_scorer", "name")
 
 
 def sweep_points(sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -61,17 +59,11 @@ def setting_id(lr: float, warmup: float) -> str:
 
 def sweep_fingerprint(recipe: Mapping[str, Any]) -> str:
     """Hash of what a sweep's rows depend on: the recipe (a dict) less its methods, seeds,
-    budgets, scorers and output settings, the finetune settings less those the sweep sets."""
-    d = {k: v for k, v in recipe.items() if k not in _NOT_SWEPT}
-    d["finetune"] = {k: v for k, v in (d.get("finetune") or {}).items()
-                     if k not in ("lr", "warmup_ratio", "gradient_checkpointing")}
-    if d["finetune"].get("dtype") == "float32":
-        d["finetune"].pop("dtype")
-    if isinstance(d.get("scoring"), dict) and d["scoring"].get("dtype") == "float32":
-        d["scoring"] = {k: v for k, v in d["scoring"].items() if k != "dtype"}
-    if d.get("embed_dtype") in (None, "auto"):
-        d.pop("embed_dtype", None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    budgets, scorers and output settings, the finetune settings less those the sweep sets
+    (:func:`.config.comparable_recipe` otherwise)."""
+    d = comparable_recipe(recipe, drop=_NOT_SWEPT)
+    d["finetune"] = {k: v for k, v in (d.get("finetune") or {}).items() if k not in ("lr", "warmup_ratio")}
+    return recipe_hash(d)
 
 
 def read_sweep(path: str | Path, fingerprint: str | None = None) -> list[dict[str, Any]]:
