@@ -253,5 +253,9 @@ def test_plan_and_estimate_count_the_sweep_points(tmp_path, capsys):
     est = estimate_run(ev)
     sweep = [a for a in est["arms"] if a["arm"].startswith("sweep|")]
     assert est["n_sweep_todo"] == len(sweep) == 2 and est["n_arms_todo"] == 3
+    by_arm = {a["arm"]: a for a in est["arms"]}
+    # the random arm takes the chosen point's adapter: scored, not trained; knn trains
+    assert by_arm["random|ratio=0.2|seed=0"]["steps"] == 0 and by_arm["knn|ratio=0.2|seed=0"]["steps"] > 0
+    assert by_arm["random|ratio=0.2|seed=0"]["seconds"] == pytest.approx(est["score_seconds_per_arm"])
     assert est["total_seconds"] == pytest.approx(sum(a["seconds"] for a in est["arms"]))
     assert "2 sweep points and 3 arms to run" in format_estimate(est)

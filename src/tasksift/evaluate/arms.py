@@ -52,3 +52,9 @@ def plan_arms(recipe: EvalRecipe) -> list[dict[str, Any]]:
             arms.append({"id": arm_id("full", "ratio=1", s), "method": "full", "kind": "full", "budget": "ratio=1",
                          "budget_value": 1.0, "seed": s})
     return arms
+
+
+def safe_name(s: str) -> str:
+    """``s`` as a folder name (an arm's adapter folder): characters other than letters,
+    digits and ``-_.=`` become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in s)

@@ -74,6 +74,8 @@ def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed:
                 "seconds": arm_steps(a, recipe, len(ev.pool)) * step_s + score_s} for a in arms]
     sweep = recipe.sweep
     if sweep is not None:  # its points train random subsets and score the validation items
+        from .arms import safe_name
+        from .config import budget_label
         from .sweep import SWEEP_FILE, read_sweep, sweep_points
 
         t = time.perf_counter()
@@ -81,8 +83,17 @@ def estimate_run(ev: Any, *, sample_steps: int = 2, sample_items: int = 8, seed:
         val_s = (time.perf_counter() - t) / len(items) * int(sweep["n_val"])
         have = {r.get("point") for r in read_sweep(ev.out / SWEEP_FILE)}
         steps = arm_steps({"kind": "random", "budget_value": sweep["budget"]}, recipe, len(ev.pool))
+        todo = [p for p in sweep_points(sweep) if p["id"] not in have]
+        # the random arm of a seed still being swept takes the chosen point's adapter (as one
+        # whose adapter is already there does): it only scores
+        handed = {int(p["seed"]) for p in todo}
+        for a in per_arm:
+            arm = next(x for x in arms if x["id"] == a["arm"])
+            if arm["kind"] == "random" and arm["budget"] == budget_label(sweep["budget"]) and (
+                    int(arm["seed"]) in handed or (ev.out / "adapters" / safe_name(arm["id"])).is_dir()):
+                a["steps"], a["seconds"] = 0, score_s
         per_arm = [{"arm": f"sweep|{p['id']}", "steps": steps, "seconds": steps * step_s + val_s}
-                   for p in sweep_points(sweep) if p["id"] not in have] + per_arm
+                   for p in todo] + per_arm
     n_sweep = sum(a["arm"].startswith("sweep|") for a in per_arm)
     return {"seconds_per_step": step_s, "seconds_per_item": per_item, "score_seconds_per_arm": score_s,
             "n_test": len(ev.task.test), "arms": per_arm, "n_arms_todo": len(arms), "n_sweep_todo": n_sweep,

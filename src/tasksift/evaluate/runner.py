@@ -34,7 +34,7 @@ from ..data.loading import LoadedData, load_examples
 from ..errors import ConfigError
 from ..finetune import finetune_lora
 from ..manifest import peak_memory_mb
-from .arms import RESULTS, arm_id, json_line, plan_arms, read_results
+from .arms import RESULTS, arm_id, json_line, plan_arms, read_results, safe_name
 from .config import EvalRecipe, budget_label, method_label
 from .variants import method_of, split_arm
 from .contamination import OverlapResult, find_overlaps, pool_text
@@ -329,7 +329,7 @@ class Evaluation:
             row["contamination"] = self.overlap.summary(idx, ids=[e.id for e in self.pool.examples],
                                                         test_ids=[t_.id for t_ in self.task.test], limit=10)
             row["selection_info"] = {k: v for k, v in sel_info.items() if isinstance(v, (int, float, str, bool))}
-            adir = self.out / "adapters" / _safe(arm["id"])
+            adir = self.out / "adapters" / safe_name(arm["id"])
             t = time.perf_counter()
             train_info = self.train(subset, seed=int(arm["seed"]), adapter_dir=adir)
             timings["finetune"] = time.perf_counter() - t
@@ -384,7 +384,7 @@ class Evaluation:
             subset = [self.pool.examples[int(i)] for i in idx]
             timings = {"select": time.perf_counter() - t}
             t = time.perf_counter()
-            adir = self.out / "adapters" / _safe("sweep|" + p["id"])
+            adir = self.out / "adapters" / safe_name("sweep|" + p["id"])
             train = self.train(subset, seed=p["seed"], adapter_dir=adir, lr=p["lr"], warmup_ratio=p["warmup_ratio"])
             timings["finetune"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -415,11 +415,11 @@ class Evaluation:
         random_arms = {(a["budget"], int(a["seed"])): a["id"] for a in plan_arms(self.recipe)
                        if a["kind"] == "random" and a["seed"] is not None}
         for p in points:
-            adir = self.out / "adapters" / _safe("sweep|" + p["id"])
+            adir = self.out / "adapters" / safe_name("sweep|" + p["id"])
             if not adir.is_dir():
                 continue
             arm_id = random_arms.get((budget_label(sweep["budget"]), int(p["seed"])))
-            target = None if arm_id is None or arm_id in finished_arms else self.out / "adapters" / _safe(arm_id)
+            target = None if arm_id is None or arm_id in finished_arms else self.out / "adapters" / safe_name(arm_id)
             if (p["lr"], p["warmup_ratio"]) == (chosen["lr"], chosen["warmup_ratio"]) and target is not None \
                     and not target.exists():
                 os.replace(adir, target)
@@ -483,10 +483,6 @@ class Evaluation:
         summary["report"] = str(report)
         _log(f"wrote {self.results_path}, {self.out / 'summary.json'}, {report}", self.progress)
         return summary
-
-
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in s)
 
 
 def run_evaluation(recipe: EvalRecipe, out_dir: str | Path, *, resume: bool = True,
