@@ -255,6 +255,38 @@ def test_loading_paths_and_errors(tiny_dir, tmp_path):
     assert fp == model_fingerprint(str(tiny_dir)) and fp != model_fingerprint(str(tiny_dir), adapter=str(tmp_path))
 
 
+def test_thread_count_is_chosen_again_during_long_work_unless_fixed(tiny, tmp_path, monkeypatch):
+    """ThreadRetuner re-runs set_cpu_threads once its period has passed (not before), never
+    when the environment fixes the count or off the CPU; a fine-tune asks it after every step."""
+    from tasksift.features.lm import threads
+    from tasksift.finetune import finetune_lora
+
+    calls = {"n": 0}
+    monkeypatch.setattr(threads, "set_cpu_threads", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1) or 1)
+    monkeypatch.delenv("TASKSIFT_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    r = threads.ThreadRetuner(0.0)
+    r()
+    r()
+    assert calls["n"] == 2 == r.calls
+    slow = threads.ThreadRetuner(3600.0)
+    slow()
+    assert calls["n"] == 2                                  # its period has not passed
+    threads.ThreadRetuner(0.0, cpu=False)()
+    monkeypatch.setenv("TASKSIFT_NUM_THREADS", "1")
+    fixed = threads.ThreadRetuner(0.0)
+    fixed()
+    assert calls["n"] == 2 and not fixed.active
+    monkeypatch.delenv("TASKSIFT_NUM_THREADS")
+
+    asked = {"n": 0}
+    monkeypatch.setattr(threads.ThreadRetuner, "__call__", lambda self: asked.__setitem__("n", asked["n"] + 1))
+    model, tok = tiny
+    finetune_lora(model, sample_examples(4), tokenizer=tok, steps=3, lr=1e-3, r=2, alpha=4, batch_size=2,
+                  max_length=64, seed=0, out_dir=tmp_path / "a", progress=False)
+    assert asked["n"] == 3
+
+
 def test_cpu_thread_choice_honours_the_environment(monkeypatch):
     from tasksift.features.lm import set_cpu_threads
 

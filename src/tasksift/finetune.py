@@ -154,6 +154,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
     from tqdm.auto import tqdm
 
     from .features.lm import load_causal_lm, resolve_device, set_cpu_threads, tokenize_examples
+    from .features.lm.threads import ThreadRetuner
 
     if not examples:
         raise ConfigError("fine-tuning needs at least one example")
@@ -192,6 +193,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
         if tok is None:
             raise ConfigError("pass tokenizer= together with a loaded model")
     dev = next(model.parameters()).device
+    retune = ThreadRetuner(60.0, cpu=dev.type == "cpu")   # re-chosen every minute of training
     if dev.type == "cpu":
         set_cpu_threads()
         return_freed_memory()      # freed activations go back to the system (see tasksift.memory)
@@ -258,6 +260,7 @@ def finetune_lora(model_name_or_path: Any, examples: Sequence[Example], *, steps
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+            retune()
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

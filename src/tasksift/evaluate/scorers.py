@@ -240,6 +240,8 @@ class ModelScorer:
         """Greedy completions of each prompt (chat template with a generation prompt)."""
         import torch
 
+        from ..features.lm.threads import ThreadRetuner
+
         tok = self.tok
         dev = next(self.model.parameters()).device
         side = tok.padding_side
@@ -251,7 +253,9 @@ class ModelScorer:
             order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
             res: dict[int, str] = {}
             bar = self._bar(len(prompts), "exact match (generation)", "item")
+            retune = ThreadRetuner(60.0, cpu=dev.type == "cpu")   # a batch can take minutes on a CPU
             for s in range(0, len(order), self.gen_batch_size):
+                retune()
                 idx = order[s:s + self.gen_batch_size]
                 texts = [self._chat_prompt(prompts[i]) for i in idx]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,

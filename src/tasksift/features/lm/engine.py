@@ -3,14 +3,12 @@ in token-budget batches, with the output layer run only where a response token i
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .render import STATUS_OK, Rendered, padded_batch
-from .threads import set_cpu_threads
+from .threads import ThreadRetuner
 
 #: Default padded tokens per forward batch ("auto" batch_tokens) on CPU and on GPU.
 CPU_BATCH_TOKENS = 1024
@@ -149,9 +147,8 @@ class LossEngine:
         self._fast = None          # the output-layer shortcut, verified on the first row scored
         self._checked = False
         #: re-choose the CPU thread count every 30 s of scoring (see set_cpu_threads)
-        self.auto_threads = not any(os.environ.get(v, "").isdigit()
-                                    for v in ("TASKSIFT_NUM_THREADS", "OMP_NUM_THREADS"))
-        self._probed = 0.0
+        self._retuner = ThreadRetuner(30.0, cpu=self.device.type == "cpu")
+        self._retuner.last = 0.0                 # the first batch chooses
         #: shared-prefix scoring (:meth:`score_groups`): None until checked against plain scoring
         self._prefix_ok: bool | None = None
 
@@ -187,9 +184,7 @@ class LossEngine:
         return sums, counts, emb
 
     def _retune_threads(self) -> None:
-        if self.device.type == "cpu" and self.auto_threads and time.perf_counter() - self._probed > 30:
-            set_cpu_threads()          # other processes may have started or stopped
-            self._probed = time.perf_counter()
+        self._retuner()
 
     def _forward_shared(self, groups: Sequence[Sequence[Rendered]], cuts: Sequence[int]):
         """Per-row (sum of NLL, count) for groups of rows that share their first ``cuts[q]``

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 
 def _parallel_op_latency(reps: int = 20, budget_s: float = 0.05) -> float:
@@ -55,3 +56,28 @@ def set_cpu_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def threads_fixed() -> bool:
+    """Whether ``$TASKSIFT_NUM_THREADS`` or ``$OMP_NUM_THREADS`` fixes the thread count."""
+    return any(os.environ.get(v, "").isdigit() and int(os.environ[v]) > 0
+               for v in ("TASKSIFT_NUM_THREADS", "OMP_NUM_THREADS"))
+
+
+class ThreadRetuner:
+    """Calls :func:`set_cpu_threads` again at most every ``period`` seconds during long CPU
+    work (other processes may have started or stopped since the last choice: a choice of one
+    thread made while a short job kept the cores busy would otherwise hold for a whole
+    fine-tune). Does nothing off the CPU or when the environment fixes the thread count."""
+
+    def __init__(self, period: float = 30.0, *, cpu: bool = True) -> None:
+        self.period = float(period)
+        self.active = bool(cpu) and not threads_fixed()
+        self.last = time.perf_counter()
+        self.calls = 0
+
+    def __call__(self) -> None:
+        if self.active and time.perf_counter() - self.last > self.period:
+            set_cpu_threads()
+            self.calls += 1
+            self.last = time.perf_counter()
